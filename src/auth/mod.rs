@@ -1,0 +1,89 @@
+//! Client authentication, sans I/O: the stored secret forms, SCRAM-SHA-256
+//! server exchange, and MD5 verification. The session drives these with the
+//! client's messages; nothing here touches a socket.
+
+pub mod md5;
+pub mod scram;
+
+use std::fmt;
+
+pub use scram::ScramVerifier;
+
+/// A user's password as written in the config.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The password itself.
+    Plain(String),
+    /// `md5` + hex(md5(password + username)).
+    Md5(String),
+    /// A SCRAM-SHA-256 verifier: enough to check a client, not to log in as it.
+    Scram(ScramVerifier),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print secrets, not even in debug logs.
+        let kind = match self {
+            Self::Plain(_) => "Plain",
+            Self::Md5(_) => "Md5",
+            Self::Scram(_) => "Scram",
+        };
+        write!(f, "Secret::{kind}(********)")
+    }
+}
+
+impl Secret {
+    /// Recognizes the stored form.
+    pub fn parse(s: &str) -> Self {
+        if let Some(v) = ScramVerifier::parse(s) {
+            return Self::Scram(v);
+        }
+        if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Self::Md5(s.to_owned());
+        }
+        Self::Plain(s.to_owned())
+    }
+
+    /// Whether pgmux can log in to a server with this secret.
+    pub fn can_log_in_to_server(&self) -> bool {
+        !matches!(self, Self::Scram(_))
+    }
+
+    /// The SCRAM verifier clients are checked against; for a plaintext
+    /// password one is derived (with a fresh salt) once per user.
+    pub fn scram_verifier(&self) -> Option<ScramVerifier> {
+        match self {
+            Self::Plain(p) => {
+                let v = postgres_protocol::password::scram_sha_256(p.as_bytes());
+                ScramVerifier::parse(&v)
+            }
+            Self::Scram(v) => Some(v.clone()),
+            Self::Md5(_) => None,
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_secret_forms() {
+        assert!(matches!(Secret::parse("hunter2"), Secret::Plain(_)));
+        assert!(matches!(
+            Secret::parse("md5d4d2d2e0b6a8f1c1a7c1a1b1c1d1e1f1"),
+            Secret::Md5(_)
+        ));
+        let v = postgres_protocol::password::scram_sha_256(b"pw");
+        assert!(matches!(Secret::parse(&v), Secret::Scram(_)));
+        assert!(!format!("{:?}", Secret::parse("hunter2")).contains("hunter2"));
+    }
+}

@@ -1,0 +1,315 @@
+//! A throwaway PostgreSQL cluster for the demo, the tests and the
+//! benchmarks: `initdb` into a temporary directory, a free port on
+//! 127.0.0.1, SCRAM authentication, stopped when dropped.
+//!
+//! PostgreSQL refuses to run as root, so when pgmux runs as root the server
+//! runs as the `postgres` user in a directory that user owns. The server is
+//! started with a parent-death signal from a thread that never exits, so it
+//! goes away with the process even when no destructor runs (test binaries).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// The superuser created by `initdb`.
+pub const SUPERUSER: &str = "postgres";
+/// Its password (the cluster listens on loopback only).
+pub const SUPERUSER_PASSWORD: &str = "pgmux-cluster-superuser";
+
+/// Settings of a throwaway cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// Extra `postgresql.conf` lines.
+    pub extra_conf: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            extra_conf: Vec::new(),
+        }
+    }
+}
+
+/// A running throwaway PostgreSQL.
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    child: Mutex<Option<Child>>,
+    run_as: Option<String>,
+}
+
+/// Finds the PostgreSQL server binaries: `$PG_BIN`, the newest
+/// `/usr/lib/postgresql/*/bin`, or `initdb` on `PATH`.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    if let Some(dir) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find(|d| d.join("initdb").exists())
+    {
+        return Ok(dir);
+    }
+    bail!(
+        "PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql) \
+         or point PG_BIN at the directory holding initdb and postgres"
+    )
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn id_of(user: &str, flag: &str) -> anyhow::Result<u32> {
+    let out = Command::new("id").arg(flag).arg(user).output()?;
+    if !out.status.success() {
+        bail!("running as root needs a '{user}' user to run PostgreSQL (apt-get install postgresql creates it)");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Spawns children from one thread that lives as long as the process, so
+/// that their parent-death signal fires only when the process ends.
+fn spawn_detached(cmd: Command) -> anyhow::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pg-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Keep the thread (the children's parent) alive for good.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn thread");
+        Mutex::new(tx)
+    });
+    let (rtx, rrx) = mpsc::channel();
+    tx.lock()
+        .map_err(|_| anyhow::anyhow!("spawner poisoned"))?
+        .send((cmd, rtx))?;
+    Ok(rrx.recv()??)
+}
+
+/// Removes directories of clusters whose process is gone (test binaries
+/// exit without running destructors).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pgmux-pg-"))
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl Cluster {
+    /// Initializes and starts a new cluster.
+    pub fn start(opts: &ClusterOptions) -> anyhow::Result<Self> {
+        let bin = find_bin_dir()?;
+        remove_stale_dirs();
+        let run_as = is_root().then(|| SUPERUSER.to_string());
+        let dir = std::env::temp_dir().join(format!(
+            "pgmux-pg-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
+        if let Some(u) = &run_as {
+            let (uid, gid) = (id_of(u, "-u")?, id_of(u, "-g")?);
+            for p in [&dir, &pwfile] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+        }
+        let data = dir.join("data");
+        let mut initdb = Self::command(&run_as, &bin.join("initdb"));
+        initdb.args(["-D"]).arg(&data).args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        initdb.arg(format!("--pwfile={}", pwfile.display()));
+        let out = initdb.output().context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("max_connections = {}", opts.max_connections),
+            format!("unix_socket_directories = '{}'", dir.display()),
+            "fsync = off".into(),
+            "synchronous_commit = off".into(),
+            "full_page_writes = off".into(),
+            "shared_buffers = 32MB".into(),
+            "log_min_messages = fatal".into(),
+        ];
+        conf.extend(opts.extra_conf.iter().cloned());
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        text.push_str(&conf.join("\n"));
+        text.push('\n');
+        std::fs::write(&conf_path, text)?;
+        let cluster = Self {
+            dir,
+            bin,
+            port: free_port()?,
+            child: Mutex::new(None),
+            run_as,
+        };
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
+    fn command(run_as: &Option<String>, program: &Path) -> Command {
+        match run_as {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={u}"))
+                    .arg(format!("--regid={u}"))
+                    .arg("--init-groups")
+                    .arg("--pdeathsig=INT")
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => {
+                let mut c = Command::new("setpriv");
+                c.arg("--pdeathsig=INT").arg("--").arg(program);
+                c
+            }
+        }
+    }
+
+    fn launch(&self) -> anyhow::Result<()> {
+        let mut cmd = Self::command(&self.run_as, &self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("server.log"))?);
+        let child = spawn_detached(cmd).context("starting postgres")?;
+        *self.child.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let ok = Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        bail!("PostgreSQL did not start within 60s:\n{log}")
+    }
+
+    /// The port the server listens on (host 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the server binaries (pgbench, psql, ...).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// A libpq/tokio-postgres connection string for the superuser.
+    pub fn superuser_url(&self, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname={dbname}",
+            self.port
+        )
+    }
+
+    /// Stops the server (fast shutdown) and waits for it.
+    pub fn stop(&self) {
+        let Ok(mut guard) = self.child.lock() else { return };
+        if let Some(mut child) = guard.take() {
+            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts the server on the same port, as a restart would.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

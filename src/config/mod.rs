@@ -1,0 +1,317 @@
+//! The configuration file: serde structs with documented defaults, loading
+//! with `${VAR}` expansion, and validation into a [`Config`] that the rest
+//! of pgmux can trust.
+
+pub mod de;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// One transaction at a time; the server goes back at ReadyForQuery `I`.
+    Transaction,
+    /// From login to logout.
+    Session,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 (the default, as in PostgreSQL).
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// A configuration error: what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type (with its line).
+    #[error("{0}")]
+    Parse(String),
+    /// Values that parse but don't make sense together, one line each.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The `[pgmux]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Default pool mode.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user) unless the database says otherwise.
+    pub default_pool_size: u32,
+    /// Server connections kept open even when idle.
+    pub min_pool_size: u32,
+    /// Client connections accepted at once.
+    pub max_client_conn: u32,
+    /// How long a client may wait for a server.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub query_wait_timeout: Duration,
+    /// Limit on opening one server connection (TCP + login).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub server_connect_timeout: Duration,
+    /// Servers idle longer than this are closed (down to `min_pool_size`).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub server_idle_timeout: Duration,
+    /// Servers older than this are closed once released.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub server_lifetime: Duration,
+    /// Time a client has to finish logging in.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub client_login_timeout: Duration,
+    /// How long shutdown waits for transactions to finish.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub shutdown_timeout: Duration,
+    /// Client authentication method.
+    pub auth_type: AuthType,
+    /// Query run on a session-mode server before it is reused.
+    pub server_reset_query: String,
+    /// Largest message accepted from a client or server, in bytes.
+    pub max_message_size: usize,
+    /// Prepared statements each server connection keeps (LRU); 0 disables tracking.
+    pub max_prepared_statements: usize,
+    /// Prepared statement names one client may hold.
+    pub max_client_prepared_statements: usize,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            max_client_conn: 10_000,
+            query_wait_timeout: Duration::from_secs(30),
+            server_connect_timeout: Duration::from_secs(5),
+            server_idle_timeout: Duration::from_secs(60),
+            server_lifetime: Duration::from_secs(3600),
+            client_login_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            auth_type: AuthType::ScramSha256,
+            server_reset_query: "DISCARD ALL".into(),
+            max_message_size: 64 << 20,
+            max_prepared_statements: 256,
+            max_client_prepared_statements: 10_000,
+        }
+    }
+}
+
+/// A `[databases.NAME]` table: where a client-visible database lives.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Server host.
+    #[serde(default = "default_host", deserialize_with = "de::env_string")]
+    pub host: String,
+    /// Server port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database name on the server (default: the table's name).
+    #[serde(default, deserialize_with = "de::opt_env_string")]
+    pub dbname: Option<String>,
+    /// Pool size (default: `default_pool_size`).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// Pool mode (default: `[pgmux] pool_mode`).
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    /// Log in to the server as this role instead of the client's.
+    #[serde(default, deserialize_with = "de::opt_env_string")]
+    pub server_user: Option<String>,
+    /// Password for `server_user`.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_env_string",
+        serialize_with = "de::ser_opt_secret"
+    )]
+    pub server_password: Option<String>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// A `[users.NAME]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Plaintext, `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
+    #[serde(deserialize_with = "de::env_string", serialize_with = "de::ser_secret")]
+    pub password: String,
+    /// Overrides the database's pool mode for this user.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[pgmux]`
+    #[serde(default)]
+    pub pgmux: General,
+    /// `[databases.*]`
+    #[serde(default)]
+    pub databases: BTreeMap<String, Database>,
+    /// `[users.*]`
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.pgmux
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid(vec![format!("pgmux.listen: {e}")]))
+    }
+
+    /// Pool size for a database.
+    pub fn pool_size(&self, db: &Database) -> u32 {
+        db.pool_size.unwrap_or(self.pgmux.default_pool_size)
+    }
+
+    /// The pool mode for a (database, user) pair.
+    pub fn pool_mode(&self, db: &Database, user: &User) -> PoolMode {
+        user.pool_mode
+            .or(db.pool_mode)
+            .unwrap_or(self.pgmux.pool_mode)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let g = &self.pgmux;
+        if let Err(e) = g.listen.parse::<SocketAddr>() {
+            errs.push(format!("pgmux.listen = {:?}: {e}", g.listen));
+        }
+        if g.default_pool_size == 0 {
+            errs.push("pgmux.default_pool_size must be at least 1".into());
+        }
+        if g.max_client_conn == 0 {
+            errs.push("pgmux.max_client_conn must be at least 1".into());
+        }
+        if !(1024..=1 << 30).contains(&g.max_message_size) {
+            errs.push("pgmux.max_message_size must be between 1024 and 1073741824".into());
+        }
+        for (name, db) in &self.databases {
+            if db.pool_size == Some(0) {
+                errs.push(format!("databases.{name}.pool_size must be at least 1"));
+            }
+            if db.server_user.is_some() != db.server_password.is_some() {
+                errs.push(format!(
+                    "databases.{name}: server_user and server_password go together"
+                ));
+            }
+        }
+        for (name, user) in &self.users {
+            if !crate::auth::Secret::parse(&user.password).can_log_in_to_server() {
+                let lacking: Vec<&str> = self
+                    .databases
+                    .iter()
+                    .filter(|(_, d)| d.server_user.is_none())
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if !lacking.is_empty() {
+                    errs.push(format!(
+                        "users.{name}.password is a SCRAM verifier, so pgmux cannot log in to the \
+                         server as {name}; set server_user and server_password on databases: {}",
+                        lacking.join(", ")
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let cfg = Config::parse(
+            "[pgmux]\nlisten = \"127.0.0.1:7000\"\n[databases.blog]\n[users.app]\npassword = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pgmux.default_pool_size, 20);
+        assert_eq!(cfg.databases["blog"].port, 5432);
+        assert!(!cfg.to_masked_toml().contains("\"x\""));
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = Config::parse("[pgmux]\nlisten = \"127.0.0.1:7000\"\npool_sise = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_unset_env() {
+        let err = Config::parse("[pgmux]\nquery_wait_timeout = \"3 weeks\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("[users.a]\npassword = \"${PGMUX_UNSET_FOR_TEST}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGMUX_UNSET_FOR_TEST"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! pgmux: a PostgreSQL connection-pooling proxy.
+//!
+//! # Layout, along the data path
+//! - [`listener`] accepts clients and spawns a session per connection.
+//! - [`session`] runs one client: [`session::startup`] logs it in (with
+//!   [`auth`]), then the session loop forwards frames between the client and
+//!   a server taken from its [`pool`], keeping reply order with
+//!   [`session::expect`] and parameters with [`session::params`].
+//! - [`pool`] keeps the [`server`] connections of one (database, user).
+//! - [`protocol`] frames and encodes messages; it does no I/O.
+//! - [`config`], [`context`], [`shutdown`] and [`app`] wire it together;
+//!   [`cluster`] and [`demo`] run a throwaway PostgreSQL for the demo and tests.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;

@@ -1,0 +1,66 @@
+//! The accept loop: admits clients up to `max_client_conn` (answering the
+//! rest with 53300 rather than refusing their sockets), tunes each socket,
+//! and spawns one session task per client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::context::Context;
+use crate::protocol::SqlState;
+use crate::session;
+use crate::shutdown::Phase;
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Accepts clients until shutdown begins.
+pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
+    let limit = Arc::new(Semaphore::new(ctx.config.pgmux.max_client_conn as usize));
+    let mut phase = ctx.shutdown.watch();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = phase.changed() => {
+                if *phase.borrow() != Phase::Running {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, usually: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tune(&stream);
+        tracing::debug!(%peer, "client connected");
+        let ctx = ctx.clone();
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    session::serve(stream, ctx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let msg = "no more connections allowed (max_client_conn)";
+                    session::startup::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The `pgmux` binary: parses the command line and hands off to the library.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgmux::cli::{Cli, Command};
+use pgmux::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            runtime()?.block_on(pgmux::app::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_masked_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Demo { clients, seconds } => {
+            runtime()?.block_on(pgmux::demo::run(clients, std::time::Duration::from_secs(seconds)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword { user } => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            println!("{}", postgres_protocol::password::scram_sha_256(password.as_bytes()));
+            println!("{}", pgmux::auth::md5::stored_hash(&user, password));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! ErrorResponse: the SQLSTATE codes pgmux answers with, a builder for the
+//! errors it writes itself, and a reader for the fields of a server's error.
+
+use bytes::{BufMut, BytesMut};
+
+use super::frame::cstr;
+
+/// SQLSTATE codes pgmux itself reports. Each matches what PostgreSQL uses
+/// for the same condition, so drivers map them to the usual error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    /// 08P01: malformed or illegal message.
+    pub const PROTOCOL_VIOLATION: Self = Self("08P01");
+    /// 08006: the server connection failed.
+    pub const CONNECTION_FAILURE: Self = Self("08006");
+    /// 08001: could not establish a server connection.
+    pub const CANNOT_CONNECT: Self = Self("08001");
+    /// 28P01: wrong password.
+    pub const INVALID_PASSWORD: Self = Self("28P01");
+    /// 28000: no such role, or authentication method not allowed.
+    pub const INVALID_AUTHORIZATION: Self = Self("28000");
+    /// 3D000: no such database.
+    pub const INVALID_CATALOG_NAME: Self = Self("3D000");
+    /// 53300: connection or pool limits reached.
+    pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
+    /// 57P01: the pooler is shutting down.
+    pub const ADMIN_SHUTDOWN: Self = Self("57P01");
+    /// 0A000: feature not supported (protocol version, replication).
+    pub const FEATURE_NOT_SUPPORTED: Self = Self("0A000");
+    /// 42704: undefined object (an unknown prepared statement name).
+    pub const UNDEFINED_OBJECT: Self = Self("42704");
+    /// 26000: invalid SQL statement name (no such prepared statement).
+    pub const INVALID_SQL_STATEMENT_NAME: Self = Self("26000");
+    /// 42P05: a prepared statement of that name already exists.
+    pub const DUPLICATE_PSTATEMENT: Self = Self("42P05");
+    /// 54000: program limit exceeded.
+    pub const PROGRAM_LIMIT_EXCEEDED: Self = Self("54000");
+    /// 58000: internal pooler error.
+    pub const SYSTEM_ERROR: Self = Self("58000");
+}
+
+/// Severity of an error pgmux writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The current command failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Appends an ErrorResponse to `out`. Embedded NULs in the text are dropped
+/// because they would end the field early.
+pub fn write_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    write_error_fields(out, severity, code, message, None);
+}
+
+/// Appends an ErrorResponse with an optional DETAIL field.
+pub fn write_error_fields(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
+    let start = out.len();
+    out.put_u8(b'E');
+    out.put_i32(0);
+    let sev = severity.as_str();
+    for (field, value) in [(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)] {
+        put_field(out, field, value);
+    }
+    if let Some(d) = detail {
+        put_field(out, b'D', d);
+    }
+    out.put_u8(0);
+    super::encode::patch_len(out, start);
+}
+
+fn put_field(out: &mut BytesMut, field: u8, value: &str) {
+    out.put_u8(field);
+    out.extend(value.bytes().filter(|b| *b != 0));
+    out.put_u8(0);
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body, borrowed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ErrorFields<'a> {
+    /// `S`: localized severity.
+    pub severity: &'a [u8],
+    /// `C`: SQLSTATE.
+    pub code: &'a [u8],
+    /// `M`: primary message.
+    pub message: &'a [u8],
+}
+
+impl<'a> ErrorFields<'a> {
+    /// Reads the fields pgmux cares about; unknown fields are skipped.
+    pub fn parse(mut body: &'a [u8]) -> Option<Self> {
+        let mut f = Self::default();
+        loop {
+            let (&kind, rest) = body.split_first()?;
+            if kind == 0 {
+                return Some(f);
+            }
+            let (value, rest) = cstr(rest)?;
+            match kind {
+                b'S' => f.severity = value,
+                b'C' => f.code = value,
+                b'M' => f.message = value,
+                _ => {}
+            }
+            body = rest;
+        }
+    }
+
+    /// The message as text, for logs.
+    pub fn message_lossy(&self) -> String {
+        String::from_utf8_lossy(self.message).into_owned()
+    }
+}

@@ -1,0 +1,154 @@
+//! Opening a server connection: TCP, StartupMessage, authentication as
+//! whatever the server asks (SCRAM-SHA-256, MD5, cleartext or trust), then
+//! the ParameterStatus and BackendKeyData that precede ReadyForQuery.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{BackendKey, ServerConn, ServerError};
+use crate::auth::Secret;
+use crate::protocol::frame::{cstr, read_i32};
+use crate::protocol::{be, encode};
+
+/// Where a pool's servers live and whom to log in as.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// Role to log in as.
+    pub user: String,
+    /// Its password, if the server asks for one.
+    pub password: Option<Secret>,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Opens and logs in a new server connection (no timeout: the pool adds one).
+pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, ServerError> {
+    let stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
+    stream.set_nodelay(true)?;
+    let addr = stream.peer_addr()?;
+    let mut conn = ServerConn {
+        stream,
+        rbuf: BytesMut::with_capacity(8192),
+        reported: Vec::new(),
+        current: HashMap::new(),
+        unreported_set: Vec::new(),
+        key: BackendKey { addr, pid: 0, secret: 0 },
+        created: Instant::now(),
+        last_used: Instant::now(),
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    };
+    let mut out = BytesMut::new();
+    encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
+    conn.stream.write_all(&out).await?;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let Some(frame) = conn.next_frame(max_msg)? else {
+            if conn.read_more().await? == 0 {
+                return Err(ServerError::Protocol("server closed the connection during login".into()));
+            }
+            continue;
+        };
+        let body = frame.body();
+        match frame.tag() {
+            be::AUTHENTICATION => {
+                let reply = auth_step(t, body, &mut scram)?;
+                if !reply.is_empty() {
+                    conn.stream.write_all(&reply).await?;
+                }
+            }
+            be::PARAMETER_STATUS => {
+                conn.note_parameter_status(body);
+            }
+            be::BACKEND_KEY_DATA => {
+                let (pid, rest) = read_i32(body).ok_or_else(|| bad("BackendKeyData"))?;
+                let (secret, _) = read_i32(rest).ok_or_else(|| bad("BackendKeyData"))?;
+                conn.key.pid = pid;
+                conn.key.secret = secret;
+            }
+            be::ERROR_RESPONSE => return Err(ServerError::from_error_body(body)),
+            be::READY_FOR_QUERY => return Ok(conn),
+            be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+            t => return Err(ServerError::Protocol(format!("unexpected message {:?} during login", t as char))),
+        }
+    }
+}
+
+fn bad(what: &str) -> ServerError {
+    ServerError::Protocol(format!("malformed {what}"))
+}
+
+fn password<'a>(t: &'a ServerTarget) -> Result<&'a Secret, ServerError> {
+    t.password
+        .as_ref()
+        .ok_or_else(|| ServerError::Auth(format!("the server asks for a password for {:?} and pgmux has none", t.user)))
+}
+
+/// Answers one Authentication request; returns the bytes to send (may be empty).
+fn auth_step(t: &ServerTarget, body: &[u8], scram: &mut Option<ScramSha256>) -> Result<Vec<u8>, ServerError> {
+    let (code, data) = read_i32(body).ok_or_else(|| bad("Authentication"))?;
+    let mut out = BytesMut::new();
+    match code {
+        0 => {}
+        3 => match password(t)? {
+            Secret::Plain(p) => {
+                let mut b = p.as_bytes().to_vec();
+                b.push(0);
+                encode::password(&mut out, &b);
+            }
+            _ => return Err(ServerError::Auth("the server asks for a cleartext password and pgmux only has a hash".into())),
+        },
+        5 => {
+            let salt: [u8; 4] = data.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| bad("MD5 salt"))?;
+            let stored = match password(t)? {
+                Secret::Plain(p) => crate::auth::md5::stored_hash(&t.user, p),
+                Secret::Md5(h) => h.clone(),
+                Secret::Scram(_) => return Err(ServerError::Auth("the server asks for MD5 and pgmux only has a SCRAM verifier".into())),
+            };
+            let mut b = crate::auth::md5::salted_answer(&stored, salt).into_bytes();
+            b.push(0);
+            encode::password(&mut out, &b);
+        }
+        10 => {
+            let mut offered = data;
+            let mut has_scram = false;
+            while let Some((m, rest)) = cstr(offered) {
+                if m.is_empty() {
+                    break;
+                }
+                has_scram |= m == SCRAM_SHA_256.as_bytes();
+                offered = rest;
+            }
+            if !has_scram {
+                return Err(ServerError::Auth("the server offers no SASL mechanism pgmux supports".into()));
+            }
+            let Secret::Plain(p) = password(t)? else {
+                return Err(ServerError::Auth("the server asks for SCRAM and pgmux has no plaintext password for this role".into()));
+            };
+            let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+            encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
+            *scram = Some(s);
+        }
+        11 => {
+            let s = scram.as_mut().ok_or_else(|| bad("SASLContinue"))?;
+            s.update(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+            encode::password(&mut out, s.message());
+        }
+        12 => {
+            let s = scram.as_mut().ok_or_else(|| bad("SASLFinal"))?;
+            s.finish(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+        }
+        c => return Err(ServerError::Auth(format!("unsupported authentication request {c}"))),
+    }
+    Ok(out.to_vec())
+}

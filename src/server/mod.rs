@@ -1,0 +1,237 @@
+//! One server connection: its socket and read buffer, the parameters the
+//! server reported, its cancel key, and the internal queries pgmux runs on it
+//! between clients (parameter sync and reset).
+
+mod connect;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use connect::{connect, ServerTarget};
+
+use crate::protocol::frame::{cstr, split_frame};
+use crate::protocol::{be, encode, ErrorFields, Frame, FrameError, TxStatus};
+
+/// Why talking to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Socket failure.
+    #[error("server connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// The server did not answer in time.
+    #[error("timed out connecting to the server")]
+    Timeout,
+    /// The server sent an ErrorResponse (code, message).
+    #[error("server error {code}: {message}")]
+    Server {
+        /// SQLSTATE.
+        code: String,
+        /// Primary message.
+        message: String,
+    },
+    /// The server sent something pgmux doesn't understand.
+    #[error("server protocol error: {0}")]
+    Protocol(String),
+    /// pgmux has no way to log in as this user.
+    #[error("{0}")]
+    Auth(String),
+}
+
+impl From<FrameError> for ServerError {
+    fn from(e: FrameError) -> Self {
+        Self::Protocol(e.to_string())
+    }
+}
+
+impl ServerError {
+    /// Builds the error from a server's ErrorResponse body.
+    pub fn from_error_body(body: &[u8]) -> Self {
+        match ErrorFields::parse(body) {
+            Some(f) => Self::Server {
+                code: String::from_utf8_lossy(f.code).into_owned(),
+                message: f.message_lossy(),
+            },
+            None => Self::Protocol("malformed ErrorResponse".into()),
+        }
+    }
+}
+
+/// Parameters whose values pgmux keeps in step with each client.
+pub const TRACKED_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "standard_conforming_strings",
+];
+
+/// The cancel key of a server connection and where to send cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Backend process id.
+    pub pid: i32,
+    /// Backend secret.
+    pub secret: i32,
+}
+
+/// An open, logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub rbuf: BytesMut,
+    /// The ParameterStatus values as the server sent them (original names).
+    reported: Vec<(String, String)>,
+    /// Current values by lowercase name: reported ones plus those pgmux set.
+    current: HashMap<String, String>,
+    /// Lowercase names pgmux set that the server does not report.
+    unreported_set: Vec<String>,
+    /// Where and how to cancel this connection's query.
+    pub key: BackendKey,
+    created: Instant,
+    /// When the connection was last handed back to the pool.
+    pub last_used: Instant,
+    /// Per-process unique id, for logs.
+    pub id: u64,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // Best effort: say goodbye so the server logs a clean disconnect.
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+impl ServerConn {
+    /// Age of the connection.
+    pub fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
+    }
+
+    /// Reads more bytes from the server into `rbuf`; 0 means EOF.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// Writes bytes to the server.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stream.write_all(buf).await
+    }
+
+    /// Splits the next complete message off the read buffer.
+    pub fn next_frame(&mut self, max: usize) -> Result<Option<Frame>, FrameError> {
+        split_frame(&mut self.rbuf, max)
+    }
+
+    /// True when an idle connection has nothing unexpected to say and is
+    /// still open, checked without blocking.
+    pub fn is_clean_idle(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// ParameterStatus values to present to clients of this server's pool.
+    pub fn reported_params(&self) -> &[(String, String)] {
+        &self.reported
+    }
+
+    /// Current value of a parameter by lowercase name.
+    pub fn param(&self, lower_name: &str) -> Option<&str> {
+        self.current.get(lower_name).map(String::as_str)
+    }
+
+    /// Lowercase names pgmux set on this server that it does not report.
+    pub fn unreported_set(&self) -> &[String] {
+        &self.unreported_set
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter_status(&mut self, body: &[u8]) -> Option<(String, String)> {
+        let (k, rest) = cstr(body)?;
+        let (v, _) = cstr(rest)?;
+        let k = String::from_utf8_lossy(k).into_owned();
+        let v = String::from_utf8_lossy(v).into_owned();
+        self.current.insert(k.to_ascii_lowercase(), v.clone());
+        match self.reported.iter_mut().find(|(n, _)| *n == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => self.reported.push((k.clone(), v.clone())),
+        }
+        Some((k, v))
+    }
+
+    /// Records that pgmux set (Some) or reset (None) an unreported parameter.
+    pub fn note_unreported(&mut self, lower_name: &str, value: Option<&str>) {
+        self.unreported_set.retain(|n| n != lower_name);
+        match value {
+            Some(v) => {
+                self.unreported_set.push(lower_name.to_owned());
+                self.current.insert(lower_name.to_owned(), v.to_owned());
+            }
+            None => {
+                self.current.remove(lower_name);
+            }
+        }
+    }
+
+    /// Runs a query for pgmux's own purposes, swallowing its results. The
+    /// first ErrorResponse is returned as an error once ReadyForQuery arrives.
+    pub async fn run_internal(&mut self, sql: &str, max: usize) -> Result<TxStatus, ServerError> {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, sql);
+        self.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let Some(frame) = self.next_frame(max)? else {
+                if self.read_more().await? == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                continue;
+            };
+            match frame.tag() {
+                be::ERROR_RESPONSE if failure.is_none() => {
+                    failure = Some(ServerError::from_error_body(frame.body()));
+                }
+                be::PARAMETER_STATUS => {
+                    self.note_parameter_status(frame.body());
+                }
+                be::READY_FOR_QUERY => {
+                    let status = frame
+                        .body()
+                        .first()
+                        .and_then(|b| TxStatus::from_byte(*b))
+                        .ok_or_else(|| ServerError::Protocol("bad ReadyForQuery".into()))?;
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => Ok(status),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs the reset query between session-mode clients and forgets what
+    /// pgmux had set.
+    pub async fn reset(&mut self, sql: &str, max: usize) -> Result<(), ServerError> {
+        if self.run_internal(sql, max).await? != TxStatus::Idle {
+            return Err(ServerError::Protocol("reset left a transaction open".into()));
+        }
+        let names = std::mem::take(&mut self.unreported_set);
+        for n in names {
+            self.current.remove(&n);
+        }
+        Ok(())
+    }
+}

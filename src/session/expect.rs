@@ -1,0 +1,296 @@
+//! The queue of replies a server owes the client, in request order.
+//!
+//! Every request that the server answers (Parse, Bind, Describe, Execute,
+//! Close, Sync, Query, FunctionCall) gets an entry when it is sent. Each
+//! entry says what to do with its reply: forward it, swallow it (a request
+//! pgmux injected), or synthesize it (a request pgmux answered itself).
+//! A server is released only when this queue is empty, and after an
+//! ErrorResponse the queue skips to the next Sync exactly as the server does.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use crate::protocol::{be, encode, Frame};
+
+/// A request that produces a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    /// Parse → ParseComplete.
+    Parse,
+    /// Bind → BindComplete.
+    Bind,
+    /// Describe → [ParameterDescription] RowDescription | NoData.
+    Describe,
+    /// Execute → ... CommandComplete | EmptyQueryResponse | PortalSuspended.
+    Execute,
+    /// Close → CloseComplete.
+    Close,
+    /// Sync → ReadyForQuery.
+    Sync,
+    /// Simple query → ... ReadyForQuery.
+    Query,
+    /// Fast-path call → ... ReadyForQuery.
+    FunctionCall,
+}
+
+impl Req {
+    /// The request for a frontend tag, if it produces a reply.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        use crate::protocol::fe;
+        Some(match tag {
+            fe::PARSE => Self::Parse,
+            fe::BIND => Self::Bind,
+            fe::DESCRIBE => Self::Describe,
+            fe::EXECUTE => Self::Execute,
+            fe::CLOSE => Self::Close,
+            fe::SYNC => Self::Sync,
+            fe::QUERY => Self::Query,
+            fe::FUNCTION_CALL => Self::FunctionCall,
+            _ => return None,
+        })
+    }
+
+    /// Requests answered by ReadyForQuery.
+    pub fn ends_with_ready(self) -> bool {
+        matches!(self, Self::Sync | Self::Query | Self::FunctionCall)
+    }
+
+    /// Whether `tag` is the last message of this request's reply.
+    fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Self::Parse => tag == be::PARSE_COMPLETE,
+            Self::Bind => tag == be::BIND_COMPLETE,
+            Self::Close => tag == be::CLOSE_COMPLETE,
+            Self::Describe => tag == be::ROW_DESCRIPTION || tag == be::NO_DATA,
+            Self::Execute => matches!(
+                tag,
+                be::COMMAND_COMPLETE | be::EMPTY_QUERY | be::PORTAL_SUSPENDED
+            ),
+            Self::Sync | Self::Query | Self::FunctionCall => tag == be::READY_FOR_QUERY,
+        }
+    }
+}
+
+/// What to do with a request's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Pass the server's reply to the client.
+    Forward,
+    /// Drop the server's reply: pgmux sent the request, not the client.
+    Swallow,
+    /// The request never reached the server; send the client this
+    /// empty-bodied message (ParseComplete, CloseComplete) in its place.
+    Synthetic(u8),
+}
+
+/// One outstanding request and what its completion should trigger.
+#[derive(Debug)]
+pub struct Entry<H> {
+    /// The request.
+    pub req: Req,
+    /// What to do with its reply.
+    pub reply: Reply,
+    /// Bookkeeping to apply when it succeeds.
+    pub hook: H,
+}
+
+/// What a server message meant for the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<H> {
+    /// Nothing completed.
+    Pending,
+    /// An entry completed successfully; apply its hook.
+    Done(H),
+    /// An ErrorResponse failed these entries' requests (hooks discarded).
+    Failed,
+}
+
+/// The reply queue of one server round trip sequence.
+#[derive(Debug)]
+pub struct Expect<H> {
+    q: VecDeque<Entry<H>>,
+    /// The server hit an error and ignores everything up to the next Sync.
+    skipping: bool,
+    /// An ErrorResponse went to the client since the last ReadyForQuery.
+    error_sent: bool,
+}
+
+impl<H> Default for Expect<H> {
+    fn default() -> Self {
+        Self {
+            q: VecDeque::new(),
+            skipping: false,
+            error_sent: false,
+        }
+    }
+}
+
+impl<H> Expect<H> {
+    /// No reply is owed.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Whether an ErrorResponse reached the client since the last ReadyForQuery.
+    pub fn error_sent(&self) -> bool {
+        self.error_sent
+    }
+
+    /// Notes a request sent (or answered) on the client's behalf. Synthetic
+    /// replies with nothing owed before them are written to `out` at once.
+    pub fn push(&mut self, req: Req, reply: Reply, hook: H, out: &mut BytesMut) {
+        if self.skipping && req != Req::Sync {
+            // The server will ignore it, so no reply of any kind is owed.
+            return;
+        }
+        if req == Req::Sync {
+            self.skipping = false;
+        }
+        match reply {
+            Reply::Synthetic(tag) if self.q.is_empty() => encode::empty(out, tag),
+            _ => self.q.push_back(Entry { req, reply, hook }),
+        }
+    }
+
+    /// Handles one server message: appends what the client should get to
+    /// `out` and says what completed.
+    pub fn on_server(&mut self, frame: &Frame, out: &mut BytesMut) -> Outcome<H> {
+        let tag = frame.tag();
+        if matches!(
+            tag,
+            be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS
+        ) {
+            out.extend_from_slice(frame.raw());
+            return Outcome::Pending;
+        }
+        let Some(head) = self.q.front() else {
+            // Nothing owed (a FATAL before the server closes, say): pass it on.
+            out.extend_from_slice(frame.raw());
+            return Outcome::Pending;
+        };
+        if tag == be::ERROR_RESPONSE && !head.req.ends_with_ready() {
+            self.error_sent = true;
+            out.extend_from_slice(frame.raw());
+            self.fail_to_sync();
+            return Outcome::Failed;
+        }
+        if !head.req.completed_by(tag) {
+            if tag == be::ERROR_RESPONSE {
+                self.error_sent = true;
+            }
+            if head.reply == Reply::Forward {
+                out.extend_from_slice(frame.raw());
+            }
+            return Outcome::Pending;
+        }
+        let Some(entry) = self.q.pop_front() else {
+            return Outcome::Pending;
+        };
+        if entry.reply == Reply::Forward {
+            out.extend_from_slice(frame.raw());
+        }
+        if tag == be::READY_FOR_QUERY {
+            self.error_sent = false;
+        }
+        self.emit_synthetic(out);
+        Outcome::Done(entry.hook)
+    }
+
+    /// The server skips every request up to the next Sync after an error.
+    fn fail_to_sync(&mut self) {
+        self.q.pop_front();
+        while let Some(e) = self.q.front() {
+            if e.req == Req::Sync {
+                return;
+            }
+            self.q.pop_front();
+        }
+        self.skipping = true;
+    }
+
+    /// Writes synthetic replies that have nothing owed before them any more.
+    fn emit_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Entry {
+            reply: Reply::Synthetic(tag),
+            ..
+        }) = self.q.front()
+        {
+            encode::empty(out, *tag);
+            self.q.pop_front();
+        }
+    }
+
+    /// The server is gone: empties the queue and returns how many
+    /// ReadyForQuery the client is still owed, and whether it still has
+    /// requests waiting for a Sync.
+    pub fn abandon(&mut self) -> (usize, bool) {
+        let readies = self.q.iter().filter(|e| e.req.ends_with_ready()).count();
+        let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());
+        self.q.clear();
+        self.skipping = false;
+        (readies, tail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8) -> Frame {
+        let mut b = BytesMut::new();
+        encode::empty(&mut b, tag);
+        Frame::from_raw(b.freeze())
+    }
+
+    fn z() -> Frame {
+        let mut b = BytesMut::new();
+        encode::ready_for_query(&mut b, crate::protocol::TxStatus::Idle);
+        Frame::from_raw(b.freeze())
+    }
+
+    #[test]
+    fn synthetic_replies_keep_request_order() {
+        let mut e: Expect<u8> = Expect::default();
+        let mut out = BytesMut::new();
+        e.push(Req::Bind, Reply::Forward, 1, &mut out);
+        e.push(Req::Parse, Reply::Synthetic(b'1'), 2, &mut out);
+        e.push(Req::Parse, Reply::Swallow, 3, &mut out);
+        e.push(Req::Sync, Reply::Forward, 4, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(e.on_server(&frame(b'2'), &mut out), Outcome::Done(1));
+        assert_eq!(&out[..], b"2\0\0\0\x041\0\0\0\x04");
+        out.clear();
+        assert_eq!(e.on_server(&frame(b'1'), &mut out), Outcome::Done(3));
+        assert!(out.is_empty());
+        assert_eq!(e.on_server(&z(), &mut out), Outcome::Done(4));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn error_skips_to_sync() {
+        let mut e: Expect<u8> = Expect::default();
+        let mut out = BytesMut::new();
+        e.push(Req::Parse, Reply::Forward, 1, &mut out);
+        e.push(Req::Bind, Reply::Forward, 2, &mut out);
+        e.push(Req::Parse, Reply::Synthetic(b'1'), 3, &mut out);
+        let mut err = BytesMut::new();
+        crate::protocol::error::write_error(
+            &mut err,
+            crate::protocol::error::Severity::Error,
+            crate::protocol::SqlState::PROTOCOL_VIOLATION.0,
+            "x",
+        );
+        assert_eq!(
+            e.on_server(&Frame::from_raw(err.freeze()), &mut out),
+            Outcome::Failed
+        );
+        // Sent after the error, before Sync: the server ignores it.
+        e.push(Req::Execute, Reply::Forward, 5, &mut out);
+        e.push(Req::Sync, Reply::Forward, 6, &mut out);
+        out.clear();
+        assert_eq!(e.on_server(&z(), &mut out), Outcome::Done(6));
+        assert!(e.is_empty());
+        assert_eq!(out[0], b'Z');
+    }
+}

@@ -1,0 +1,405 @@
+//! One client connection, from login to goodbye.
+//!
+//! The session reads whole messages from the client, takes a server from
+//! its pool when a request needs one, forwards the raw frames, and passes
+//! the server's replies back through the [`expect::Expect`] queue. In
+//! transaction mode the server goes back to the pool as soon as the queue is
+//! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
+
+pub mod cancel;
+pub mod expect;
+pub mod params;
+pub mod startup;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::PoolMode;
+use crate::context::Context;
+use crate::pool::{Checkout, Pool, PoolError};
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::frame::split_frame;
+use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
+use crate::server::ServerError;
+use crate::shutdown::Phase;
+use cancel::CancelHandle;
+use expect::{Expect, Outcome, Reply, Req};
+use params::ClientParams;
+use startup::{Login, LoginError, Opening};
+
+/// Bookkeeping attached to an outstanding request (none yet in the core path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Nothing to record.
+    None,
+}
+
+/// How a session ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    /// The client said goodbye or went away.
+    #[error("client closed the connection")]
+    ClientGone,
+    /// Tell the client this FATAL error, then close.
+    #[error("{1}")]
+    Fatal(String, String),
+}
+
+fn fatal(code: SqlState, msg: impl Into<String>) -> End {
+    End::Fatal(code.0.to_owned(), msg.into())
+}
+
+/// The SQLSTATE a client sees when it gets no server.
+pub fn pool_error_code(e: &PoolError) -> SqlState {
+    match e {
+        PoolError::WaitTimeout { .. } => SqlState::TOO_MANY_CONNECTIONS,
+        PoolError::Connect { .. } => SqlState::CANNOT_CONNECT,
+        PoolError::Closed(_) => SqlState::ADMIN_SHUTDOWN,
+    }
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
+    let _live = ctx.shutdown.track();
+    let login_timeout = ctx.config.pgmux.client_login_timeout;
+    let opened = tokio::time::timeout(login_timeout, startup::login(&mut stream, &ctx)).await;
+    let login = match opened {
+        Ok(Ok(Opening::Session(login))) => login,
+        Ok(Ok(Opening::Cancelled)) => return,
+        Ok(Err(LoginError::Fatal(code, msg))) => {
+            tracing::debug!(%msg, "login refused");
+            startup::send_fatal(&mut stream, code, &msg).await;
+            return;
+        }
+        Ok(Err(LoginError::Io(e))) => {
+            tracing::debug!(error = %e, "client left during login");
+            return;
+        }
+        Err(_) => {
+            startup::send_fatal(&mut stream, SqlState::PROTOCOL_VIOLATION, "canceling authentication due to timeout").await;
+            return;
+        }
+    };
+    tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
+    let mut session = Session::new(stream, ctx, login);
+    let end = session.run().await;
+    session.finish(end).await;
+}
+
+/// A logged-in client and the server it holds, if any.
+struct Session {
+    ctx: Arc<Context>,
+    client: TcpStream,
+    /// Bytes from the client not yet handled.
+    cbuf: BytesMut,
+    /// Bytes for the client, written once per batch.
+    cout: BytesMut,
+    /// Bytes for the server, written once per batch.
+    sout: BytesMut,
+    pool: Pool,
+    mode: PoolMode,
+    server: Option<Checkout>,
+    expect: Expect<Hook>,
+    /// Extended-protocol messages were sent since the last Sync.
+    unsynced: bool,
+    /// The client's transaction status as of the last ReadyForQuery.
+    tx: TxStatus,
+    /// The server died with extended messages pending: drop the client's
+    /// messages up to its Sync, then answer that Sync.
+    skip_to_sync: bool,
+    params: ClientParams,
+    cancel: CancelHandle,
+    max_msg: usize,
+}
+
+/// Reads from the held server, or waits forever when there is none.
+async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
+    match server {
+        Some(s) => s.read_more().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn new(client: TcpStream, ctx: Arc<Context>, login: Login) -> Self {
+        let max_msg = ctx.config.pgmux.max_message_size;
+        Self {
+            ctx,
+            client,
+            cbuf: BytesMut::with_capacity(8192),
+            cout: BytesMut::with_capacity(8192),
+            sout: BytesMut::with_capacity(8192),
+            pool: login.pool,
+            mode: login.mode,
+            server: None,
+            expect: Expect::default(),
+            unsynced: false,
+            tx: TxStatus::Idle,
+            skip_to_sync: false,
+            params: login.params,
+            cancel: login.cancel,
+            max_msg,
+        }
+    }
+
+    /// The main loop: client bytes, server bytes and shutdown, whichever comes first.
+    async fn run(&mut self) -> End {
+        let mut phase = self.ctx.shutdown.watch();
+        loop {
+            if let Some(end) = self.check_shutdown(*phase.borrow_and_update()) {
+                return end;
+            }
+            let res = tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => Err(End::ClientGone),
+                    Ok(_) => self.on_client_data().await,
+                },
+                r = read_server(&mut self.server) => match r {
+                    Ok(0) => self.on_server_lost(ServerError::Protocol("server closed the connection unexpectedly".into())).await,
+                    Err(e) => self.on_server_lost(e.into()).await,
+                    Ok(_) => self.on_server_data().await,
+                },
+                _ = phase.changed() => Ok(()),
+            };
+            if let Err(end) = res {
+                return end;
+            }
+        }
+    }
+
+    /// During shutdown a session ends once it holds no transaction.
+    fn check_shutdown(&self, phase: Phase) -> Option<End> {
+        let msg = "terminating connection due to administrator command";
+        match phase {
+            Phase::Running => None,
+            Phase::Draining if !self.is_idle() => None,
+            _ => Some(fatal(SqlState::ADMIN_SHUTDOWN, msg)),
+        }
+    }
+
+    /// No request in flight and no transaction open.
+    fn is_idle(&self) -> bool {
+        self.expect.is_empty() && !self.unsynced && self.tx == TxStatus::Idle
+    }
+
+    async fn on_client_data(&mut self) -> Result<(), End> {
+        loop {
+            let frame = match split_frame(&mut self.cbuf, self.max_msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid frontend message: {e}"))),
+            };
+            match frame.tag() {
+                fe::TERMINATE => {
+                    self.flush_server().await?;
+                    return Err(End::ClientGone);
+                }
+                fe::PASSWORD => {
+                    return Err(fatal(SqlState::PROTOCOL_VIOLATION, "unexpected password message after login"));
+                }
+                _ => {}
+            }
+            if self.skip_to_sync {
+                self.skip_frame(&frame);
+                continue;
+            }
+            if self.server.is_none() {
+                self.acquire().await?;
+            }
+            self.forward(frame);
+        }
+        self.flush_server().await?;
+        self.flush_client().await
+    }
+
+    /// Drops a client message the dead server would have skipped.
+    fn skip_frame(&mut self, frame: &Frame) {
+        if frame.tag() == fe::SYNC {
+            self.skip_to_sync = false;
+            encode::ready_for_query(&mut self.cout, self.tx);
+        }
+    }
+
+    /// Queues a client message for the server and notes the reply it owes.
+    fn forward(&mut self, frame: Frame) {
+        let tag = frame.tag();
+        if let Some(req) = Req::from_tag(tag) {
+            self.expect.push(req, Reply::Forward, Hook::None, &mut self.cout);
+            match req {
+                Req::Sync => self.unsynced = false,
+                Req::Query | Req::FunctionCall => {}
+                _ => self.unsynced = true,
+            }
+        }
+        self.sout.extend_from_slice(frame.raw());
+    }
+
+    /// Takes a server from the pool and makes its parameters the client's.
+    async fn acquire(&mut self) -> Result<(), End> {
+        let mut server = self.pool.get().await.map_err(|e| {
+            tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
+            fatal(pool_error_code(&e), e.to_string())
+        })?;
+        if let Err(e) = self.params.sync(&mut server, self.max_msg).await {
+            server.discard();
+            return Err(server_error_end(e));
+        }
+        self.cancel.slot.set_target(Some(server.key));
+        self.server = Some(server);
+        Ok(())
+    }
+
+    async fn on_server_data(&mut self) -> Result<(), End> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let frame = match server.next_frame(self.max_msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    return self.on_server_lost(ServerError::Protocol(e.to_string())).await;
+                }
+            };
+            match frame.tag() {
+                be::PARAMETER_STATUS => {
+                    if let Some((k, v)) = server.note_parameter_status(frame.body()) {
+                        self.params.on_parameter_status(&k, &v);
+                    }
+                }
+                be::READY_FOR_QUERY => {
+                    if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
+                        self.tx = s;
+                    }
+                }
+                be::ERROR_RESPONSE => log_server_error(&frame),
+                _ => {}
+            }
+            match self.expect.on_server(&frame, &mut self.cout) {
+                Outcome::Done(Hook::None) | Outcome::Pending | Outcome::Failed => {}
+            }
+        }
+        self.flush_client().await?;
+        if self.mode == PoolMode::Transaction && self.is_idle() {
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// The server connection failed under the client. Requests in flight get
+    /// an error and a ReadyForQuery each so the client's protocol state stays
+    /// sound; a client inside a transaction (or in session mode) loses its
+    /// session state, so it is disconnected.
+    async fn on_server_lost(&mut self, err: ServerError) -> Result<(), End> {
+        tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
+        if let Some(s) = self.server.take() {
+            s.discard();
+        }
+        self.cancel.slot.set_target(None);
+        let in_tx = self.tx != TxStatus::Idle;
+        let error_sent = self.expect.error_sent();
+        let (readies, tail) = self.expect.abandon();
+        if self.mode == PoolMode::Session || (readies == 0 && !tail) {
+            return Err(fatal(SqlState::CONNECTION_FAILURE, "server connection lost"));
+        }
+        let msg = if in_tx {
+            "server connection lost; the transaction was rolled back"
+        } else {
+            "server connection lost"
+        };
+        let mut owe_error = !error_sent;
+        for _ in 0..readies {
+            if owe_error {
+                write_error(&mut self.cout, Severity::Error, SqlState::CONNECTION_FAILURE.0, msg);
+            }
+            encode::ready_for_query(&mut self.cout, TxStatus::Idle);
+            owe_error = true;
+        }
+        if tail {
+            if owe_error {
+                write_error(&mut self.cout, Severity::Error, SqlState::CONNECTION_FAILURE.0, msg);
+            }
+            self.skip_to_sync = true;
+        }
+        self.tx = TxStatus::Idle;
+        self.unsynced = false;
+        self.flush_client().await
+    }
+
+    fn release(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.cancel.slot.set_target(None);
+            s.release();
+        }
+    }
+
+    async fn flush_server(&mut self) -> Result<(), End> {
+        if self.sout.is_empty() {
+            return Ok(());
+        }
+        let Some(server) = self.server.as_mut() else {
+            self.sout.clear();
+            return Ok(());
+        };
+        let res = server.write_all(&self.sout).await;
+        self.sout.clear();
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => self.on_server_lost(e.into()).await,
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), End> {
+        if self.cout.is_empty() {
+            return Ok(());
+        }
+        let res = self.client.write_all(&self.cout).await;
+        self.cout.clear();
+        res.map_err(|_| End::ClientGone)
+    }
+
+    /// Ends the session: tells the client why if it is still there, and
+    /// returns the server only if it is clean.
+    async fn finish(mut self, end: End) {
+        if let End::Fatal(code, msg) = &end {
+            let mut out = BytesMut::new();
+            write_error(&mut out, Severity::Fatal, code, msg);
+            let _ = self.client.write_all(&out).await;
+        }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        self.cancel.slot.set_target(None);
+        let clean = self.is_idle() && server.rbuf.is_empty();
+        if !clean {
+            tracing::debug!(pool = %self.pool.name(), "closing server left mid-transaction by its client");
+            server.discard();
+            return;
+        }
+        if self.mode == PoolMode::Session {
+            let reset = self.pool.settings().reset_query.clone();
+            if server.reset(&reset, self.max_msg).await.is_err() {
+                server.discard();
+                return;
+            }
+        }
+        server.release();
+    }
+}
+
+fn server_error_end(e: ServerError) -> End {
+    match e {
+        ServerError::Server { code, message } => End::Fatal(code, message),
+        e => fatal(SqlState::CONNECTION_FAILURE, e.to_string()),
+    }
+}
+
+fn log_server_error(frame: &Frame) {
+    if let Some(f) = ErrorFields::parse(frame.body()) {
+        tracing::debug!(code = %String::from_utf8_lossy(f.code), message = %f.message_lossy(), "server error");
+    }
+}

@@ -1,0 +1,178 @@
+//! A client's session parameters, and making a server match them before
+//! the client's first message reaches it.
+
+use std::collections::BTreeMap;
+
+use crate::server::{ServerConn, ServerError, TRACKED_REPORTED};
+
+/// Parameters that can't come from a client's startup packet: changing
+/// them would change who the server thinks the client is.
+const FORBIDDEN: &[&str] = &["role", "session_authorization", "is_superuser"];
+
+/// Why a startup parameter was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    /// Not a parameter name.
+    #[error("invalid startup parameter name {0:?}")]
+    BadName(String),
+    /// A parameter that changes the session's identity.
+    #[error("startup parameter {0:?} is not allowed through pgmux")]
+    Forbidden(String),
+}
+
+/// The values a client expects its server to have, by lowercase name.
+#[derive(Debug, Clone, Default)]
+pub struct ClientParams {
+    desired: BTreeMap<String, String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// Quotes a value as an escape-string literal, which reads the same whatever
+/// the server's `standard_conforming_strings`.
+fn literal(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 3);
+    s.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            c => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+impl ClientParams {
+    /// Starts from the pool's reported values for the tracked parameters,
+    /// then applies the client's own settings.
+    pub fn new(
+        pool_params: &[(String, String)],
+        client: &[(String, String)],
+    ) -> Result<Self, ParamError> {
+        let mut desired = BTreeMap::new();
+        for (k, v) in pool_params {
+            let lower = k.to_ascii_lowercase();
+            if TRACKED_REPORTED.contains(&lower.as_str()) {
+                desired.insert(lower, v.clone());
+            }
+        }
+        for (k, v) in client {
+            let lower = k.to_ascii_lowercase();
+            if !valid_name(&lower) {
+                return Err(ParamError::BadName(k.clone()));
+            }
+            if FORBIDDEN.contains(&lower.as_str()) {
+                return Err(ParamError::Forbidden(k.clone()));
+            }
+            desired.insert(lower, v.clone());
+        }
+        Ok(Self { desired })
+    }
+
+    /// The ParameterStatus list shown at login: the pool's values with the
+    /// client's own where it set them.
+    pub fn welcome(&self, pool_params: &[(String, String)]) -> Vec<(String, String)> {
+        pool_params
+            .iter()
+            .map(|(k, v)| {
+                let own = self.desired.get(&k.to_ascii_lowercase());
+                (k.clone(), own.unwrap_or(v).clone())
+            })
+            .collect()
+    }
+
+    /// Records a ParameterStatus the server sent while this client held it
+    /// (the client's own SET of a reported parameter).
+    pub fn on_parameter_status(&mut self, name: &str, value: &str) {
+        let lower = name.to_ascii_lowercase();
+        if TRACKED_REPORTED.contains(&lower.as_str()) || self.desired.contains_key(&lower) {
+            self.desired.insert(lower, value.to_owned());
+        }
+    }
+
+    /// The statement that makes `server` match this client, if any differs.
+    pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        let mut sets = Vec::new();
+        for (k, v) in &self.desired {
+            if server.param(k) != Some(v.as_str()) {
+                sets.push(format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)));
+            }
+        }
+        let resets: Vec<&String> = server
+            .unreported_set()
+            .iter()
+            .filter(|k| !self.desired.contains_key(*k))
+            .collect();
+        if sets.is_empty() && resets.is_empty() {
+            return None;
+        }
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql.push_str("SELECT ");
+            sql.push_str(&sets.join(", "));
+            sql.push(';');
+        }
+        for k in resets {
+            sql.push_str(&format!("RESET {k};"));
+        }
+        Some(sql)
+    }
+
+    /// Makes `server` match this client. Values the server normalizes
+    /// (`utf8` → `UTF8`) are adopted so the next sync doesn't repeat them.
+    pub async fn sync(&mut self, server: &mut ServerConn, max: usize) -> Result<(), ServerError> {
+        let Some(sql) = self.sync_sql(server) else {
+            return Ok(());
+        };
+        server.run_internal(&sql, max).await?;
+        let stale: Vec<String> = server
+            .unreported_set()
+            .iter()
+            .filter(|k| !self.desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            server.note_unreported(&k, None);
+        }
+        for (k, v) in self.desired.iter_mut() {
+            if TRACKED_REPORTED.contains(&k.as_str()) {
+                if let Some(now) = server.param(k) {
+                    *v = now.to_owned();
+                }
+            } else {
+                server.note_unreported(k, Some(v));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_values() {
+        assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+    }
+
+    #[test]
+    fn client_overrides_pool_values() {
+        let pool = vec![
+            ("TimeZone".to_string(), "UTC".to_string()),
+            ("server_version".to_string(), "15".to_string()),
+        ];
+        let p = ClientParams::new(&pool, &[("timezone".into(), "Europe/Paris".into())]).unwrap();
+        assert_eq!(p.welcome(&pool)[0].1, "Europe/Paris");
+        assert!(!p.desired.contains_key("server_version"));
+        assert!(ClientParams::new(&pool, &[("role".into(), "postgres".into())]).is_err());
+        assert!(ClientParams::new(&pool, &[("a;b".into(), "x".into())]).is_err());
+    }
+}

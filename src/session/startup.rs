@@ -1,0 +1,259 @@
+//! Login: the startup packet (with SSL/GSS refusals and cancel requests),
+//! client authentication, and the welcome a real server would send.
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::cancel::CancelHandle;
+use super::params::ClientParams;
+use crate::auth::{md5, scram::ScramServer, Secret};
+use crate::config::{AuthType, PoolMode};
+use crate::context::{Context, UserAuth};
+use crate::pool::{Pool, PoolKey};
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::frame::{cstr, read_i32, split_frame};
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{encode, fe, SqlState, TxStatus};
+
+/// Largest authentication message accepted from a client.
+const MAX_AUTH_MESSAGE: usize = 10_000;
+
+/// Why a login ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Tell the client this FATAL error, then close.
+    #[error("{1}")]
+    Fatal(SqlState, String),
+    /// The socket failed; nothing to tell.
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn fatal(code: SqlState, msg: impl Into<String>) -> LoginError {
+    LoginError::Fatal(code, msg.into())
+}
+
+/// A logged-in client.
+pub struct Login {
+    /// Which pool serves it.
+    pub key: PoolKey,
+    /// The pool.
+    pub pool: Pool,
+    /// Transaction or session mode.
+    pub mode: PoolMode,
+    /// Its parameters.
+    pub params: ClientParams,
+    /// Its cancel key.
+    pub cancel: CancelHandle,
+}
+
+/// What the first packets asked for.
+pub enum Opening {
+    /// A session to serve.
+    Session(Login),
+    /// A cancel request, already handled; close the socket.
+    Cancelled,
+}
+
+/// Reads one untagged startup-phase packet.
+async fn read_startup(stream: &mut TcpStream) -> Result<StartupPacket, LoginError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let n = startup::body_len(len).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
+    let mut body = vec![0u8; n];
+    stream.read_exact(&mut body).await?;
+    startup::parse(&body).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
+}
+
+/// Reads one tagged message of the authentication exchange: must be `p`.
+async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, LoginError> {
+    loop {
+        match split_frame(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some(f)) if f.tag() == fe::PASSWORD => return Ok(f.raw().slice(5..)),
+            Ok(Some(f)) => {
+                return Err(fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!("expected password response, got message type {:?}", f.tag() as char),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+/// Runs the startup phase up to ReadyForQuery.
+pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, LoginError> {
+    let (minor, params) = loop {
+        match read_startup(stream).await? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup { major: 3, minor, params } => break (minor, params),
+            StartupPacket::Startup { major, minor, .. } => {
+                return Err(fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                ))
+            }
+        }
+    };
+    let mut user = None;
+    let mut database = None;
+    let mut settings = Vec::new();
+    let mut protocol_options = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "user" => user = Some(v),
+            "database" => database = Some(v),
+            "replication" => {
+                if !matches!(v.as_str(), "false" | "off" | "no" | "0") {
+                    return Err(fatal(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "replication connections are not supported by pgmux",
+                    ));
+                }
+            }
+            "options" => {
+                let opts = startup::parse_options(&v).ok_or_else(|| {
+                    fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("unsupported startup options {v:?}: only -c name=value and --name=value"),
+                    )
+                })?;
+                settings.extend(opts);
+            }
+            k if k.starts_with("_pq_.") => protocol_options.push(k.to_owned()),
+            _ => settings.push((k, v)),
+        }
+    }
+    let user = user
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| fatal(SqlState::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?;
+    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let mut out = BytesMut::new();
+    if minor > 0 || !protocol_options.is_empty() {
+        encode::negotiate_protocol_version(&mut out, 0, &protocol_options);
+    }
+    let cfg = &ctx.config;
+    let (Some(db), Some(auth)) = (cfg.databases.get(&database), ctx.users.get(&user)) else {
+        if !cfg.databases.contains_key(&database) {
+            return Err(fatal(SqlState::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist")));
+        }
+        return Err(fatal(SqlState::INVALID_AUTHORIZATION, format!("role \"{user}\" does not exist")));
+    };
+    authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, auth).await?;
+    let key = PoolKey { database, user };
+    let pool = ctx
+        .pools
+        .get(cfg, &key)
+        .ok_or_else(|| fatal(SqlState::INVALID_CATALOG_NAME, "pool vanished during login"))?;
+    let mode = cfg.pool_mode(db, &cfg.users[&key.user]);
+    let pool_params = pool
+        .startup_params()
+        .await
+        .map_err(|e| fatal(super::pool_error_code(&e), e.to_string()))?;
+    let params = ClientParams::new(&pool_params, &settings)
+        .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
+    let cancel = ctx.cancels.register();
+    encode::authentication(&mut out, 0, &[]);
+    for (k, v) in params.welcome(&pool_params) {
+        encode::parameter_status(&mut out, &k, &v);
+    }
+    encode::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
+    encode::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await?;
+    Ok(Opening::Session(Login { key, pool, mode, params, cancel }))
+}
+
+/// Runs the configured authentication exchange. `out` holds messages to
+/// send before the first request and is flushed with it.
+async fn authenticate(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    method: AuthType,
+    user: &str,
+    auth: &UserAuth,
+) -> Result<(), LoginError> {
+    let failed = || fatal(SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+    let mut buf = BytesMut::new();
+    let use_scram = match method {
+        AuthType::Trust => return Ok(()),
+        AuthType::ScramSha256 => true,
+        // As in PostgreSQL, md5 falls back to SCRAM for users stored as a SCRAM verifier.
+        AuthType::Md5 => matches!(auth.secret, Secret::Scram(_)),
+    };
+    if !use_scram {
+        let mut salt = [0u8; 4];
+        rand::rng().fill_bytes(&mut salt);
+        encode::authentication(out, 5, &salt);
+        stream.write_all(out).await?;
+        out.clear();
+        let answer = read_password(stream, &mut buf).await?;
+        let answer = cstr(&answer).map(|(a, _)| a).unwrap_or(&answer);
+        return match md5::verify(&auth.secret, user, salt, answer) {
+            Some(true) => Ok(()),
+            _ => Err(failed()),
+        };
+    }
+    let verifier = auth.scram.as_ref().ok_or_else(|| {
+        fatal(SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\": no SCRAM secret is configured"))
+    })?;
+    encode::authentication_sasl(out, &["SCRAM-SHA-256"]);
+    stream.write_all(out).await?;
+    out.clear();
+    let initial = read_password(stream, &mut buf).await?;
+    let malformed = |what: &str| fatal(SqlState::PROTOCOL_VIOLATION, format!("malformed SASL message: {what}"));
+    let (mechanism, rest) = cstr(&initial).ok_or_else(|| malformed("no mechanism"))?;
+    if mechanism != b"SCRAM-SHA-256" {
+        return Err(malformed("unsupported mechanism"));
+    }
+    let (len, data) = read_i32(rest).ok_or_else(|| malformed("no length"))?;
+    if len < 0 || len as usize != data.len() {
+        return Err(malformed("bad length"));
+    }
+    let (server, first) = ScramServer::start(verifier, data).map_err(|_| failed())?;
+    encode::authentication(out, 11, first.as_bytes());
+    stream.write_all(out).await?;
+    out.clear();
+    let fin = read_password(stream, &mut buf).await?;
+    let last = server.finish(&fin).map_err(|_| failed())?;
+    encode::authentication(out, 12, last.as_bytes());
+    Ok(())
+}
+
+/// Sends a FATAL error to a client that is about to be closed.
+pub async fn send_fatal(stream: &mut TcpStream, code: SqlState, msg: &str) {
+    let mut out = BytesMut::new();
+    write_error(&mut out, Severity::Fatal, code.0, msg);
+    let _ = stream.write_all(&out).await;
+}
+
+/// Answers a connection that can't be served (too many clients): reads its
+/// startup packet so the error reaches a client that is listening for one,
+/// still honours a cancel request, then sends `msg` as FATAL.
+pub async fn refuse(stream: &mut TcpStream, ctx: &Context, code: SqlState, msg: &str) {
+    let read = async {
+        loop {
+            match read_startup(stream).await? {
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+                StartupPacket::Cancel { pid, secret } => {
+                    ctx.cancels.cancel(pid, secret).await;
+                    return Ok(false);
+                }
+                StartupPacket::Startup { .. } => return Ok::<_, LoginError>(true),
+            }
+        }
+    };
+    let limit = ctx.config.pgmux.client_login_timeout;
+    if let Ok(Ok(true)) = tokio::time::timeout(limit, read).await {
+        send_fatal(stream, code, msg).await;
+    }
+}
