@@ -62,7 +62,10 @@ impl Proxy {
         let _ = self.accept.await;
         let grace = self.ctx.config.pgmux.shutdown_timeout;
         if tokio::time::timeout(grace, sd.all_closed()).await.is_err() {
-            tracing::warn!(sessions = sd.live(), "shutdown_timeout reached; closing remaining sessions");
+            tracing::warn!(
+                sessions = sd.live(),
+                "shutdown_timeout reached; closing remaining sessions"
+            );
         }
         sd.advance(Phase::Terminating);
         let _ = tokio::time::timeout(Duration::from_secs(2), sd.all_closed()).await;

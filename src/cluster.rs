@@ -135,7 +135,9 @@ fn spawn_detached(cmd: Command) -> anyhow::Result<Child> {
 /// Removes directories of clusters whose process is gone (test binaries
 /// exit without running destructors).
 fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(pid) = name
@@ -157,11 +159,8 @@ impl Cluster {
         let bin = find_bin_dir()?;
         remove_stale_dirs();
         let run_as = is_root().then(|| SUPERUSER.to_string());
-        let dir = std::env::temp_dir().join(format!(
-            "pgmux-pg-{}-{}",
-            std::process::id(),
-            free_port()?
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("pgmux-pg-{}-{}", std::process::id(), free_port()?));
         std::fs::create_dir_all(&dir)?;
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
@@ -285,9 +284,14 @@ impl Cluster {
 
     /// Stops the server (fast shutdown) and waits for it.
     pub fn stop(&self) {
-        let Ok(mut guard) = self.child.lock() else { return };
+        let Ok(mut guard) = self.child.lock() else {
+            return;
+        };
         if let Some(mut child) = guard.take() {
-            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::auth::{ScramVerifier, Secret};
 use crate::config::Config;
 use crate::pool::PoolSet;
+use crate::prepared::Registry;
 use crate::session::cancel::CancelRegistry;
 use crate::shutdown::Shutdown;
 
@@ -32,6 +33,8 @@ pub struct Context {
     pub cancels: CancelRegistry,
     /// Shutdown phase and live-session count.
     pub shutdown: Arc<Shutdown>,
+    /// Distinct prepared statements of all clients.
+    pub statements: Registry,
 }
 
 impl Context {
@@ -52,6 +55,7 @@ impl Context {
             pools: PoolSet::default(),
             cancels: CancelRegistry::default(),
             shutdown: Arc::new(Shutdown::default()),
+            statements: Registry::default(),
         }
     }
 }

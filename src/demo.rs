@@ -50,7 +50,8 @@ pub async fn burst(url: &str, clients: usize, duration: Duration) -> BurstResult
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let (url, ok, failed, sample) = (url.to_owned(), ok.clone(), failed.clone(), sample.clone());
+        let (url, ok, failed, sample) =
+            (url.to_owned(), ok.clone(), failed.clone(), sample.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match one_session(&url).await {
@@ -111,12 +112,15 @@ password = "{APP_PASSWORD}"
 
 /// Creates the demo role and database on a fresh cluster.
 pub async fn prepare_cluster(cluster: &Cluster) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(&cluster.superuser_url("postgres"), tokio_postgres::NoTls)
-        .await
-        .context("connecting to the throwaway PostgreSQL")?;
+    let (client, conn) =
+        tokio_postgres::connect(&cluster.superuser_url("postgres"), tokio_postgres::NoTls)
+            .await
+            .context("connecting to the throwaway PostgreSQL")?;
     tokio::spawn(conn);
     client
-        .batch_execute(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"))
+        .batch_execute(&format!(
+            "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"
+        ))
         .await?;
     client
         .batch_execute(&format!("CREATE DATABASE demo OWNER {APP_USER}"))
@@ -148,7 +152,10 @@ pub async fn run(clients: usize, duration: Duration) -> anyhow::Result<()> {
     let direct = burst(&url(cluster.port()), clients, duration).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pooled = burst(&url(proxy.addr().port()), clients, duration).await;
-    println!("{:<22} {:>10} {:>10} {:>12} {:>14}", "target", "sessions", "failed", "success", "sessions/s");
+    println!(
+        "{:<22} {:>10} {:>10} {:>12} {:>14}",
+        "target", "sessions", "failed", "success", "sessions/s"
+    );
     for (name, r) in [("PostgreSQL directly", &direct), ("through pgmux", &pooled)] {
         println!(
             "{:<22} {:>10} {:>10} {:>11.1}% {:>14.0}",

@@ -6,6 +6,7 @@
 //!   [`auth`]), then the session loop forwards frames between the client and
 //!   a server taken from its [`pool`], keeping reply order with
 //!   [`session::expect`] and parameters with [`session::params`].
+//! - [`prepared`] makes named statements follow clients across servers.
 //! - [`pool`] keeps the [`server`] connections of one (database, user).
 //! - [`protocol`] frames and encodes messages; it does no I/O.
 //! - [`config`], [`context`], [`shutdown`] and [`app`] wire it together;
@@ -23,6 +24,7 @@ pub mod context;
 pub mod demo;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -58,7 +58,13 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
             Err(_) => {
                 tokio::spawn(async move {
                     let msg = "no more connections allowed (max_client_conn)";
-                    session::startup::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg).await;
+                    session::startup::refuse(
+                        &mut stream,
+                        &ctx,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        msg,
+                    )
+                    .await;
                 });
             }
         }

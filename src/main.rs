@@ -26,7 +26,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -47,14 +49,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { clients, seconds } => {
-            runtime()?.block_on(pgmux::demo::run(clients, std::time::Duration::from_secs(seconds)))?;
+            runtime()?.block_on(pgmux::demo::run(
+                clients,
+                std::time::Duration::from_secs(seconds),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword { user } => {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
             let password = line.trim_end_matches(['\r', '\n']);
-            println!("{}", postgres_protocol::password::scram_sha_256(password.as_bytes()));
+            println!(
+                "{}",
+                postgres_protocol::password::scram_sha_256(password.as_bytes())
+            );
             println!("{}", pgmux::auth::md5::stored_hash(&user, password));
             Ok(ExitCode::SUCCESS)
         }

@@ -12,7 +12,10 @@ use futures_util::future::join_all;
 async fn simple_and_extended_queries() {
     let p = setup("t_queries", 2, "").await;
     let c = client(&p, "t_queries").await;
-    let rows = c.simple_query("SELECT 1 AS one; SELECT 'two'").await.unwrap();
+    let rows = c
+        .simple_query("SELECT 1 AS one; SELECT 'two'")
+        .await
+        .unwrap();
     let values: Vec<String> = rows
         .iter()
         .filter_map(|m| match m {
@@ -30,19 +33,36 @@ async fn simple_and_extended_queries() {
     }
     let err = c.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
-    assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    assert_eq!(
+        c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_pgmux() {
     let p = setup("t_psql", 2, "").await;
     let out = std::process::Command::new(cluster().bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", "SELECT 40 + 2", "-c", "SELECT current_user"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SELECT 40 + 2",
+            "-c",
+            "SELECT current_user",
+        ])
         .arg(url(&p, "t_psql"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.lines().collect::<Vec<_>>(), vec!["42", "t_psql"]);
 }
 
@@ -55,8 +75,9 @@ async fn two_hundred_clients_share_five_servers() {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut max = 0;
+            let su = superuser(cluster()).await;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                max = max.max(server_states("t_many").await.len());
+                max = max.max(server_states_with(&su, "t_many").await.len());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             max
@@ -67,11 +88,17 @@ async fn two_hundred_clients_share_five_servers() {
         tokio::spawn(async move {
             let c = connect(&url).await.unwrap();
             for j in 0..5 {
-                let r = c.query_one("SELECT $1::int * 2", &[&(i * 10 + j)]).await.unwrap();
+                let r = c
+                    .query_one("SELECT $1::int * 2", &[&(i * 10 + j)])
+                    .await
+                    .unwrap();
                 assert_eq!(r.get::<_, i32>(0), (i * 10 + j) * 2);
             }
             let tx_sum: i64 = c
-                .query_one("SELECT sum(x)::int8 FROM generate_series(1, $1::int) x", &[&i])
+                .query_one(
+                    "SELECT sum(x)::int8 FROM generate_series(1, $1::int) x",
+                    &[&i],
+                )
                 .await
                 .unwrap()
                 .get::<_, Option<i64>>(0)
@@ -97,7 +124,10 @@ async fn wait_timeout_gives_53300() {
     let err = waiter.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
     let msg = err.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("t_wait") && msg.contains("query_wait_timeout"), "{msg}");
+    assert!(
+        msg.contains("t_wait") && msg.contains("query_wait_timeout"),
+        "{msg}"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     let again = client(&p, "t_wait").await;
     again.simple_query("SELECT 1").await.unwrap();
@@ -112,7 +142,10 @@ async fn max_client_conn_gives_53300() {
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
     drop(_a);
     assert!(
-        eventually(Duration::from_secs(5), || async { connect(&url(&p, "t_maxconn")).await.is_ok() }).await,
+        eventually(Duration::from_secs(5), || async {
+            connect(&url(&p, "t_maxconn")).await.is_ok()
+        })
+        .await,
         "a slot frees up when a client leaves"
     );
 }
@@ -122,23 +155,44 @@ async fn login_errors_name_the_problem() {
     let p = setup("t_login", 2, "").await;
     let port = p.addr().port();
     let base = format!("host=127.0.0.1 port={port} connect_timeout=10");
-    let err = connect(&format!("{base} user=t_login password=wrong dbname=t_login")).await.unwrap_err();
+    let err = connect(&format!(
+        "{base} user=t_login password=wrong dbname=t_login"
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
-    assert_eq!(err.as_db_error().unwrap().message(), "password authentication failed for user \"t_login\"");
-    let err = connect(&format!("{base} user=t_login password={PASSWORD} dbname=nope")).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "password authentication failed for user \"t_login\""
+    );
+    let err = connect(&format!(
+        "{base} user=t_login password={PASSWORD} dbname=nope"
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("3D000"));
     assert!(err.as_db_error().unwrap().message().contains("\"nope\""));
-    let err = connect(&format!("{base} user=ghost password=x dbname=t_login")).await.unwrap_err();
+    let err = connect(&format!("{base} user=ghost password=x dbname=t_login"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
     assert!(err.as_db_error().unwrap().message().contains("\"ghost\""));
     // The proxy still serves everyone else.
-    client(&p, "t_login").await.simple_query("SELECT 1").await.unwrap();
+    client(&p, "t_login")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_and_trust_client_auth() {
     let p = setup("t_md5", 1, "auth_type = \"md5\"").await;
-    client(&p, "t_md5").await.simple_query("SELECT 1").await.unwrap();
+    client(&p, "t_md5")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
     let err = connect(&format!(
         "host=127.0.0.1 port={} user=t_md5 password=bad dbname=t_md5",
         p.addr().port()
@@ -147,22 +201,32 @@ async fn md5_and_trust_client_auth() {
     .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
     let p = setup("t_trust", 1, "auth_type = \"trust\"").await;
-    connect(&format!("host=127.0.0.1 port={} user=t_trust dbname=t_trust", p.addr().port()))
-        .await
-        .unwrap()
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    connect(&format!(
+        "host=127.0.0.1 port={} user=t_trust dbname=t_trust",
+        p.addr().port()
+    ))
+    .await
+    .unwrap()
+    .simple_query("SELECT 1")
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_keep_their_own_parameters_on_one_server() {
     let p = setup("t_params", 1, "").await;
-    let a = connect(&format!("{} application_name=alpha options='-c TimeZone=Asia/Tokyo'", url(&p, "t_params")))
+    let a = connect(&format!(
+        "{} application_name=alpha options='-c TimeZone=Asia/Tokyo'",
+        url(&p, "t_params")
+    ))
+    .await
+    .unwrap();
+    let b = connect(&format!("{} application_name=beta", url(&p, "t_params")))
         .await
         .unwrap();
-    let b = connect(&format!("{} application_name=beta", url(&p, "t_params"))).await.unwrap();
-    b.batch_execute("SET TimeZone = 'America/New_York'").await.unwrap();
+    b.batch_execute("SET TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
     let mut pids = std::collections::HashSet::new();
     for _ in 0..5 {
         let (app, tz, pid_a) = get(&a).await;
@@ -215,11 +279,15 @@ async fn copy_in_and_out() {
     use futures_util::{SinkExt, StreamExt};
     let p = setup("t_copy", 1, "").await;
     let c = client(&p, "t_copy").await;
-    c.batch_execute("CREATE TABLE t (id int, name text)").await.unwrap();
+    c.batch_execute("CREATE TABLE t (id int, name text)")
+        .await
+        .unwrap();
     let sink = c.copy_in("COPY t FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     for i in 0..1000 {
-        sink.send(Bytes::from(format!("{i}\tname{i}\n"))).await.unwrap();
+        sink.send(Bytes::from(format!("{i}\tname{i}\n")))
+            .await
+            .unwrap();
     }
     assert_eq!(sink.finish().await.unwrap(), 1000);
     let stream = c.copy_out("COPY t TO STDOUT").await.unwrap();
@@ -229,7 +297,11 @@ async fn copy_in_and_out() {
         bytes.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 1000);
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1000);
 }
 
@@ -239,16 +311,28 @@ async fn cancel_reaches_only_its_own_query() {
     let a = client(&p, "t_cancel").await;
     let b = client(&p, "t_cancel").await;
     let token = a.cancel_token();
-    let slow_b = tokio::spawn(async move { b.simple_query("SELECT pg_sleep(1.5)").await.map(|_| ()) });
-    let slow_a = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    let slow_b =
+        tokio::spawn(async move { b.simple_query("SELECT pg_sleep(1.5)").await.map(|_| ()) });
+    let slow_a =
+        tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), slow_a).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(10), slow_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
-    slow_b.await.unwrap().expect("the other client's query is not cancelled");
+    slow_b
+        .await
+        .unwrap()
+        .expect("the other client's query is not cancelled");
     // A cancel for a client holding no server does nothing.
     let idle = client(&p, "t_cancel").await;
-    idle.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    idle.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
     idle.simple_query("SELECT 1").await.unwrap();
 }
 
@@ -260,15 +344,24 @@ async fn client_killed_inside_transaction_leaves_nothing() {
     // A raw client that vanishes mid-transaction.
     {
         let dead = client(&p, "t_killed").await;
-        dead.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+        dead.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
         drop(dead);
     }
     let ok = eventually(Duration::from_secs(5), || async {
-        !server_states("t_killed").await.iter().any(|s| s.starts_with("idle in transaction"))
+        !server_states("t_killed")
+            .await
+            .iter()
+            .any(|s| s.starts_with("idle in transaction"))
     })
     .await;
     assert!(ok, "no server is left idle in transaction");
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -276,7 +369,11 @@ async fn client_killed_inside_transaction_leaves_nothing() {
 async fn terminated_server_gives_error_then_recovers() {
     let p = setup("t_term", 1, "").await;
     let c = client(&p, "t_term").await;
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let slow = {
         let url = url(&p, "t_term");
         tokio::spawn(async move {
@@ -291,7 +388,10 @@ async fn terminated_server_gives_error_then_recovers() {
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap();
-    let (first, next) = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap();
+    let (first, next) = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(first.is_err(), "the query on the killed server fails");
     next.expect("the next query gets a fresh server");
     c.simple_query("SELECT 1").await.unwrap();
@@ -301,18 +401,31 @@ async fn terminated_server_gives_error_then_recovers() {
 async fn session_mode_keeps_and_resets_state() {
     let p = setup("t_session", 1, "pool_mode = \"session\"").await;
     let a = client(&p, "t_session").await;
-    a.batch_execute("SET statement_timeout = '1234ms'").await.unwrap();
+    a.batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
     a.batch_execute("PREPARE q AS SELECT 1").await.unwrap();
     for _ in 0..3 {
-        let v: String = a.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+        let v: String = a
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(v, "1234ms");
     }
     a.batch_execute("EXECUTE q").await.unwrap();
     drop(a);
     let b = client(&p, "t_session").await;
-    let v: String = b.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+    let v: String = b
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, "0");
-    assert!(b.batch_execute("EXECUTE q").await.is_err(), "prepared statements are reset too");
+    assert!(
+        b.batch_execute("EXECUTE q").await.is_err(),
+        "prepared statements are reset too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,16 +434,28 @@ async fn graceful_shutdown_lets_open_transaction_commit() {
     let c = client(&p, "t_shutdown").await;
     c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
     let idle = client(&p, "t_shutdown").await;
-    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     let addr = p.addr();
     let shutdown = tokio::spawn(p.shutdown());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // New clients are turned away, idle ones are closed with 57P01 ...
-    assert!(connect(&format!("host=127.0.0.1 port={} user=t_shutdown password={PASSWORD}", addr.port())).await.is_err());
+    assert!(connect(&format!(
+        "host=127.0.0.1 port={} user=t_shutdown password={PASSWORD}",
+        addr.port()
+    ))
+    .await
+    .is_err());
     assert!(idle.simple_query("SELECT 1").await.is_err());
     // ... and the open transaction finishes.
-    c.batch_execute("INSERT INTO t VALUES (2); COMMIT").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
+    c.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
     let direct = superuser(cluster()).await;
     drop(direct);
     let check = connect(&format!(
@@ -339,7 +464,11 @@ async fn graceful_shutdown_lets_open_transaction_commit() {
     ))
     .await
     .unwrap();
-    let n: i64 = check.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = check
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -348,7 +477,11 @@ fn check_reports_bad_key_with_line() {
     let dir = std::env::temp_dir().join(format!("pgmux-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[pgmux]\nlisten = \"127.0.0.1:6432\"\ndefault_pool_sise = 3\n").unwrap();
+    std::fs::write(
+        &path,
+        "[pgmux]\nlisten = \"127.0.0.1:6432\"\ndefault_pool_sise = 3\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
         .args(["check", "--config"])
         .arg(&path)
@@ -356,8 +489,15 @@ fn check_reports_bad_key_with_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("line 3") && err.contains("default_pool_sise"), "{err}");
-    std::fs::write(&path, "[pgmux]\n[users.a]\npassword = \"hunter2\"\n[databases.a]\n").unwrap();
+    assert!(
+        err.contains("line 3") && err.contains("default_pool_sise"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "[pgmux]\n[users.a]\npassword = \"hunter2\"\n[databases.a]\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
         .args(["check", "--config"])
         .arg(&path)
@@ -365,6 +505,9 @@ fn check_reports_bad_key_with_line() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("default_pool_size = 20") && !text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("default_pool_size = 20") && !text.contains("hunter2"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

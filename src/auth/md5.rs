@@ -26,7 +26,10 @@ pub fn verify(secret: &Secret, user: &str, salt: [u8; 4], response: &[u8]) -> Op
         Secret::Md5(h) => h.clone(),
         Secret::Scram(_) => return None,
     };
-    Some(constant_time_eq(salted_answer(&stored, salt).as_bytes(), response))
+    Some(constant_time_eq(
+        salted_answer(&stored, salt).as_bytes(),
+        response,
+    ))
 }
 
 /// The answer to an MD5 challenge given the stored `md5<hex>` hash: what a
@@ -46,13 +49,26 @@ mod tests {
         let salt = [1, 2, 3, 4];
         let answer = postgres_protocol::authentication::md5_hash(b"alice", b"pw", salt);
         assert_eq!(
-            verify(&Secret::Plain("pw".into()), "alice", salt, answer.as_bytes()),
+            verify(
+                &Secret::Plain("pw".into()),
+                "alice",
+                salt,
+                answer.as_bytes()
+            ),
             Some(true)
         );
         let stored = Secret::parse(&stored_hash("alice", "pw"));
-        assert_eq!(verify(&stored, "alice", salt, answer.as_bytes()), Some(true));
         assert_eq!(
-            verify(&Secret::Plain("no".into()), "alice", salt, answer.as_bytes()),
+            verify(&stored, "alice", salt, answer.as_bytes()),
+            Some(true)
+        );
+        assert_eq!(
+            verify(
+                &Secret::Plain("no".into()),
+                "alice",
+                salt,
+                answer.as_bytes()
+            ),
             Some(false)
         );
     }

@@ -71,15 +71,23 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Takes the client-first message; returns the server-first message to send.
-    pub fn start(verifier: &ScramVerifier, client_first: &[u8]) -> Result<(Self, String), ScramError> {
-        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    pub fn start(
+        verifier: &ScramVerifier,
+        client_first: &[u8],
+    ) -> Result<(Self, String), ScramError> {
+        let msg =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         // gs2-header: cbind flag, optional authzid, then the bare message.
-        let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (flag, rest) = msg
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         match flag {
             "n" | "y" => {}
             _ => return Err(ScramError::Malformed("channel binding is not offered")),
         }
-        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         if !authzid.is_empty() {
             return Err(ScramError::Malformed("authzid is not supported"));
         }
@@ -112,7 +120,8 @@ impl ScramServer {
     /// Takes the client-final message; returns the server-final message
     /// when the proof is right.
     pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
-        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
@@ -183,7 +192,14 @@ mod tests {
     fn garbage_is_malformed_not_panic() {
         let verifier =
             ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"x")).unwrap();
-        for msg in [&b""[..], b"n", b"p=x,,n=,r=a", b"n,,", b"\xff\xfe", b"n,a=b,r=x"] {
+        for msg in [
+            &b""[..],
+            b"n",
+            b"p=x,,n=,r=a",
+            b"n,,",
+            b"\xff\xfe",
+            b"n,a=b,r=x",
+        ] {
             assert!(ScramServer::start(&verifier, msg).is_err());
         }
         let (s, _) = ScramServer::start(&verifier, b"n,,n=,r=abc").unwrap();

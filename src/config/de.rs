@@ -23,7 +23,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("invalid duration unit {u:?} in {s:?}: use ms, s, m or h")),
+        u => {
+            return Err(format!(
+                "invalid duration unit {u:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -53,8 +57,8 @@ pub fn expand_env(s: &str) -> Result<String, String> {
             .find('}')
             .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
         let name = &after[..end];
-        let value = std::env::var(name)
-            .map_err(|_| format!("environment variable {name} is not set"))?;
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }

@@ -47,12 +47,16 @@ impl Drop for Checkout {
 impl Deref for Checkout {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("a checkout holds its connection until consumed")
+        self.conn
+            .as_ref()
+            .expect("a checkout holds its connection until consumed")
     }
 }
 
 impl DerefMut for Checkout {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("a checkout holds its connection until consumed")
+        self.conn
+            .as_mut()
+            .expect("a checkout holds its connection until consumed")
     }
 }

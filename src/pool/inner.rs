@@ -26,6 +26,8 @@ pub struct Inner {
 }
 
 /// The outcome of asking for a connection.
+// A short-lived return value: moving the connection is cheaper than boxing it.
+#[allow(clippy::large_enum_variant)]
 pub enum Take {
     /// An idle connection.
     Ready(ServerConn),

@@ -24,7 +24,9 @@ use inner::{Inner, Take};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PoolError {
     /// Waited `query_wait_timeout` with every server busy.
-    #[error("no server connection available in pool {pool} within query_wait_timeout ({timeout:?})")]
+    #[error(
+        "no server connection available in pool {pool} within query_wait_timeout ({timeout:?})"
+    )]
     WaitTimeout {
         /// `database/user`.
         pool: String,
@@ -45,6 +47,9 @@ pub enum PoolError {
     #[error("pool {0} is closed")]
     Closed(String),
 }
+
+/// ParameterStatus names and values, as a server reported them.
+pub type ParamList = Arc<Vec<(String, String)>>;
 
 /// Sizing and timing of one pool.
 #[derive(Debug, Clone)]
@@ -75,7 +80,7 @@ struct Shared {
     settings: PoolSettings,
     inner: Mutex<Inner>,
     /// ParameterStatus values of the first server opened, shown to clients at login.
-    startup_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    startup_params: Mutex<Option<ParamList>>,
 }
 
 /// A handle to one pool; cheap to clone.
@@ -114,7 +119,10 @@ impl Pool {
     pub async fn get(&self) -> Result<Checkout, PoolError> {
         let s = &self.shared;
         let mut dead = Vec::new();
-        let take = s.inner.lock().take(s.settings.size, s.settings.lifetime, &mut dead);
+        let take = s
+            .inner
+            .lock()
+            .take(s.settings.size, s.settings.lifetime, &mut dead);
         drop(dead);
         let mut rx = match take {
             Take::Ready(conn) => return Ok(Checkout::new(self.clone(), conn)),
@@ -145,7 +153,7 @@ impl Pool {
 
     /// The ParameterStatus set a real server of this pool reports, opening
     /// (and returning) a server connection the first time.
-    pub async fn startup_params(&self) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+    pub async fn startup_params(&self) -> Result<ParamList, PoolError> {
         if let Some(p) = self.shared.startup_params.lock().clone() {
             return Ok(p);
         }
@@ -155,7 +163,7 @@ impl Pool {
         Ok(params)
     }
 
-    fn note_startup_params(&self, conn: &ServerConn) -> Arc<Vec<(String, String)>> {
+    fn note_startup_params(&self, conn: &ServerConn) -> ParamList {
         self.shared
             .startup_params
             .lock()
@@ -222,7 +230,11 @@ impl Pool {
     /// Counts for monitoring: (open or opening, idle, waiting).
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.shared.inner.lock();
-        (inner.total, inner.idle.len(), inner.waiters.iter().filter(|w| !w.is_closed()).count())
+        (
+            inner.total,
+            inner.idle.len(),
+            inner.waiters.iter().filter(|w| !w.is_closed()).count(),
+        )
     }
 }
 
@@ -242,7 +254,8 @@ async fn maintain(pool: Weak<Shared>) {
             while i < inner.idle.len() {
                 let c = &inner.idle[i];
                 let too_old = c.age() >= st.lifetime;
-                let too_idle = c.last_used.elapsed() >= st.idle_timeout && inner.total > st.min_size;
+                let too_idle =
+                    c.last_used.elapsed() >= st.idle_timeout && inner.total > st.min_size;
                 if too_old || too_idle || !c.is_clean_idle() {
                     if let Some(c) = inner.idle.remove(i) {
                         expired.push(c);

@@ -64,6 +64,10 @@ impl PoolSet {
 
     /// Every pool, for monitoring.
     pub fn all(&self) -> Vec<(PoolKey, Pool)> {
-        self.pools.lock().iter().map(|(k, p)| (k.clone(), p.clone())).collect()
+        self.pools
+            .lock()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
     }
 }

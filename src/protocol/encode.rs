@@ -84,6 +84,13 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unknown: &[Str
     patch_len(out, start);
 }
 
+/// CommandComplete with the given tag (`DEALLOCATE`, ...).
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    let start = begin(out, b'C');
+    put_cstr(out, tag.as_bytes());
+    patch_len(out, start);
+}
+
 /// Simple Query.
 pub fn query(out: &mut BytesMut, sql: &str) {
     let start = begin(out, b'Q');

@@ -79,6 +79,10 @@ pub mod be {
     pub const EMPTY_QUERY: u8 = b'I';
     /// PortalSuspended.
     pub const PORTAL_SUSPENDED: u8 = b's';
+    /// CopyInResponse.
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    /// CopyBothResponse.
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
     /// NegotiateProtocolVersion.
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }

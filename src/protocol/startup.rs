@@ -143,7 +143,12 @@ mod tests {
     fn parses_startup_and_requests() {
         let mut body = 196_608i32.to_be_bytes().to_vec();
         body.extend_from_slice(b"user\0alice\0database\0app\0\0");
-        let StartupPacket::Startup { major, minor, params } = parse(&body).unwrap() else {
+        let StartupPacket::Startup {
+            major,
+            minor,
+            params,
+        } = parse(&body).unwrap()
+        else {
             panic!("not a startup");
         };
         assert_eq!((major, minor), (3, 0));

@@ -43,10 +43,15 @@ pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, Ser
         reported: Vec::new(),
         current: HashMap::new(),
         unreported_set: Vec::new(),
-        key: BackendKey { addr, pid: 0, secret: 0 },
+        key: BackendKey {
+            addr,
+            pid: 0,
+            secret: 0,
+        },
         created: Instant::now(),
         last_used: Instant::now(),
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        statements: Default::default(),
     };
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
@@ -55,7 +60,9 @@ pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, Ser
     loop {
         let Some(frame) = conn.next_frame(max_msg)? else {
             if conn.read_more().await? == 0 {
-                return Err(ServerError::Protocol("server closed the connection during login".into()));
+                return Err(ServerError::Protocol(
+                    "server closed the connection during login".into(),
+                ));
             }
             continue;
         };
@@ -79,7 +86,12 @@ pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, Ser
             be::ERROR_RESPONSE => return Err(ServerError::from_error_body(body)),
             be::READY_FOR_QUERY => return Ok(conn),
             be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
-            t => return Err(ServerError::Protocol(format!("unexpected message {:?} during login", t as char))),
+            t => {
+                return Err(ServerError::Protocol(format!(
+                    "unexpected message {:?} during login",
+                    t as char
+                )))
+            }
         }
     }
 }
@@ -88,14 +100,21 @@ fn bad(what: &str) -> ServerError {
     ServerError::Protocol(format!("malformed {what}"))
 }
 
-fn password<'a>(t: &'a ServerTarget) -> Result<&'a Secret, ServerError> {
-    t.password
-        .as_ref()
-        .ok_or_else(|| ServerError::Auth(format!("the server asks for a password for {:?} and pgmux has none", t.user)))
+fn password(t: &ServerTarget) -> Result<&Secret, ServerError> {
+    t.password.as_ref().ok_or_else(|| {
+        ServerError::Auth(format!(
+            "the server asks for a password for {:?} and pgmux has none",
+            t.user
+        ))
+    })
 }
 
 /// Answers one Authentication request; returns the bytes to send (may be empty).
-fn auth_step(t: &ServerTarget, body: &[u8], scram: &mut Option<ScramSha256>) -> Result<Vec<u8>, ServerError> {
+fn auth_step(
+    t: &ServerTarget,
+    body: &[u8],
+    scram: &mut Option<ScramSha256>,
+) -> Result<Vec<u8>, ServerError> {
     let (code, data) = read_i32(body).ok_or_else(|| bad("Authentication"))?;
     let mut out = BytesMut::new();
     match code {
@@ -106,14 +125,25 @@ fn auth_step(t: &ServerTarget, body: &[u8], scram: &mut Option<ScramSha256>) -> 
                 b.push(0);
                 encode::password(&mut out, &b);
             }
-            _ => return Err(ServerError::Auth("the server asks for a cleartext password and pgmux only has a hash".into())),
+            _ => {
+                return Err(ServerError::Auth(
+                    "the server asks for a cleartext password and pgmux only has a hash".into(),
+                ))
+            }
         },
         5 => {
-            let salt: [u8; 4] = data.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| bad("MD5 salt"))?;
+            let salt: [u8; 4] = data
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| bad("MD5 salt"))?;
             let stored = match password(t)? {
                 Secret::Plain(p) => crate::auth::md5::stored_hash(&t.user, p),
                 Secret::Md5(h) => h.clone(),
-                Secret::Scram(_) => return Err(ServerError::Auth("the server asks for MD5 and pgmux only has a SCRAM verifier".into())),
+                Secret::Scram(_) => {
+                    return Err(ServerError::Auth(
+                        "the server asks for MD5 and pgmux only has a SCRAM verifier".into(),
+                    ))
+                }
             };
             let mut b = crate::auth::md5::salted_answer(&stored, salt).into_bytes();
             b.push(0);
@@ -130,10 +160,15 @@ fn auth_step(t: &ServerTarget, body: &[u8], scram: &mut Option<ScramSha256>) -> 
                 offered = rest;
             }
             if !has_scram {
-                return Err(ServerError::Auth("the server offers no SASL mechanism pgmux supports".into()));
+                return Err(ServerError::Auth(
+                    "the server offers no SASL mechanism pgmux supports".into(),
+                ));
             }
             let Secret::Plain(p) = password(t)? else {
-                return Err(ServerError::Auth("the server asks for SCRAM and pgmux has no plaintext password for this role".into()));
+                return Err(ServerError::Auth(
+                    "the server asks for SCRAM and pgmux has no plaintext password for this role"
+                        .into(),
+                ));
             };
             let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
             encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
@@ -141,14 +176,20 @@ fn auth_step(t: &ServerTarget, body: &[u8], scram: &mut Option<ScramSha256>) -> 
         }
         11 => {
             let s = scram.as_mut().ok_or_else(|| bad("SASLContinue"))?;
-            s.update(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+            s.update(data)
+                .map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
             encode::password(&mut out, s.message());
         }
         12 => {
             let s = scram.as_mut().ok_or_else(|| bad("SASLFinal"))?;
-            s.finish(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+            s.finish(data)
+                .map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
         }
-        c => return Err(ServerError::Auth(format!("unsupported authentication request {c}"))),
+        c => {
+            return Err(ServerError::Auth(format!(
+                "unsupported authentication request {c}"
+            )))
+        }
     }
     Ok(out.to_vec())
 }

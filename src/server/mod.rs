@@ -102,6 +102,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Per-process unique id, for logs.
     pub id: u64,
+    /// Named statements prepared on this server (transaction mode).
+    pub statements: crate::prepared::ServerStatements,
 }
 
 impl Drop for ServerConn {
@@ -226,8 +228,11 @@ impl ServerConn {
     /// pgmux had set.
     pub async fn reset(&mut self, sql: &str, max: usize) -> Result<(), ServerError> {
         if self.run_internal(sql, max).await? != TxStatus::Idle {
-            return Err(ServerError::Protocol("reset left a transaction open".into()));
+            return Err(ServerError::Protocol(
+                "reset left a transaction open".into(),
+            ));
         }
+        self.statements.clear();
         let names = std::mem::take(&mut self.unreported_set);
         for n in names {
             self.current.remove(&n);

@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{be, encode, Frame};
+use crate::protocol::{be, Frame};
 
 /// A request that produces a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,16 +73,21 @@ impl Req {
 }
 
 /// What to do with a request's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// Pass the server's reply to the client.
     Forward,
     /// Drop the server's reply: pgmux sent the request, not the client.
     Swallow,
-    /// The request never reached the server; send the client this
-    /// empty-bodied message (ParseComplete, CloseComplete) in its place.
-    Synthetic(u8),
+    /// The request never reached the server; send the client these bytes
+    /// (ParseComplete, CloseComplete, or an ErrorResponse) in its place.
+    Synthetic(Bytes),
 }
+
+/// ParseComplete, as pgmux synthesizes it.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// CloseComplete, as pgmux synthesizes it.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 /// One outstanding request and what its completion should trigger.
 #[derive(Debug)]
@@ -91,8 +96,10 @@ pub struct Entry<H> {
     pub req: Req,
     /// What to do with its reply.
     pub reply: Reply,
-    /// Bookkeeping to apply when it succeeds.
+    /// Bookkeeping tied to the request (undone if it fails).
     pub hook: H,
+    /// An ErrorResponse arrived inside this request's reply.
+    errored: bool,
 }
 
 /// What a server message meant for the queue.
@@ -100,10 +107,11 @@ pub struct Entry<H> {
 pub enum Outcome<H> {
     /// Nothing completed.
     Pending,
-    /// An entry completed successfully; apply its hook.
+    /// An entry completed successfully.
     Done(H),
-    /// An ErrorResponse failed these entries' requests (hooks discarded).
-    Failed,
+    /// These requests failed or were skipped by the server after an error:
+    /// undo what their hooks did.
+    Failed(Vec<H>),
 }
 
 /// The reply queue of one server round trip sequence.
@@ -114,6 +122,8 @@ pub struct Expect<H> {
     skipping: bool,
     /// An ErrorResponse went to the client since the last ReadyForQuery.
     error_sent: bool,
+    /// The server is in COPY FROM STDIN, where it ignores Sync and Flush.
+    copy_in: bool,
 }
 
 impl<H> Default for Expect<H> {
@@ -122,6 +132,7 @@ impl<H> Default for Expect<H> {
             q: VecDeque::new(),
             skipping: false,
             error_sent: false,
+            copy_in: false,
         }
     }
 }
@@ -139,17 +150,37 @@ impl<H> Expect<H> {
 
     /// Notes a request sent (or answered) on the client's behalf. Synthetic
     /// replies with nothing owed before them are written to `out` at once.
-    pub fn push(&mut self, req: Req, reply: Reply, hook: H, out: &mut BytesMut) {
+    /// Returns the hook back when the server is skipping to Sync after an
+    /// error: the request will never run, so its bookkeeping must be undone.
+    pub fn push(&mut self, req: Req, reply: Reply, hook: H, out: &mut BytesMut) -> Option<H> {
         if self.skipping && req != Req::Sync {
-            // The server will ignore it, so no reply of any kind is owed.
-            return;
+            return Some(hook);
+        }
+        if self.copy_in && req == Req::Sync {
+            // Swallowed by the server's COPY mode: no ReadyForQuery comes of it.
+            return None;
         }
         if req == Req::Sync {
             self.skipping = false;
         }
         match reply {
-            Reply::Synthetic(tag) if self.q.is_empty() => encode::empty(out, tag),
-            _ => self.q.push_back(Entry { req, reply, hook }),
+            Reply::Synthetic(bytes) if self.q.is_empty() => {
+                self.note_synthetic(&bytes);
+                out.extend_from_slice(&bytes);
+            }
+            reply => self.q.push_back(Entry {
+                req,
+                reply,
+                hook,
+                errored: false,
+            }),
+        }
+        None
+    }
+
+    fn note_synthetic(&mut self, bytes: &[u8]) {
+        if bytes.first() == Some(&be::ERROR_RESPONSE) {
+            self.error_sent = true;
         }
     }
 
@@ -169,16 +200,25 @@ impl<H> Expect<H> {
             out.extend_from_slice(frame.raw());
             return Outcome::Pending;
         };
-        if tag == be::ERROR_RESPONSE && !head.req.ends_with_ready() {
+        if tag == be::ERROR_RESPONSE {
+            // Injected requests fail in the client's view too: always forward.
             self.error_sent = true;
             out.extend_from_slice(frame.raw());
-            self.fail_to_sync();
-            return Outcome::Failed;
-        }
-        if !head.req.completed_by(tag) {
-            if tag == be::ERROR_RESPONSE {
-                self.error_sent = true;
+            if head.req.ends_with_ready() {
+                if let Some(h) = self.q.front_mut() {
+                    h.errored = true;
+                }
+                return Outcome::Pending;
             }
+            return Outcome::Failed(self.fail_to_sync());
+        }
+        if tag == be::COPY_IN_RESPONSE || tag == be::COPY_BOTH_RESPONSE {
+            self.start_copy_in();
+        }
+        let Some(head) = self.q.front() else {
+            return Outcome::Pending;
+        };
+        if !head.req.completed_by(tag) {
             if head.reply == Reply::Forward {
                 out.extend_from_slice(frame.raw());
             }
@@ -194,48 +234,73 @@ impl<H> Expect<H> {
             self.error_sent = false;
         }
         self.emit_synthetic(out);
-        Outcome::Done(entry.hook)
+        if entry.errored {
+            Outcome::Failed(vec![entry.hook])
+        } else {
+            Outcome::Done(entry.hook)
+        }
+    }
+
+    /// The server entered COPY FROM STDIN: Syncs the client sent after the
+    /// COPY command (libpq and tokio-postgres send one right behind it) are
+    /// consumed by the copy and will never be answered.
+    fn start_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut first = true;
+        self.q
+            .retain(|e| std::mem::take(&mut first) || e.req != Req::Sync);
+    }
+
+    /// The client ended the copy (CopyDone or CopyFail).
+    pub fn end_copy_in(&mut self) {
+        self.copy_in = false;
     }
 
     /// The server skips every request up to the next Sync after an error.
-    fn fail_to_sync(&mut self) {
-        self.q.pop_front();
+    fn fail_to_sync(&mut self) -> Vec<H> {
+        let mut failed = Vec::new();
+        failed.extend(self.q.pop_front().map(|e| e.hook));
         while let Some(e) = self.q.front() {
             if e.req == Req::Sync {
-                return;
+                return failed;
             }
-            self.q.pop_front();
+            failed.extend(self.q.pop_front().map(|e| e.hook));
         }
         self.skipping = true;
+        failed
     }
 
     /// Writes synthetic replies that have nothing owed before them any more.
     fn emit_synthetic(&mut self, out: &mut BytesMut) {
         while let Some(Entry {
-            reply: Reply::Synthetic(tag),
+            reply: Reply::Synthetic(bytes),
             ..
         }) = self.q.front()
         {
-            encode::empty(out, *tag);
+            let bytes = bytes.clone();
+            self.note_synthetic(&bytes);
+            out.extend_from_slice(&bytes);
             self.q.pop_front();
         }
     }
 
     /// The server is gone: empties the queue and returns how many
-    /// ReadyForQuery the client is still owed, and whether it still has
-    /// requests waiting for a Sync.
-    pub fn abandon(&mut self) -> (usize, bool) {
+    /// ReadyForQuery the client is still owed, whether it still has requests
+    /// waiting for a Sync, and the hooks of everything abandoned.
+    pub fn abandon(&mut self) -> (usize, bool, Vec<H>) {
         let readies = self.q.iter().filter(|e| e.req.ends_with_ready()).count();
         let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());
-        self.q.clear();
+        let hooks = self.q.drain(..).map(|e| e.hook).collect();
         self.skipping = false;
-        (readies, tail)
+        (readies, tail, hooks)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::protocol::encode;
 
     fn frame(tag: u8) -> Frame {
         let mut b = BytesMut::new();
@@ -254,7 +319,12 @@ mod tests {
         let mut e: Expect<u8> = Expect::default();
         let mut out = BytesMut::new();
         e.push(Req::Bind, Reply::Forward, 1, &mut out);
-        e.push(Req::Parse, Reply::Synthetic(b'1'), 2, &mut out);
+        e.push(
+            Req::Parse,
+            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+            2,
+            &mut out,
+        );
         e.push(Req::Parse, Reply::Swallow, 3, &mut out);
         e.push(Req::Sync, Reply::Forward, 4, &mut out);
         assert!(out.is_empty());
@@ -273,7 +343,12 @@ mod tests {
         let mut out = BytesMut::new();
         e.push(Req::Parse, Reply::Forward, 1, &mut out);
         e.push(Req::Bind, Reply::Forward, 2, &mut out);
-        e.push(Req::Parse, Reply::Synthetic(b'1'), 3, &mut out);
+        e.push(
+            Req::Parse,
+            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+            3,
+            &mut out,
+        );
         let mut err = BytesMut::new();
         crate::protocol::error::write_error(
             &mut err,
@@ -283,10 +358,10 @@ mod tests {
         );
         assert_eq!(
             e.on_server(&Frame::from_raw(err.freeze()), &mut out),
-            Outcome::Failed
+            Outcome::Failed(vec![1, 2, 3])
         );
         // Sent after the error, before Sync: the server ignores it.
-        e.push(Req::Execute, Reply::Forward, 5, &mut out);
+        assert_eq!(e.push(Req::Execute, Reply::Forward, 5, &mut out), Some(5));
         e.push(Req::Sync, Reply::Forward, 6, &mut out);
         out.clear();
         assert_eq!(e.on_server(&z(), &mut out), Outcome::Done(6));

@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod expect;
 pub mod params;
 pub mod startup;
+pub mod statements;
 
 use std::io;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::pool::{Checkout, Pool, PoolError};
+use crate::prepared::ClientStatements;
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::frame::split_frame;
 use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
@@ -30,13 +32,7 @@ use cancel::CancelHandle;
 use expect::{Expect, Outcome, Reply, Req};
 use params::ClientParams;
 use startup::{Login, LoginError, Opening};
-
-/// Bookkeeping attached to an outstanding request (none yet in the core path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// Nothing to record.
-    None,
-}
+use statements::Hook;
 
 /// How a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +76,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
             return;
         }
         Err(_) => {
-            startup::send_fatal(&mut stream, SqlState::PROTOCOL_VIOLATION, "canceling authentication due to timeout").await;
+            startup::send_fatal(
+                &mut stream,
+                SqlState::PROTOCOL_VIOLATION,
+                "canceling authentication due to timeout",
+            )
+            .await;
             return;
         }
     };
@@ -108,9 +109,11 @@ struct Session {
     unsynced: bool,
     /// The client's transaction status as of the last ReadyForQuery.
     tx: TxStatus,
-    /// The server died with extended messages pending: drop the client's
-    /// messages up to its Sync, then answer that Sync.
+    /// An error ended the current extended-protocol batch (a local error, or
+    /// the server died): drop the client's messages up to its Sync.
     skip_to_sync: bool,
+    /// Named statements (transaction mode with tracking on).
+    stmts: Option<ClientStatements>,
     params: ClientParams,
     cancel: CancelHandle,
     max_msg: usize,
@@ -127,7 +130,10 @@ async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
 impl Session {
     fn new(client: TcpStream, ctx: Arc<Context>, login: Login) -> Self {
         let max_msg = ctx.config.pgmux.max_message_size;
+        let tracking =
+            login.mode == PoolMode::Transaction && ctx.config.pgmux.max_prepared_statements > 0;
         Self {
+            stmts: tracking.then(ClientStatements::default),
             ctx,
             client,
             cbuf: BytesMut::with_capacity(8192),
@@ -191,7 +197,12 @@ impl Session {
             let frame = match split_frame(&mut self.cbuf, self.max_msg) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid frontend message: {e}"))),
+                Err(e) => {
+                    return Err(fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message: {e}"),
+                    ))
+                }
             };
             match frame.tag() {
                 fe::TERMINATE => {
@@ -199,47 +210,75 @@ impl Session {
                     return Err(End::ClientGone);
                 }
                 fe::PASSWORD => {
-                    return Err(fatal(SqlState::PROTOCOL_VIOLATION, "unexpected password message after login"));
+                    return Err(fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "unexpected password message after login",
+                    ));
                 }
                 _ => {}
             }
-            if self.skip_to_sync {
-                self.skip_frame(&frame);
-                continue;
-            }
-            if self.server.is_none() {
-                self.acquire().await?;
-            }
-            self.forward(frame);
+            self.on_client_frame(frame).await?;
         }
         self.flush_server().await?;
         self.flush_client().await
     }
 
-    /// Drops a client message the dead server would have skipped.
-    fn skip_frame(&mut self, frame: &Frame) {
-        if frame.tag() == fe::SYNC {
-            self.skip_to_sync = false;
-            encode::ready_for_query(&mut self.cout, self.tx);
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        let tag = frame.tag();
+        if self.skip_to_sync && tag != fe::SYNC {
+            return Ok(());
+        }
+        self.skip_to_sync = false;
+        if self.stmts.is_some() && self.route_tracked(&frame).await? {
+            return Ok(());
+        }
+        match tag {
+            // With no server held nothing is outstanding: answer it here.
+            fe::SYNC if self.server.is_none() => {
+                encode::ready_for_query(&mut self.cout, self.tx);
+                Ok(())
+            }
+            fe::FLUSH if self.server.is_none() => Ok(()),
+            _ => self.forward_needing_server(&frame).await,
         }
     }
 
+    /// Forwards a message, taking a server first if none is held.
+    async fn forward_needing_server(&mut self, frame: &Frame) -> Result<(), End> {
+        self.ensure_server().await?;
+        self.forward(frame, Hook::None);
+        Ok(())
+    }
+
     /// Queues a client message for the server and notes the reply it owes.
-    fn forward(&mut self, frame: Frame) {
-        let tag = frame.tag();
-        if let Some(req) = Req::from_tag(tag) {
-            self.expect.push(req, Reply::Forward, Hook::None, &mut self.cout);
+    fn forward(&mut self, frame: &Frame, hook: Hook) {
+        if matches!(frame.tag(), fe::COPY_DONE | fe::COPY_FAIL) {
+            self.expect.end_copy_in();
+        }
+        if let Some(req) = Req::from_tag(frame.tag()) {
             match req {
                 Req::Sync => self.unsynced = false,
                 Req::Query | Req::FunctionCall => {}
                 _ => self.unsynced = true,
             }
+            self.push(req, Reply::Forward, hook);
         }
         self.sout.extend_from_slice(frame.raw());
     }
 
-    /// Takes a server from the pool and makes its parameters the client's.
-    async fn acquire(&mut self) -> Result<(), End> {
+    /// Notes an owed reply; undoes the hook at once if the server will skip it.
+    fn push(&mut self, req: Req, reply: Reply, hook: Hook) {
+        if let Some(skipped) = self.expect.push(req, reply, hook, &mut self.cout) {
+            self.undo(skipped, false);
+        }
+    }
+
+    /// Takes a server from the pool, unless one is held, and makes its
+    /// parameters the client's.
+    async fn ensure_server(&mut self) -> Result<(), End> {
+        if self.server.is_some() {
+            return Ok(());
+        }
         let mut server = self.pool.get().await.map_err(|e| {
             tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
             fatal(pool_error_code(&e), e.to_string())
@@ -254,15 +293,17 @@ impl Session {
     }
 
     async fn on_server_data(&mut self) -> Result<(), End> {
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
         loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
             let frame = match server.next_frame(self.max_msg) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    return self.on_server_lost(ServerError::Protocol(e.to_string())).await;
+                    return self
+                        .on_server_lost(ServerError::Protocol(e.to_string()))
+                        .await;
                 }
             };
             match frame.tag() {
@@ -276,11 +317,17 @@ impl Session {
                         self.tx = s;
                     }
                 }
-                be::ERROR_RESPONSE => log_server_error(&frame),
                 _ => {}
             }
+            let stale_plan = frame.tag() == be::ERROR_RESPONSE && is_stale_plan_error(&frame);
             match self.expect.on_server(&frame, &mut self.cout) {
-                Outcome::Done(Hook::None) | Outcome::Pending | Outcome::Failed => {}
+                Outcome::Pending => {}
+                Outcome::Done(hook) => self.on_done(hook),
+                Outcome::Failed(hooks) => {
+                    for h in hooks {
+                        self.undo(h, stale_plan);
+                    }
+                }
             }
         }
         self.flush_client().await?;
@@ -302,9 +349,15 @@ impl Session {
         self.cancel.slot.set_target(None);
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
-        let (readies, tail) = self.expect.abandon();
+        let (readies, tail, hooks) = self.expect.abandon();
+        for h in hooks {
+            self.undo(h, false);
+        }
         if self.mode == PoolMode::Session || (readies == 0 && !tail) {
-            return Err(fatal(SqlState::CONNECTION_FAILURE, "server connection lost"));
+            return Err(fatal(
+                SqlState::CONNECTION_FAILURE,
+                "server connection lost",
+            ));
         }
         let msg = if in_tx {
             "server connection lost; the transaction was rolled back"
@@ -314,14 +367,24 @@ impl Session {
         let mut owe_error = !error_sent;
         for _ in 0..readies {
             if owe_error {
-                write_error(&mut self.cout, Severity::Error, SqlState::CONNECTION_FAILURE.0, msg);
+                write_error(
+                    &mut self.cout,
+                    Severity::Error,
+                    SqlState::CONNECTION_FAILURE.0,
+                    msg,
+                );
             }
             encode::ready_for_query(&mut self.cout, TxStatus::Idle);
             owe_error = true;
         }
         if tail {
             if owe_error {
-                write_error(&mut self.cout, Severity::Error, SqlState::CONNECTION_FAILURE.0, msg);
+                write_error(
+                    &mut self.cout,
+                    Severity::Error,
+                    SqlState::CONNECTION_FAILURE.0,
+                    msg,
+                );
             }
             self.skip_to_sync = true;
         }
@@ -398,8 +461,12 @@ fn server_error_end(e: ServerError) -> End {
     }
 }
 
-fn log_server_error(frame: &Frame) {
-    if let Some(f) = ErrorFields::parse(frame.body()) {
-        tracing::debug!(code = %String::from_utf8_lossy(f.code), message = %f.message_lossy(), "server error");
-    }
+/// "cached plan must not change result type": the statement's plan went
+/// stale after a schema change, so it must be prepared again on that server.
+fn is_stale_plan_error(frame: &Frame) -> bool {
+    ErrorFields::parse(frame.body()).is_some_and(|f| {
+        f.code == b"0A000"
+            && f.message
+                .starts_with(b"cached plan must not change result type")
+    })
 }

@@ -102,7 +102,11 @@ impl ClientParams {
         let mut sets = Vec::new();
         for (k, v) in &self.desired {
             if server.param(k) != Some(v.as_str()) {
-                sets.push(format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)));
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    literal(k),
+                    literal(v)
+                ));
             }
         }
         let resets: Vec<&String> = server

@@ -61,21 +61,28 @@ pub enum Opening {
 async fn read_startup(stream: &mut TcpStream) -> Result<StartupPacket, LoginError> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
-    let n = startup::body_len(len).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
+    let n =
+        startup::body_len(len).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
     let mut body = vec![0u8; n];
     stream.read_exact(&mut body).await?;
     startup::parse(&body).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
 }
 
 /// Reads one tagged message of the authentication exchange: must be `p`.
-async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, LoginError> {
+async fn read_password(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, LoginError> {
     loop {
         match split_frame(buf, MAX_AUTH_MESSAGE) {
             Ok(Some(f)) if f.tag() == fe::PASSWORD => return Ok(f.raw().slice(5..)),
             Ok(Some(f)) => {
                 return Err(fatal(
                     SqlState::PROTOCOL_VIOLATION,
-                    format!("expected password response, got message type {:?}", f.tag() as char),
+                    format!(
+                        "expected password response, got message type {:?}",
+                        f.tag() as char
+                    ),
                 ))
             }
             Ok(None) => {}
@@ -89,22 +96,29 @@ async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<byt
 
 /// Runs the startup phase up to ReadyForQuery.
 pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, LoginError> {
-    let (minor, params) = loop {
-        match read_startup(stream).await? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
-            StartupPacket::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, secret).await;
-                return Ok(Opening::Cancelled);
-            }
-            StartupPacket::Startup { major: 3, minor, params } => break (minor, params),
-            StartupPacket::Startup { major, minor, .. } => {
-                return Err(fatal(
+    let (minor, params) =
+        loop {
+            match read_startup(stream).await? {
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                    stream.write_all(b"N").await?
+                }
+                StartupPacket::Cancel { pid, secret } => {
+                    ctx.cancels.cancel(pid, secret).await;
+                    return Ok(Opening::Cancelled);
+                }
+                StartupPacket::Startup {
+                    major: 3,
+                    minor,
+                    params,
+                } => break (minor, params),
+                StartupPacket::Startup { major, minor, .. } => return Err(fatal(
                     SqlState::FEATURE_NOT_SUPPORTED,
-                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
-                ))
+                    format!(
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                    ),
+                )),
             }
-        }
-    };
+        };
     let mut user = None;
     let mut database = None;
     let mut settings = Vec::new();
@@ -134,10 +148,15 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
             _ => settings.push((k, v)),
         }
     }
-    let user = user
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| fatal(SqlState::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?;
-    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let mut out = BytesMut::new();
     if minor > 0 || !protocol_options.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &protocol_options);
@@ -145,9 +164,15 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
     let cfg = &ctx.config;
     let (Some(db), Some(auth)) = (cfg.databases.get(&database), ctx.users.get(&user)) else {
         if !cfg.databases.contains_key(&database) {
-            return Err(fatal(SqlState::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist")));
+            return Err(fatal(
+                SqlState::INVALID_CATALOG_NAME,
+                format!("database \"{database}\" does not exist"),
+            ));
         }
-        return Err(fatal(SqlState::INVALID_AUTHORIZATION, format!("role \"{user}\" does not exist")));
+        return Err(fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" does not exist"),
+        ));
     };
     authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, auth).await?;
     let key = PoolKey { database, user };
@@ -170,7 +195,13 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
     encode::backend_key_data(&mut out, cancel.slot.pid, cancel.slot.secret);
     encode::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await?;
-    Ok(Opening::Session(Login { key, pool, mode, params, cancel }))
+    Ok(Opening::Session(Login {
+        key,
+        pool,
+        mode,
+        params,
+        cancel,
+    }))
 }
 
 /// Runs the configured authentication exchange. `out` holds messages to
@@ -182,7 +213,12 @@ async fn authenticate(
     user: &str,
     auth: &UserAuth,
 ) -> Result<(), LoginError> {
-    let failed = || fatal(SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+    let failed = || {
+        fatal(
+            SqlState::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
     let mut buf = BytesMut::new();
     let use_scram = match method {
         AuthType::Trust => return Ok(()),
@@ -204,13 +240,23 @@ async fn authenticate(
         };
     }
     let verifier = auth.scram.as_ref().ok_or_else(|| {
-        fatal(SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\": no SCRAM secret is configured"))
+        fatal(
+            SqlState::INVALID_PASSWORD,
+            format!(
+                "password authentication failed for user \"{user}\": no SCRAM secret is configured"
+            ),
+        )
     })?;
     encode::authentication_sasl(out, &["SCRAM-SHA-256"]);
     stream.write_all(out).await?;
     out.clear();
     let initial = read_password(stream, &mut buf).await?;
-    let malformed = |what: &str| fatal(SqlState::PROTOCOL_VIOLATION, format!("malformed SASL message: {what}"));
+    let malformed = |what: &str| {
+        fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("malformed SASL message: {what}"),
+        )
+    };
     let (mechanism, rest) = cstr(&initial).ok_or_else(|| malformed("no mechanism"))?;
     if mechanism != b"SCRAM-SHA-256" {
         return Err(malformed("unsupported mechanism"));
@@ -243,7 +289,9 @@ pub async fn refuse(stream: &mut TcpStream, ctx: &Context, code: SqlState, msg: 
     let read = async {
         loop {
             match read_startup(stream).await? {
-                StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                    stream.write_all(b"N").await?
+                }
                 StartupPacket::Cancel { pid, secret } => {
                     ctx.cancels.cancel(pid, secret).await;
                     return Ok(false);

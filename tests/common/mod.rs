@@ -76,7 +76,11 @@ port = {port}
 password = "{PASSWORD}"
 "#,
         port = cluster.port(),
-        wait = if extra.contains("query_wait_timeout") { "" } else { "query_wait_timeout = \"20s\"" },
+        wait = if extra.contains("query_wait_timeout") {
+            ""
+        } else {
+            "query_wait_timeout = \"20s\""
+        },
     );
     Config::parse(&text).expect("valid test config")
 }
@@ -100,12 +104,18 @@ pub fn url(proxy: &Proxy, name: &str) -> String {
 
 /// Connects through pgmux as the test's user.
 pub async fn client(proxy: &Proxy, name: &str) -> tokio_postgres::Client {
-    connect(&url(proxy, name)).await.expect("connect through pgmux")
+    connect(&url(proxy, name))
+        .await
+        .expect("connect through pgmux")
 }
 
 /// Server connections PostgreSQL has for database `name`, by state.
 pub async fn server_states(name: &str) -> Vec<String> {
-    let su = superuser(cluster()).await;
+    server_states_with(&superuser(cluster()).await, name).await
+}
+
+/// [`server_states`] over an existing superuser connection.
+pub async fn server_states_with(su: &tokio_postgres::Client, name: &str) -> Vec<String> {
     su.query(
         "SELECT coalesce(state, '') FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
         &[&name],

@@ -1,0 +1,137 @@
+//! Reading and rewriting the statement names in Parse, Bind, Describe and
+//! Close bodies. Every reader checks the body's layout exactly and returns
+//! `None` for anything malformed, so client bytes can't cause a panic.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::frame::{cstr, read_i16};
+
+/// The parts of a Parse body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseRef<'a> {
+    /// Statement name (empty: the unnamed statement).
+    pub name: &'a [u8],
+    /// Query text, without its NUL.
+    pub query: &'a [u8],
+    /// Parameter type count and OIDs, raw.
+    pub types: &'a [u8],
+}
+
+/// Splits a Parse body: `name\0 query\0 int16 n, n × int32`.
+pub fn parse(body: &[u8]) -> Option<ParseRef<'_>> {
+    let (name, rest) = cstr(body)?;
+    let (query, types) = cstr(rest)?;
+    let (n, oids) = read_i16(types)?;
+    (n >= 0 && oids.len() == n as usize * 4).then_some(ParseRef { name, query, types })
+}
+
+/// Splits a Bind body into portal name, statement name and the offset of
+/// what follows the statement name.
+pub fn bind(body: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let (portal, rest) = cstr(body)?;
+    let (stmt, tail) = cstr(rest)?;
+    Some((portal, stmt, body.len() - tail.len()))
+}
+
+/// Splits a Describe or Close body: kind (`S` or `P`) and name.
+pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, tail) = cstr(rest)?;
+    (matches!(kind, b'S' | b'P') && tail.is_empty()).then_some((kind, name))
+}
+
+/// Writes a Bind whose statement name is replaced by `stmt`.
+pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
+    let len = 4 + portal.len() + 1 + stmt.len() + 1 + tail.len();
+    out.put_u8(b'B');
+    out.put_i32(len as i32);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(stmt);
+    out.put_u8(0);
+    out.put_slice(tail);
+}
+
+/// What a simple query does to prepared statements, as far as pgmux tracks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SqlEffect {
+    /// Nothing pgmux tracks.
+    None,
+    /// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`: every statement goes.
+    DropAll,
+    /// `DEALLOCATE [PREPARE] name`, with the name as the server reads it.
+    Deallocate(Vec<u8>),
+}
+
+/// Recognizes the statements that drop prepared statements. Only a query
+/// that is exactly one such statement counts.
+pub fn sql_effect(query: &[u8]) -> SqlEffect {
+    let Ok(text) = std::str::from_utf8(query) else {
+        return SqlEffect::None;
+    };
+    let text = text
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match lower.as_slice() {
+        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
+            SqlEffect::DropAll
+        }
+        ["deallocate", _] | ["deallocate", "prepare", _] => {
+            let name = words[words.len() - 1];
+            match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                Some(quoted) => SqlEffect::Deallocate(quoted.replace("\"\"", "\"").into_bytes()),
+                None => SqlEffect::Deallocate(name.to_ascii_lowercase().into_bytes()),
+            }
+        }
+        _ => SqlEffect::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_parse_exactly() {
+        let body = b"s1\0select $1\0\0\x01\0\0\0\x17";
+        let p = parse(body).unwrap();
+        assert_eq!((p.name, p.query), (&b"s1"[..], &b"select $1"[..]));
+        assert!(parse(&body[..body.len() - 1]).is_none());
+        assert!(parse(b"a\0").is_none());
+        assert!(parse(b"a\0b\0\xff\xff").is_none());
+    }
+
+    #[test]
+    fn rewrites_bind() {
+        let body = b"p\0s1\0\0\0\0\0\0\0";
+        let (portal, stmt, at) = bind(body).unwrap();
+        assert_eq!((portal, stmt), (&b"p"[..], &b"s1"[..]));
+        let mut out = BytesMut::new();
+        write_bind(&mut out, portal, b"pgmux_7", &body[at..]);
+        let f = crate::protocol::frame::split_frame(&mut out, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bind(f.body()).unwrap().1, b"pgmux_7");
+    }
+
+    #[test]
+    fn recognizes_sql_effects() {
+        assert_eq!(sql_effect(b"discard all;"), SqlEffect::DropAll);
+        assert_eq!(sql_effect(b" DEALLOCATE  PREPARE ALL "), SqlEffect::DropAll);
+        assert_eq!(
+            sql_effect(b"DEALLOCATE S_1"),
+            SqlEffect::Deallocate(b"s_1".to_vec())
+        );
+        assert_eq!(
+            sql_effect(b"deallocate \"S_1\""),
+            SqlEffect::Deallocate(b"S_1".to_vec())
+        );
+        assert_eq!(sql_effect(b"select 1; discard all"), SqlEffect::None);
+        assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
+        assert_eq!(target(b"Xname\0"), None);
+        assert_eq!(target(b"Sname\0junk"), None);
+    }
+}

@@ -1,0 +1,375 @@
+//! The session's side of transaction-mode prepared statements: client
+//! Parse/Bind/Describe/Close and the SQL that drops statements, rewritten to
+//! registry names, with a Parse injected wherever the server lacks one.
+//!
+//! Bookkeeping is optimistic: client names and server sets change when a
+//! message is sent, and each request's [`Hook`] says how to undo that if the
+//! server reports an error (or skips the request after one).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::expect::{Reply, Req, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::{fatal, End, Session};
+use crate::prepared::messages::{self, SqlEffect};
+use crate::prepared::Statement;
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::frame::cstr;
+use crate::protocol::{encode, fe, Frame, SqlState, TxStatus};
+
+/// What a request changed, so it can be undone if the request fails.
+#[derive(Debug)]
+pub enum Hook {
+    /// Nothing.
+    None,
+    /// A Parse: the client's name (if any) now maps to `stmt`, and the
+    /// server's set holds it (`on_server`).
+    Parse {
+        /// The statement.
+        stmt: Arc<Statement>,
+        /// The client name mapped to it.
+        client: Option<Bytes>,
+        /// Whether the Parse went to the server.
+        on_server: bool,
+    },
+    /// An eviction Close: the statement left the server's set.
+    Evicted(Arc<Statement>),
+    /// A client Close or DEALLOCATE: the client's name was unmapped.
+    ClientClosed(Bytes, Arc<Statement>),
+    /// A Bind or Describe that uses `stmt` on the server.
+    Uses(Arc<Statement>),
+    /// DISCARD ALL or DEALLOCATE ALL: the server drops every statement.
+    DropAll,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn malformed(what: &str) -> End {
+    fatal(
+        SqlState::PROTOCOL_VIOLATION,
+        format!("malformed {what} message"),
+    )
+}
+
+/// Names of pgmux's own server-side statements: clients may not use them.
+fn is_reserved(name: &[u8]) -> bool {
+    name.starts_with(b"pgmux_")
+}
+
+impl Session {
+    /// Routes one tracked message; `false` if it is not a tracked one.
+    pub(super) async fn route_tracked(&mut self, frame: &Frame) -> Result<bool, End> {
+        match frame.tag() {
+            fe::PARSE => self.client_parse(frame).await?,
+            fe::BIND => self.client_bind(frame).await?,
+            fe::DESCRIBE => self.client_describe(frame).await?,
+            fe::CLOSE => self.client_close(frame).await?,
+            fe::QUERY => self.client_query(frame).await?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    async fn client_parse(&mut self, frame: &Frame) -> Result<(), End> {
+        let p = messages::parse(frame.body()).ok_or_else(|| malformed("Parse"))?;
+        if p.name.is_empty() {
+            return self.forward_needing_server(frame).await;
+        }
+        let name = frame.raw().slice_ref(p.name);
+        let stmts = self.stmts.as_mut().expect("tracking is on");
+        if stmts.get(&name).is_some() {
+            let msg = format!("prepared statement \"{}\" already exists", lossy(&name));
+            self.local_error(Req::Parse, SqlState::DUPLICATE_PSTATEMENT, &msg);
+            return Ok(());
+        }
+        if stmts.len() >= self.ctx.config.pgmux.max_client_prepared_statements {
+            let msg = format!(
+                "too many prepared statements: this client holds {} (max_client_prepared_statements)",
+                stmts.len()
+            );
+            self.local_error(Req::Parse, SqlState::PROGRAM_LIMIT_EXCEEDED, &msg);
+            return Ok(());
+        }
+        let stmt = self.ctx.statements.get_or_insert(p.query, p.types);
+        stmts.insert(name.clone(), stmt.clone());
+        // With no server held, a statement some server already accepted is
+        // answered here: a client blocked in a synchronous prepare must not
+        // need a server its neighbours hold (pgbench -M prepared).
+        let answer_here = match self.server.as_mut() {
+            Some(s) => s.statements.touch(&stmt),
+            None => stmt.is_confirmed(),
+        };
+        let counters = &self.ctx.statements.counters;
+        if answer_here {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            let hook = Hook::Parse {
+                stmt,
+                client: Some(name),
+                on_server: false,
+            };
+            self.push(
+                Req::Parse,
+                Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+                hook,
+            );
+            return Ok(());
+        }
+        self.ensure_server().await?;
+        let server = self.server.as_mut().expect("just acquired");
+        if server.statements.touch(&stmt) {
+            self.ctx
+                .statements
+                .counters
+                .hits
+                .fetch_add(1, Ordering::Relaxed);
+            let hook = Hook::Parse {
+                stmt,
+                client: Some(name),
+                on_server: false,
+            };
+            self.push(
+                Req::Parse,
+                Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+                hook,
+            );
+            return Ok(());
+        }
+        self.ctx
+            .statements
+            .counters
+            .misses
+            .fetch_add(1, Ordering::Relaxed);
+        self.send_parse(stmt, Reply::Forward, Some(name));
+        Ok(())
+    }
+
+    /// Sends `stmt`'s Parse to the held server, closing a stale copy and
+    /// evicting the least recently used statements first.
+    fn send_parse(&mut self, stmt: Arc<Statement>, reply: Reply, client: Option<Bytes>) {
+        let max = self.ctx.config.pgmux.max_prepared_statements;
+        let server = self.server.as_mut().expect("a server is held");
+        let stale = server.statements.take_stale(&stmt);
+        let mut evicted = Vec::new();
+        while server.statements.len() >= max {
+            match server.statements.pop_lru() {
+                Some(old) => evicted.push(old),
+                None => break,
+            }
+        }
+        server.statements.add(stmt.clone());
+        if stale {
+            encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', &stmt.name);
+            self.push(Req::Close, Reply::Swallow, Hook::None);
+        }
+        for old in evicted {
+            self.ctx
+                .statements
+                .counters
+                .evictions
+                .fetch_add(1, Ordering::Relaxed);
+            encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', &old.name);
+            self.push(Req::Close, Reply::Swallow, Hook::Evicted(old));
+        }
+        self.sout.extend_from_slice(&stmt.parse);
+        self.unsynced = true;
+        let hook = Hook::Parse {
+            stmt,
+            client,
+            on_server: true,
+        };
+        self.push(Req::Parse, reply, hook);
+    }
+
+    /// Makes sure the held server has `stmt`, injecting its Parse (whose
+    /// ParseComplete the client never sees) in the same batch if not.
+    fn ensure_prepared(&mut self, stmt: &Arc<Statement>) {
+        let server = self.server.as_mut().expect("a server is held");
+        if !server.statements.touch(stmt) {
+            self.ctx
+                .statements
+                .counters
+                .reprepares
+                .fetch_add(1, Ordering::Relaxed);
+            self.send_parse(stmt.clone(), Reply::Swallow, None);
+        }
+    }
+
+    /// The statement a client name stands for. `None` for an unknown name,
+    /// which is then sent as it is so the server reports the error exactly as
+    /// PostgreSQL does, unless it could name one of pgmux's own statements.
+    fn lookup(&mut self, req: Req, name: &[u8]) -> Result<Option<Arc<Statement>>, ()> {
+        if let Some(s) = self.stmts.as_ref().and_then(|m| m.get(name)) {
+            return Ok(Some(s.clone()));
+        }
+        if is_reserved(name) {
+            let msg = format!("prepared statement \"{}\" does not exist", lossy(name));
+            self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+            return Err(());
+        }
+        Ok(None)
+    }
+
+    async fn client_bind(&mut self, frame: &Frame) -> Result<(), End> {
+        let body = frame.body();
+        let (portal, name, at) = messages::bind(body).ok_or_else(|| malformed("Bind"))?;
+        let Ok(found) = self.lookup(Req::Bind, name) else {
+            return Ok(());
+        };
+        let Some(stmt) = found.filter(|_| !name.is_empty()) else {
+            return self.forward_needing_server(frame).await;
+        };
+        self.ensure_server().await?;
+        self.ensure_prepared(&stmt);
+        messages::write_bind(&mut self.sout, portal, &stmt.name, &body[at..]);
+        self.unsynced = true;
+        self.push(Req::Bind, Reply::Forward, Hook::Uses(stmt));
+        Ok(())
+    }
+
+    async fn client_describe(&mut self, frame: &Frame) -> Result<(), End> {
+        let (kind, name) = messages::target(frame.body()).ok_or_else(|| malformed("Describe"))?;
+        if kind != b'S' || name.is_empty() {
+            return self.forward_needing_server(frame).await;
+        }
+        let Ok(found) = self.lookup(Req::Describe, name) else {
+            return Ok(());
+        };
+        let Some(stmt) = found else {
+            return self.forward_needing_server(frame).await;
+        };
+        self.ensure_server().await?;
+        self.ensure_prepared(&stmt);
+        encode::close_or_describe(&mut self.sout, fe::DESCRIBE, b'S', &stmt.name);
+        self.unsynced = true;
+        self.push(Req::Describe, Reply::Forward, Hook::Uses(stmt));
+        Ok(())
+    }
+
+    async fn client_close(&mut self, frame: &Frame) -> Result<(), End> {
+        let (kind, name) = messages::target(frame.body()).ok_or_else(|| malformed("Close"))?;
+        if kind == b'S' && !name.is_empty() {
+            // The server's copy is shared: only this client's name goes.
+            let hook = match self.stmts.as_mut().and_then(|m| m.remove(name)) {
+                Some(stmt) => Hook::ClientClosed(frame.raw().slice_ref(name), stmt),
+                None => Hook::None,
+            };
+            self.push(
+                Req::Close,
+                Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE)),
+                hook,
+            );
+            return Ok(());
+        }
+        if self.server.is_none() {
+            // No server held means no portal and no unnamed statement exist.
+            self.push(
+                Req::Close,
+                Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE)),
+                Hook::None,
+            );
+            return Ok(());
+        }
+        self.forward(frame, Hook::None);
+        Ok(())
+    }
+
+    async fn client_query(&mut self, frame: &Frame) -> Result<(), End> {
+        let sql = cstr(frame.body())
+            .map(|(s, _)| s)
+            .ok_or_else(|| malformed("Query"))?;
+        match messages::sql_effect(sql) {
+            SqlEffect::None => self.forward_needing_server(frame).await,
+            SqlEffect::DropAll => {
+                if let Some(m) = self.stmts.as_mut() {
+                    m.clear();
+                }
+                self.ensure_server().await?;
+                self.forward(frame, Hook::DropAll);
+                Ok(())
+            }
+            SqlEffect::Deallocate(name) => {
+                let owned = self.tx != TxStatus::Failed;
+                let stmt = owned
+                    .then(|| self.stmts.as_mut().and_then(|m| m.remove(&name)))
+                    .flatten();
+                let Some(stmt) = stmt else {
+                    return self.forward_needing_server(frame).await;
+                };
+                // Answered here: other clients may use the server's copy.
+                let mut reply = BytesMut::new();
+                encode::command_complete(&mut reply, "DEALLOCATE");
+                encode::ready_for_query(&mut reply, self.tx);
+                let hook = Hook::ClientClosed(Bytes::from(name), stmt);
+                self.push(Req::Query, Reply::Synthetic(reply.freeze()), hook);
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers a request with an ErrorResponse pgmux makes itself, and drops
+    /// the client's messages up to its Sync as the server would.
+    pub(super) fn local_error(&mut self, req: Req, code: SqlState, msg: &str) {
+        let mut b = BytesMut::new();
+        write_error(&mut b, Severity::Error, code.0, msg);
+        self.push(req, Reply::Synthetic(b.freeze()), Hook::None);
+        self.skip_to_sync = true;
+    }
+
+    /// A request completed: a statement a server accepted is confirmed.
+    pub(super) fn on_done(&mut self, hook: Hook) {
+        match hook {
+            Hook::Parse {
+                stmt,
+                on_server: true,
+                ..
+            } => stmt.confirm(),
+            Hook::DropAll => {
+                if let Some(s) = self.server.as_mut() {
+                    s.statements.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A request failed or was skipped: undo its bookkeeping. A statement
+    /// whose cached plan went stale is retired on this server.
+    pub(super) fn undo(&mut self, hook: Hook, stale_plan: bool) {
+        match hook {
+            Hook::None | Hook::DropAll => {}
+            Hook::Parse {
+                stmt,
+                client,
+                on_server,
+            } => {
+                if let (Some(name), Some(m)) = (client, self.stmts.as_mut()) {
+                    m.remove_if(&name, &stmt);
+                }
+                if let (true, Some(s)) = (on_server, self.server.as_mut()) {
+                    s.statements.remove(&stmt);
+                }
+            }
+            Hook::Evicted(stmt) => {
+                if let Some(s) = self.server.as_mut() {
+                    s.statements.add(stmt);
+                }
+            }
+            Hook::ClientClosed(name, stmt) => {
+                if let Some(m) = self.stmts.as_mut() {
+                    if m.get(&name).is_none() {
+                        m.insert(name, stmt);
+                    }
+                }
+            }
+            Hook::Uses(stmt) => {
+                if let (true, Some(s)) = (stale_plan, self.server.as_mut()) {
+                    s.statements.mark_stale(&stmt);
+                }
+            }
+        }
+    }
+}
