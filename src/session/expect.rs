@@ -82,6 +82,9 @@ pub enum Reply {
     /// The request never reached the server; send the client these bytes
     /// (ParseComplete, CloseComplete, or an ErrorResponse) in its place.
     Synthetic(Bytes),
+    /// Forward the server's error, but replace a successful reply by these
+    /// bytes (a check only the server can make comes first, and then pgmux's).
+    Replace(Bytes),
 }
 
 /// ParseComplete, as pgmux synthesizes it.
@@ -110,7 +113,7 @@ pub enum Outcome<H> {
     /// An entry completed successfully.
     Done(H),
     /// These requests failed or were skipped by the server after an error:
-    /// undo what their hooks did.
+    /// undo what their hooks did, last first.
     Failed(Vec<H>),
 }
 
@@ -227,8 +230,13 @@ impl<H> Expect<H> {
         let Some(entry) = self.q.pop_front() else {
             return Outcome::Pending;
         };
-        if entry.reply == Reply::Forward {
-            out.extend_from_slice(frame.raw());
+        match &entry.reply {
+            Reply::Forward => out.extend_from_slice(frame.raw()),
+            Reply::Replace(bytes) => {
+                self.note_synthetic(bytes);
+                out.extend_from_slice(bytes);
+            }
+            Reply::Swallow | Reply::Synthetic(_) => {}
         }
         if tag == be::READY_FOR_QUERY {
             self.error_sent = false;
@@ -286,7 +294,8 @@ impl<H> Expect<H> {
 
     /// The server is gone: empties the queue and returns how many
     /// ReadyForQuery the client is still owed, whether it still has requests
-    /// waiting for a Sync, and the hooks of everything abandoned.
+    /// waiting for a Sync, and the hooks of everything abandoned (to undo,
+    /// last first).
     pub fn abandon(&mut self) -> (usize, bool, Vec<H>) {
         let readies = self.q.iter().filter(|e| e.req.ends_with_ready()).count();
         let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());

@@ -324,7 +324,7 @@ impl Session {
                 Outcome::Pending => {}
                 Outcome::Done(hook) => self.on_done(hook),
                 Outcome::Failed(hooks) => {
-                    for h in hooks {
+                    for h in hooks.into_iter().rev() {
                         self.undo(h, stale_plan);
                     }
                 }
@@ -350,7 +350,7 @@ impl Session {
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
         let (readies, tail, hooks) = self.expect.abandon();
-        for h in hooks {
+        for h in hooks.into_iter().rev() {
             self.undo(h, false);
         }
         if self.mode == PoolMode::Session || (readies == 0 && !tail) {

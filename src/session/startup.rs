@@ -96,29 +96,30 @@ async fn read_password(
 
 /// Runs the startup phase up to ReadyForQuery.
 pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, LoginError> {
-    let (minor, params) =
-        loop {
-            match read_startup(stream).await? {
-                StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                    stream.write_all(b"N").await?
-                }
-                StartupPacket::Cancel { pid, secret } => {
-                    ctx.cancels.cancel(pid, secret).await;
-                    return Ok(Opening::Cancelled);
-                }
-                StartupPacket::Startup {
-                    major: 3,
-                    minor,
-                    params,
-                } => break (minor, params),
-                StartupPacket::Startup { major, minor, .. } => return Err(fatal(
+    let (minor, params) = loop {
+        match read_startup(stream).await? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(b"N").await?
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup {
+                major: 3,
+                minor,
+                params,
+            } => break (minor, params),
+            StartupPacket::Startup { major, minor, .. } => {
+                return Err(fatal(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     format!(
                         "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
                     ),
-                )),
+                ))
             }
-        };
+        }
+    };
     let mut user = None;
     let mut database = None;
     let mut settings = Vec::new();

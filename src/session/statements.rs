@@ -82,9 +82,7 @@ impl Session {
         let name = frame.raw().slice_ref(p.name);
         let stmts = self.stmts.as_mut().expect("tracking is on");
         if stmts.get(&name).is_some() {
-            let msg = format!("prepared statement \"{}\" already exists", lossy(&name));
-            self.local_error(Req::Parse, SqlState::DUPLICATE_PSTATEMENT, &msg);
-            return Ok(());
+            return self.duplicate_parse(&p, &name).await;
         }
         if stmts.len() >= self.ctx.config.pgmux.max_client_prepared_statements {
             let msg = format!(
@@ -144,6 +142,30 @@ impl Session {
             .misses
             .fetch_add(1, Ordering::Relaxed);
         self.send_parse(stmt, Reply::Forward, Some(name));
+        Ok(())
+    }
+
+    /// A Parse reusing a name: PostgreSQL reports syntax and analysis errors
+    /// before the duplicate name, so the server checks the query (as the
+    /// unnamed statement) and only its success becomes the 42P05 error.
+    async fn duplicate_parse(
+        &mut self,
+        p: &messages::ParseRef<'_>,
+        name: &[u8],
+    ) -> Result<(), End> {
+        self.ensure_server().await?;
+        encode::parse(&mut self.sout, b"", p.query, p.types);
+        self.unsynced = true;
+        let mut err = BytesMut::new();
+        let msg = format!("prepared statement \"{}\" already exists", lossy(name));
+        write_error(
+            &mut err,
+            Severity::Error,
+            SqlState::DUPLICATE_PSTATEMENT.0,
+            &msg,
+        );
+        self.push(Req::Parse, Reply::Replace(err.freeze()), Hook::None);
+        self.skip_to_sync = true;
         Ok(())
     }
 

@@ -1,0 +1,221 @@
+//! A minimal wire-protocol client for tests that need exact control over
+//! the messages sent (pipelines, Flush, unknown names) and the replies seen.
+
+#![allow(dead_code)]
+
+use bytes::{BufMut, BytesMut};
+use pgmux::protocol::encode;
+use pgmux::protocol::frame::split_frame;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One reply message: tag and body.
+pub type Msg = (u8, Vec<u8>);
+
+/// A raw protocol connection.
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Messages to send, built up by the helpers below.
+    pub out: BytesMut,
+}
+
+impl Raw {
+    /// Connects and logs in (trust, cleartext, md5 or SCRAM).
+    pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+        };
+        encode::startup(&mut raw.out, &[("user", user), ("database", db)]);
+        raw.flush().await;
+        let mut scram = None;
+        loop {
+            let (tag, body) = raw.read().await;
+            match tag {
+                b'R' => {
+                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    match code {
+                        0 => {}
+                        3 => {
+                            let mut p = password.as_bytes().to_vec();
+                            p.push(0);
+                            encode::password(&mut raw.out, &p);
+                        }
+                        5 => {
+                            let salt = body[4..8].try_into().unwrap();
+                            let mut p = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            )
+                            .into_bytes();
+                            p.push(0);
+                            encode::password(&mut raw.out, &p);
+                        }
+                        10 => {
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            encode::sasl_initial_response(
+                                &mut raw.out,
+                                "SCRAM-SHA-256",
+                                s.message(),
+                            );
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().unwrap();
+                            s.update(&body[4..]).unwrap();
+                            encode::password(&mut raw.out, s.message());
+                        }
+                        12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
+                        c => panic!("unexpected auth request {c}"),
+                    }
+                    raw.flush().await;
+                }
+                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+                b'Z' => return raw,
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends everything queued in `out`.
+    pub async fn flush(&mut self) {
+        self.stream.write_all(&self.out).await.expect("write");
+        self.out.clear();
+    }
+
+    /// Reads one message (skipping ParameterStatus and notices).
+    pub async fn read(&mut self) -> Msg {
+        loop {
+            if let Some(f) = split_frame(&mut self.buf, 1 << 30).expect("framing") {
+                if matches!(f.tag(), b'S' | b'N') {
+                    continue;
+                }
+                return (f.tag(), f.body().to_vec());
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("reply within 20s")
+            .expect("read");
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Reads messages up to and including ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut v = Vec::new();
+        loop {
+            let m = self.read().await;
+            let done = m.0 == b'Z';
+            v.push(m);
+            if done {
+                return v;
+            }
+        }
+    }
+
+    /// Queues Parse.
+    pub fn parse(&mut self, name: &str, query: &str) -> &mut Self {
+        encode::parse(&mut self.out, name.as_bytes(), query.as_bytes(), &[0, 0]);
+        self
+    }
+
+    /// Queues Bind with text parameters and text results.
+    pub fn bind(&mut self, portal: &str, stmt: &str, params: &[&str]) -> &mut Self {
+        let start = self.out.len();
+        self.out.put_u8(b'B');
+        self.out.put_i32(0);
+        for s in [portal, stmt] {
+            self.out.put_slice(s.as_bytes());
+            self.out.put_u8(0);
+        }
+        self.out.put_i16(0);
+        self.out.put_i16(params.len() as i16);
+        for p in params {
+            self.out.put_i32(p.len() as i32);
+            self.out.put_slice(p.as_bytes());
+        }
+        self.out.put_i16(0);
+        encode::patch_len(&mut self.out, start);
+        self
+    }
+
+    /// Queues Execute (all rows).
+    pub fn execute(&mut self, portal: &str) -> &mut Self {
+        let start = self.out.len();
+        self.out.put_u8(b'E');
+        self.out.put_i32(0);
+        self.out.put_slice(portal.as_bytes());
+        self.out.put_u8(0);
+        self.out.put_i32(0);
+        encode::patch_len(&mut self.out, start);
+        self
+    }
+
+    /// Queues Describe of a statement.
+    pub fn describe(&mut self, stmt: &str) -> &mut Self {
+        encode::close_or_describe(&mut self.out, b'D', b'S', stmt.as_bytes());
+        self
+    }
+
+    /// Queues Close of a statement.
+    pub fn close(&mut self, stmt: &str) -> &mut Self {
+        encode::close_or_describe(&mut self.out, b'C', b'S', stmt.as_bytes());
+        self
+    }
+
+    /// Queues Sync.
+    pub fn sync(&mut self) -> &mut Self {
+        encode::empty(&mut self.out, b'S');
+        self
+    }
+
+    /// Queues Flush.
+    pub fn flush_msg(&mut self) -> &mut Self {
+        encode::empty(&mut self.out, b'H');
+        self
+    }
+
+    /// Queues a simple Query.
+    pub fn query(&mut self, sql: &str) -> &mut Self {
+        encode::query(&mut self.out, sql);
+        self
+    }
+
+    /// Sends what is queued and reads up to ReadyForQuery.
+    pub async fn round_trip(&mut self) -> Vec<Msg> {
+        self.flush().await;
+        self.until_ready().await
+    }
+}
+
+/// The tags of a reply list, as a string (`"12DCZ"`).
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.0 as char).collect()
+}
+
+/// The SQLSTATE of the first ErrorResponse in a reply list.
+pub fn error_code(msgs: &[Msg]) -> Option<String> {
+    let (_, body) = msgs.iter().find(|m| m.0 == b'E')?;
+    let mut rest = &body[..];
+    while let Some((&k, r)) = rest.split_first() {
+        let end = r.iter().position(|b| *b == 0)?;
+        if k == b'C' {
+            return Some(String::from_utf8_lossy(&r[..end]).into_owned());
+        }
+        rest = &r[end + 1..];
+    }
+    None
+}
