@@ -57,7 +57,12 @@ pub async fn burst(url: &str, clients: usize, duration: Duration) -> BurstResult
                 match one_session(&url).await {
                     Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        sample.lock().get_or_insert_with(|| e.to_string());
+                        let msg = e
+                            .as_db_error()
+                            .map(|d| format!("{} ({})", d.message(), d.code().code()));
+                        sample
+                            .lock()
+                            .get_or_insert_with(|| msg.unwrap_or_else(|| e.to_string()));
                         // A refused client retries after a pause, as a driver would.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         failed.fetch_add(1, Ordering::Relaxed)
