@@ -368,12 +368,6 @@ async fn client_killed_inside_transaction_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_server_gives_error_then_recovers() {
     let p = setup("t_term", 1, "").await;
-    let c = client(&p, "t_term").await;
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
     let slow = {
         let url = url(&p, "t_term");
         tokio::spawn(async move {
@@ -382,19 +376,30 @@ async fn terminated_server_gives_error_then_recovers() {
             (r, c.simple_query("SELECT 1").await.map(|_| ()))
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    superuser(cluster())
-        .await
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
+    // Terminate the server exactly while it runs the client's query.
+    let su = superuser(cluster()).await;
+    let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+               WHERE datname = 't_term' AND state = 'active' AND query = 'SELECT pg_sleep(30)'";
+    let killed = eventually(Duration::from_secs(10), || async {
+        !su.query(sql, &[]).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(killed, "the query was seen running");
     let (first, next) = tokio::time::timeout(Duration::from_secs(10), slow)
         .await
         .unwrap()
         .unwrap();
-    assert!(first.is_err(), "the query on the killed server fails");
+    let err = first.expect_err("the query on the killed server fails");
+    assert!(
+        matches!(sqlstate(&err).as_deref(), Some("57P01") | Some("08006")),
+        "{err:?}"
+    );
     next.expect("the next query gets a fresh server");
-    c.simple_query("SELECT 1").await.unwrap();
+    client(&p, "t_term")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

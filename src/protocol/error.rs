@@ -96,7 +96,7 @@ fn put_field(out: &mut BytesMut, field: u8, value: &str) {
 /// The fields of an ErrorResponse or NoticeResponse body, borrowed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ErrorFields<'a> {
-    /// `S`: localized severity.
+    /// Severity: `V` (never localized) when present, else `S`.
     pub severity: &'a [u8],
     /// `C`: SQLSTATE.
     pub code: &'a [u8],
@@ -115,7 +115,8 @@ impl<'a> ErrorFields<'a> {
             }
             let (value, rest) = cstr(rest)?;
             match kind {
-                b'S' => f.severity = value,
+                b'S' if f.severity.is_empty() => f.severity = value,
+                b'V' => f.severity = value,
                 b'C' => f.code = value,
                 b'M' => f.message = value,
                 _ => {}

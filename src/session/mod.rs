@@ -293,6 +293,7 @@ impl Session {
     }
 
     async fn on_server_data(&mut self) -> Result<(), End> {
+        let mut fatal_from_server = false;
         loop {
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
@@ -319,7 +320,11 @@ impl Session {
                 }
                 _ => {}
             }
-            let stale_plan = frame.tag() == be::ERROR_RESPONSE && is_stale_plan_error(&frame);
+            let (stale_plan, is_fatal) = match frame.tag() {
+                be::ERROR_RESPONSE => classify_error(&frame),
+                _ => (false, false),
+            };
+            fatal_from_server |= is_fatal;
             match self.expect.on_server(&frame, &mut self.cout) {
                 Outcome::Pending => {}
                 Outcome::Done(hook) => self.on_done(hook),
@@ -331,6 +336,14 @@ impl Session {
             }
         }
         self.flush_client().await?;
+        if fatal_from_server {
+            // The server is going away: requests must not be sent to it any more.
+            return self
+                .on_server_lost(ServerError::Protocol(
+                    "server terminated the connection".into(),
+                ))
+                .await;
+        }
         if self.mode == PoolMode::Transaction && self.is_idle() {
             self.release();
         }
@@ -350,6 +363,13 @@ impl Session {
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
         let (readies, tail, hooks) = self.expect.abandon();
+        tracing::debug!(
+            readies,
+            tail,
+            error_sent,
+            in_tx,
+            "answering requests the lost server owed"
+        );
         for h in hooks.into_iter().rev() {
             self.undo(h, false);
         }
@@ -461,12 +481,17 @@ fn server_error_end(e: ServerError) -> End {
     }
 }
 
-/// "cached plan must not change result type": the statement's plan went
-/// stale after a schema change, so it must be prepared again on that server.
-fn is_stale_plan_error(frame: &Frame) -> bool {
-    ErrorFields::parse(frame.body()).is_some_and(|f| {
-        f.code == b"0A000"
-            && f.message
-                .starts_with(b"cached plan must not change result type")
-    })
+/// Reads a server ErrorResponse: (is it "cached plan must not change result
+/// type", i.e. the statement must be prepared again after a schema change;
+/// is it FATAL, i.e. the server is closing).
+fn classify_error(frame: &Frame) -> (bool, bool) {
+    let Some(f) = ErrorFields::parse(frame.body()) else {
+        return (false, false);
+    };
+    tracing::debug!(code = %String::from_utf8_lossy(f.code), message = %f.message_lossy(), "server error");
+    let stale = f.code == b"0A000"
+        && f.message
+            .starts_with(b"cached plan must not change result type");
+    let fatal = matches!(f.severity, b"FATAL" | b"PANIC");
+    (stale, fatal)
 }

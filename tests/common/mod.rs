@@ -89,6 +89,12 @@ password = "{PASSWORD}"
 
 /// Creates the test's database and starts pgmux in front of it.
 pub async fn setup(name: &str, size: u32, extra: &str) -> Proxy {
+    if std::env::var("PGMUX_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("pgmux=debug")
+            .with_test_writer()
+            .try_init();
+    }
     let c = cluster();
     create_db(c, name).await;
     Proxy::start(config(c, name, size, extra))
