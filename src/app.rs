@@ -1,8 +1,10 @@
-//! Wiring: binds the listener, builds the shared context, runs until a
-//! signal (or the caller) asks to stop, then shuts down in order: stop
-//! accepting, let transactions finish up to `shutdown_timeout`, close the rest.
+//! Wiring: binds the listeners, builds the shared context, runs until a
+//! signal (or the admin console, or the caller) asks to stop, then shuts
+//! down in order: stop accepting, let transactions finish up to
+//! `shutdown_timeout`, close the rest. SIGHUP reloads the configuration.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,31 +19,64 @@ use crate::shutdown::Phase;
 /// A running pgmux instance.
 pub struct Proxy {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     ctx: Arc<Context>,
     accept: JoinHandle<()>,
 }
 
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
 impl Proxy {
-    /// Binds the configured address (port 0 picks a free one) and starts serving.
+    /// Starts serving a configuration (port 0 picks a free port). RELOAD
+    /// has no file to re-read.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let listen = config.listen_addr()?;
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(listen),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket
-            .bind(&listen.into())
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        socket.listen(4096)?;
-        let listener = TcpListener::from_std(socket.into())?;
+        Self::start_with_path(config, None).await
+    }
+
+    /// Loads a config file and starts serving it; reloads re-read the file.
+    pub async fn start_file(path: &Path) -> anyhow::Result<Self> {
+        let config = Config::load(path)?;
+        Self::start_with_path(config, Some(path.to_path_buf())).await
+    }
+
+    async fn start_with_path(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
+        let listener = bind(config.listen_addr()?)?;
         let addr = listener.local_addr()?;
-        let ctx = Arc::new(Context::new(config));
+        let metrics_listener = match &config.metrics {
+            Some(m) => Some(bind(m.listen.parse().context("metrics.listen")?)?),
+            None => None,
+        };
+        let ctx = Arc::new(Context::new(config, path));
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let a = l.local_addr()?;
+                tokio::spawn(crate::stats::http::serve(l, ctx.clone()));
+                tracing::info!(addr = %a, "metrics on /metrics");
+                Some(a)
+            }
+            None => None,
+        };
         let accept = tokio::spawn(crate::listener::run(listener, ctx.clone()));
         tracing::info!(%addr, "pgmux listening");
-        Ok(Self { addr, ctx, accept })
+        Ok(Self {
+            addr,
+            metrics_addr,
+            ctx,
+            accept,
+        })
     }
 
     /// The address clients connect to.
@@ -49,9 +84,20 @@ impl Proxy {
         self.addr
     }
 
+    /// The address of the `/metrics` endpoint, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The shared state, for inspection.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    /// Waits until something (the admin SHUTDOWN) starts a shutdown.
+    pub async fn shutdown_requested(&self) {
+        let mut phase = self.ctx.shutdown.watch();
+        let _ = phase.wait_for(|p| *p != Phase::Running).await;
     }
 
     /// Graceful shutdown: stop accepting, wait for open transactions up to
@@ -60,7 +106,7 @@ impl Proxy {
         let sd = &self.ctx.shutdown;
         sd.advance(Phase::Draining);
         let _ = self.accept.await;
-        let grace = self.ctx.config.pgmux.shutdown_timeout;
+        let grace = self.ctx.config().pgmux.shutdown_timeout;
         if tokio::time::timeout(grace, sd.all_closed()).await.is_err() {
             tracing::warn!(
                 sessions = sd.live(),
@@ -72,22 +118,26 @@ impl Proxy {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let proxy = Proxy::start(config).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    proxy.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serves a config file until SIGTERM, SIGINT or the admin SHUTDOWN, then
+/// shuts down gracefully; SIGHUP reloads the file.
+pub async fn run(path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let proxy = Proxy::start_file(path).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = proxy.shutdown_requested() => break,
+            _ = hup.recv() => {
+                let ctx = proxy.context().clone();
+                let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&ctx)).await;
+            }
+        }
     }
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
     Ok(())
 }

@@ -28,6 +28,21 @@ pub enum Command {
         #[arg(long, short, default_value = "config/pgmux.toml", env = "PGMUX_CONFIG")]
         config: PathBuf,
     },
+    /// Validate a config file, then have the running instance reload it.
+    ///
+    /// The instance is found at the file's `listen` address and reached
+    /// through the admin console as the first `[admin] users` entry (or
+    /// `--user`), with that user's password from the file or from
+    /// `PGMUX_ADMIN_PASSWORD`. The instance re-reads the file it was started
+    /// with, so pass the same path.
+    Reload {
+        /// Config file.
+        #[arg(long, short, default_value = "config/pgmux.toml", env = "PGMUX_CONFIG")]
+        config: PathBuf,
+        /// Admin user to connect as.
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Start a throwaway PostgreSQL, put pgmux in front, and compare a burst
     /// of short-lived clients against both.
     Demo {

@@ -1,9 +1,16 @@
-//! What every session needs from the process: the configuration, the users'
-//! secrets, the pools, the cancel registry and the shutdown state. The app
-//! builds one and hands an `Arc` of it to each session.
+//! What every session needs from the process: the configuration in force
+//! (swapped whole on reload), the users' secrets, the pools, the client and
+//! cancel registries, statistics and the shutdown state. The app builds one
+//! and hands an `Arc` of it to each session.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{ScramVerifier, Secret};
 use crate::config::Config;
@@ -11,6 +18,7 @@ use crate::pool::PoolSet;
 use crate::prepared::Registry;
 use crate::session::cancel::CancelRegistry;
 use crate::shutdown::Shutdown;
+use crate::stats::Metrics;
 
 /// How one configured user is authenticated.
 #[derive(Debug)]
@@ -21,41 +29,210 @@ pub struct UserAuth {
     pub scram: Option<ScramVerifier>,
 }
 
+/// Users by name, built from one config.
+pub type Users = HashMap<String, Arc<UserAuth>>;
+
+/// Builds the user table, keeping entries whose password did not change
+/// (deriving a SCRAM verifier from a plaintext password costs a PBKDF2).
+pub fn build_users(config: &Config, previous: Option<&Users>) -> Users {
+    config
+        .users
+        .iter()
+        .map(|(name, u)| {
+            let secret = Secret::parse(&u.password);
+            let kept = previous
+                .and_then(|p| p.get(name))
+                .filter(|old| old.secret == secret)
+                .cloned();
+            let auth = kept.unwrap_or_else(|| {
+                let scram = secret.scram_verifier();
+                Arc::new(UserAuth { secret, scram })
+            });
+            (name.clone(), auth)
+        })
+        .collect()
+}
+
+/// What a client is doing, for SHOW CLIENTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in, holding no server.
+    Idle = 0,
+    /// Waiting for a server.
+    Waiting = 1,
+    /// Holding a server.
+    Active = 2,
+}
+
+/// One logged-in client, as the admin console sees it.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Process-unique id.
+    pub id: u64,
+    /// Database it asked for.
+    pub database: String,
+    /// Its user.
+    pub user: String,
+    /// Its address.
+    pub addr: String,
+    /// Login time.
+    pub since: SystemTime,
+    state: AtomicU8,
+    /// Wakes the session when the admin console kills it.
+    pub kill: Notify,
+}
+
+impl ClientInfo {
+    /// Records what the client is doing.
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// What the client is doing.
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+type ClientMap = Arc<Mutex<HashMap<u64, Arc<ClientInfo>>>>;
+
+/// Logged-in clients.
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: ClientMap,
+    next: AtomicU64,
+}
+
+/// Keeps a client listed until it drops.
+pub struct ClientGuard {
+    clients: ClientMap,
+    /// The client's entry.
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.info.id);
+    }
+}
+
+impl ClientRegistry {
+    /// Lists a newly logged-in client.
+    pub fn register(&self, database: &str, user: &str, addr: String) -> ClientGuard {
+        let info = Arc::new(ClientInfo {
+            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            database: database.to_owned(),
+            user: user.to_owned(),
+            addr,
+            since: SystemTime::now(),
+            state: AtomicU8::new(ClientState::Idle as u8),
+            kill: Notify::new(),
+        });
+        self.clients.lock().insert(info.id, info.clone());
+        ClientGuard {
+            clients: self.clients.clone(),
+            info,
+        }
+    }
+
+    /// Every logged-in client.
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.clients.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
+
 /// Process-wide state shared by sessions.
 pub struct Context {
-    /// The configuration in force.
-    pub config: Config,
-    /// Users by name.
-    pub users: HashMap<String, UserAuth>,
+    config: RwLock<Arc<Config>>,
+    users: RwLock<Arc<Users>>,
+    /// The file the configuration came from (reload re-reads it).
+    pub config_path: Option<PathBuf>,
     /// Server pools.
     pub pools: PoolSet,
     /// Client cancel keys.
     pub cancels: CancelRegistry,
+    /// Logged-in clients.
+    pub clients: ClientRegistry,
     /// Shutdown phase and live-session count.
     pub shutdown: Arc<Shutdown>,
     /// Distinct prepared statements of all clients.
     pub statements: Registry,
+    /// Prometheus registry.
+    pub metrics: Metrics,
+    /// Admission of clients (`max_client_conn` permits).
+    pub client_slots: Arc<Semaphore>,
+    client_limit: AtomicUsize,
+    /// Serializes reloads.
+    pub(crate) reload_lock: Mutex<()>,
 }
 
 impl Context {
     /// Builds the context for a validated configuration.
-    pub fn new(config: Config) -> Self {
-        let users = config
-            .users
-            .iter()
-            .map(|(name, u)| {
-                let secret = Secret::parse(&u.password);
-                let scram = secret.scram_verifier();
-                (name.clone(), UserAuth { secret, scram })
-            })
-            .collect();
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+        let users = build_users(&config, None);
+        let limit = config.pgmux.max_client_conn as usize;
         Self {
-            config,
-            users,
+            config: RwLock::new(Arc::new(config)),
+            users: RwLock::new(Arc::new(users)),
+            config_path,
             pools: PoolSet::default(),
             cancels: CancelRegistry::default(),
+            clients: ClientRegistry::default(),
             shutdown: Arc::new(Shutdown::default()),
             statements: Registry::default(),
+            metrics: Metrics::new(),
+            client_slots: Arc::new(Semaphore::new(limit)),
+            client_limit: AtomicUsize::new(limit),
+            reload_lock: Mutex::new(()),
         }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// A user's authentication data.
+    pub fn user(&self, name: &str) -> Option<Arc<UserAuth>> {
+        self.users.read().get(name).cloned()
+    }
+
+    /// Installs a new configuration and user table (reload step).
+    pub(crate) fn install(&self, config: Arc<Config>) {
+        let users = build_users(&config, Some(&self.users.read()));
+        let limit = config.pgmux.max_client_conn as usize;
+        *self.users.write() = Arc::new(users);
+        *self.config.write() = config;
+        let old = self.client_limit.swap(limit, Ordering::SeqCst);
+        if limit > old {
+            self.client_slots.add_permits(limit - old);
+        } else if limit < old {
+            // Only free permits can be withdrawn; those held by connected
+            // clients come back when they leave, so a decrease below the
+            // current client count is exact only after those clients go.
+            self.client_slots.forget_permits(old - limit);
+        }
+    }
+
+    /// The Prometheus exposition, with gauges and counters brought up to date.
+    pub fn render_metrics(&self) -> String {
+        for (_, pool) in self.pools.all() {
+            pool.export_metrics();
+        }
+        let c = &self.statements.counters;
+        self.metrics.prepared([
+            c.hits.load(Ordering::Relaxed),
+            c.misses.load(Ordering::Relaxed),
+            c.reprepares.load(Ordering::Relaxed),
+            c.evictions.load(Ordering::Relaxed),
+        ]);
+        self.metrics.render()
     }
 }

@@ -9,12 +9,15 @@
 //! - [`prepared`] makes named statements follow clients across servers.
 //! - [`pool`] keeps the [`server`] connections of one (database, user).
 //! - [`protocol`] frames and encodes messages; it does no I/O.
+//! - [`admin`] is the `pgmux` admin database, [`stats`] the counters and
+//!   Prometheus endpoint, [`reload`] the live configuration change.
 //! - [`config`], [`context`], [`shutdown`] and [`app`] wire it together;
 //!   [`cluster`] and [`demo`] run a throwaway PostgreSQL for the demo and tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -26,6 +29,8 @@ pub mod listener;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod stats;

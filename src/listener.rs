@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::context::Context;
 use crate::protocol::SqlState;
 use crate::session;
 use crate::shutdown::Phase;
+use crate::stats::ErrorReason;
 
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -24,7 +24,7 @@ fn tune(stream: &TcpStream) {
 
 /// Accepts clients until shutdown begins.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
-    let limit = Arc::new(Semaphore::new(ctx.config.pgmux.max_client_conn as usize));
+    let limit = ctx.client_slots.clone();
     let mut phase = ctx.shutdown.watch();
     loop {
         let accepted = tokio::select! {
@@ -56,6 +56,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 });
             }
             Err(_) => {
+                ctx.metrics.error(ErrorReason::MaxClientConn, "", "");
                 tokio::spawn(async move {
                     let msg = "no more connections allowed (max_client_conn)";
                     session::startup::refuse(

@@ -39,9 +39,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let cfg = Config::load(&config)?;
-            runtime()?.block_on(pgmux::app::run(cfg))?;
+            runtime()?.block_on(pgmux::app::run(&config))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { config, user } => {
+            runtime()?.block_on(pgmux::reload::cli(&config, user.as_deref()))
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {

@@ -172,6 +172,23 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
 }
 
+/// The `[metrics]` table: where Prometheus scrapes `/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the HTTP endpoint.
+    pub listen: String,
+}
+
+/// The `[admin]` table: who may use the `pgmux` admin database.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Users (defined in `[users]`) allowed in the admin console.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
 /// The whole file, as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +202,12 @@ pub struct Config {
     /// `[users.*]`
     #[serde(default)]
     pub users: BTreeMap<String, User>,
+    /// `[metrics]` (absent: no endpoint).
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 impl Config {
@@ -254,8 +277,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(m) = &self.metrics {
+            if let Err(e) = m.listen.parse::<SocketAddr>() {
+                errs.push(format!("metrics.listen = {:?}: {e}", m.listen));
+            }
+        }
+        for u in &self.admin.users {
+            if !self.users.contains_key(u) {
+                errs.push(format!("admin.users: {u:?} is not defined in [users]"));
+            }
+        }
         for (name, user) in &self.users {
-            if !crate::auth::Secret::parse(&user.password).can_log_in_to_server() {
+            let admin_only = self.admin.users.contains(name);
+            if !admin_only && !crate::auth::Secret::parse(&user.password).can_log_in_to_server() {
                 let lacking: Vec<&str> = self
                     .databases
                     .iter()

@@ -3,21 +3,27 @@
 //! A pool opens servers lazily up to its size, queues clients FIFO when all
 //! are busy, hands a returned server straight to the oldest waiter, and
 //! closes servers past their idle timeout or lifetime in the background.
+//! Its settings can change while it runs (reload); a retired pool keeps
+//! serving the sessions that hold it and closes servers as they come back.
 
 mod checkout;
 mod inner;
 mod set;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
 
 pub use checkout::Checkout;
+pub use inner::ServerRow;
 pub use set::{PoolKey, PoolSet};
 
 use crate::config::PoolMode;
 use crate::server::{connect, ServerConn, ServerError, ServerTarget};
+use crate::stats::{PoolMetrics, PoolSnapshot};
 use inner::{Inner, Take};
 
 /// Why a client got no server.
@@ -48,11 +54,8 @@ pub enum PoolError {
     Closed(String),
 }
 
-/// ParameterStatus names and values, as a server reported them.
-pub type ParamList = Arc<Vec<(String, String)>>;
-
 /// Sizing and timing of one pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Maximum server connections.
     pub size: usize,
@@ -74,13 +77,24 @@ pub struct PoolSettings {
     pub reset_query: String,
 }
 
+/// ParameterStatus names and values, as a server reported them.
+pub type ParamList = Arc<Vec<(String, String)>>;
+
 struct Shared {
     name: String,
+    key: PoolKey,
     target: ServerTarget,
-    settings: PoolSettings,
+    settings: RwLock<Arc<PoolSettings>>,
     inner: Mutex<Inner>,
     /// ParameterStatus values of the first server opened, shown to clients at login.
     startup_params: Mutex<Option<ParamList>>,
+    metrics: PoolMetrics,
+    /// Logged-in clients of this pool.
+    clients: AtomicUsize,
+    /// Servers opened before this generation are closed when seen.
+    generation: AtomicU64,
+    paused: watch::Sender<bool>,
+    retired: AtomicBool,
 }
 
 /// A handle to one pool; cheap to clone.
@@ -89,16 +103,36 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
+/// Counts a client as logged in to a pool until dropped.
+pub struct PoolClient(Pool);
+
+impl Drop for PoolClient {
+    fn drop(&mut self) {
+        self.0.shared.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Pool {
     /// Creates a pool and starts its maintenance task.
-    pub fn new(name: String, target: ServerTarget, settings: PoolSettings) -> Self {
+    pub fn new(
+        key: PoolKey,
+        target: ServerTarget,
+        settings: PoolSettings,
+        metrics: PoolMetrics,
+    ) -> Self {
         let pool = Self {
             shared: Arc::new(Shared {
-                name,
+                name: format!("{}/{}", key.database, key.user),
+                key,
                 target,
-                settings,
+                settings: RwLock::new(Arc::new(settings)),
                 inner: Mutex::new(Inner::default()),
                 startup_params: Mutex::new(None),
+                metrics,
+                clients: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
+                paused: watch::Sender::new(false),
+                retired: AtomicBool::new(false),
             }),
         };
         tokio::spawn(maintain(Arc::downgrade(&pool.shared)));
@@ -110,19 +144,55 @@ impl Pool {
         &self.shared.name
     }
 
-    /// The pool's settings.
-    pub fn settings(&self) -> &PoolSettings {
-        &self.shared.settings
+    /// The (database, user) it serves.
+    pub fn key(&self) -> &PoolKey {
+        &self.shared.key
     }
 
-    /// Gets a server connection, waiting in line up to `query_wait_timeout`.
+    /// The pool's settings now.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.shared.settings.read().clone()
+    }
+
+    /// Where its servers are.
+    pub fn target(&self) -> &ServerTarget {
+        &self.shared.target
+    }
+
+    /// Its statistics.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.shared.metrics
+    }
+
+    /// Counts a logged-in client.
+    pub fn client(&self) -> PoolClient {
+        self.shared.clients.fetch_add(1, Ordering::Relaxed);
+        PoolClient(self.clone())
+    }
+
+    /// Gets a server connection, waiting in line up to `query_wait_timeout`
+    /// (time spent paused counts too).
     pub async fn get(&self) -> Result<Checkout, PoolError> {
         let s = &self.shared;
+        let st = self.settings();
+        let deadline = tokio::time::Instant::now() + st.wait_timeout;
+        let timeout = || PoolError::WaitTimeout {
+            pool: s.name.clone(),
+            timeout: st.wait_timeout,
+        };
+        let mut paused = s.paused.subscribe();
+        if tokio::time::timeout_at(deadline, paused.wait_for(|p| !*p))
+            .await
+            .is_err()
+        {
+            return Err(timeout());
+        }
         let mut dead = Vec::new();
+        let generation = s.generation.load(Ordering::Relaxed);
         let take = s
             .inner
             .lock()
-            .take(s.settings.size, s.settings.lifetime, &mut dead);
+            .take(st.size, st.lifetime, generation, &mut dead);
         drop(dead);
         let mut rx = match take {
             Take::Ready(conn) => return Ok(Checkout::new(self.clone(), conn)),
@@ -133,22 +203,26 @@ impl Pool {
                 rx
             }
         };
-        match tokio::time::timeout(s.settings.wait_timeout, &mut rx).await {
-            Ok(Ok(Ok(conn))) => Ok(Checkout::new(self.clone(), conn)),
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(Ok(conn))) => Ok(self.lend(conn)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(PoolError::Closed(s.name.clone())),
             Err(_) => {
                 // A connection may have been handed over just as time ran out.
                 rx.close();
                 if let Ok(Ok(conn)) = rx.try_recv() {
-                    return Ok(Checkout::new(self.clone(), conn));
+                    return Ok(self.lend(conn));
                 }
-                Err(PoolError::WaitTimeout {
-                    pool: s.name.clone(),
-                    timeout: s.settings.wait_timeout,
-                })
+                Err(timeout())
             }
         }
+    }
+
+    fn lend(&self, conn: ServerConn) -> Checkout {
+        if let Some(row) = self.shared.inner.lock().servers.get_mut(&conn.id) {
+            row.active = true;
+        }
+        Checkout::new(self.clone(), conn)
     }
 
     /// The ParameterStatus set a real server of this pool reports, opening
@@ -173,20 +247,31 @@ impl Pool {
 
     /// Returns a clean connection to the pool.
     fn checkin(&self, conn: ServerConn) {
-        if conn.age() >= self.shared.settings.lifetime {
+        let s = &self.shared;
+        let st = self.settings();
+        let stale = conn.age() >= st.lifetime
+            || conn.generation < s.generation.load(Ordering::Relaxed)
+            || s.retired.load(Ordering::Relaxed);
+        let over = {
+            let inner = s.inner.lock();
+            inner.total > st.size && inner.live_waiters() == 0
+        };
+        if stale || over {
             return self.discard(conn);
         }
-        self.shared.inner.lock().put(conn);
+        s.inner.lock().put(conn);
     }
 
     /// Closes a connection that must not be reused, and opens a replacement
     /// when clients are waiting.
     fn discard(&self, conn: ServerConn) {
+        let id = conn.id;
         drop(conn);
+        let size = self.settings().size;
         let open = {
             let mut inner = self.shared.inner.lock();
-            inner.forget();
-            inner.reserve_open(self.shared.settings.size)
+            inner.forget(id);
+            inner.reserve_open(size)
         };
         if open {
             self.spawn_open();
@@ -197,18 +282,19 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             let s = &pool.shared;
-            let res = tokio::time::timeout(
-                s.settings.connect_timeout,
-                connect(&s.target, s.settings.max_message_size),
-            )
-            .await
-            .unwrap_or(Err(ServerError::Timeout));
+            let st = pool.settings();
+            let res =
+                tokio::time::timeout(st.connect_timeout, connect(&s.target, st.max_message_size))
+                    .await
+                    .unwrap_or(Err(ServerError::Timeout));
             match res {
-                Ok(conn) => {
+                Ok(mut conn) => {
                     tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");
+                    s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);
+                    conn.generation = s.generation.load(Ordering::Relaxed);
                     pool.note_startup_params(&conn);
                     let mut inner = s.inner.lock();
-                    inner.opening -= 1;
+                    inner.opened(&conn);
                     inner.put(conn);
                 }
                 Err(e) => {
@@ -227,14 +313,92 @@ impl Pool {
         });
     }
 
-    /// Counts for monitoring: (open or opening, idle, waiting).
+    /// Applies new settings: a smaller pool closes idle servers now and busy
+    /// ones as they are released; a larger one opens for waiting clients.
+    pub fn update_settings(&self, settings: PoolSettings) {
+        let size = settings.size;
+        *self.shared.settings.write() = Arc::new(settings);
+        let (closed, open) = {
+            let mut inner = self.shared.inner.lock();
+            let generation = self.shared.generation.load(Ordering::Relaxed);
+            let closed = inner.trim_idle(size, generation);
+            let mut open = 0;
+            while inner.reserve_open(size) {
+                open += 1;
+            }
+            (closed, open)
+        };
+        drop(closed);
+        for _ in 0..open {
+            self.spawn_open();
+        }
+    }
+
+    /// Stops handing out new transactions (PAUSE) or resumes (RESUME).
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.send_replace(paused);
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.shared.paused.borrow()
+    }
+
+    /// Closes idle servers now and busy ones when released (RECONNECT).
+    pub fn reconnect(&self) {
+        self.shared.generation.fetch_add(1, Ordering::Relaxed);
+        let size = self.settings().size;
+        let closed = {
+            let mut inner = self.shared.inner.lock();
+            inner.trim_idle(size, self.shared.generation.load(Ordering::Relaxed))
+        };
+        drop(closed);
+    }
+
+    /// Takes the pool out of service: sessions holding it go on, servers
+    /// close as they come back (reload removed or moved its database).
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Relaxed);
+        self.reconnect();
+    }
+
+    /// State for monitoring.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let s = &self.shared;
+        let inner = s.inner.lock();
+        let waiting = inner.live_waiters();
+        let active = inner.total - inner.idle.len() - inner.opening;
+        let clients = s.clients.load(Ordering::Relaxed);
+        PoolSnapshot {
+            clients_active: active.min(clients),
+            clients_waiting: waiting,
+            clients_idle: clients.saturating_sub(active + waiting),
+            servers_active: active,
+            servers_idle: inner.idle.len(),
+            servers_connecting: inner.opening,
+            size: self.settings().size,
+        }
+    }
+
+    /// How long the oldest waiting client has waited.
+    pub fn max_wait(&self) -> Duration {
+        self.shared.inner.lock().max_wait()
+    }
+
+    /// Open server connections.
+    pub fn servers(&self) -> Vec<ServerRow> {
+        self.shared.inner.lock().servers.values().cloned().collect()
+    }
+
+    /// Brings the exported metrics up to date.
+    pub fn export_metrics(&self) {
+        self.shared.metrics.export(self.snapshot());
+    }
+
+    /// Counts for tests and logs: (open or opening, idle, waiting).
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.shared.inner.lock();
-        (
-            inner.total,
-            inner.idle.len(),
-            inner.waiters.iter().filter(|w| !w.is_closed()).count(),
-        )
+        (inner.total, inner.idle.len(), inner.live_waiters())
     }
 }
 
@@ -246,7 +410,8 @@ async fn maintain(pool: Weak<Shared>) {
     loop {
         tick.tick().await;
         let Some(shared) = pool.upgrade() else { return };
-        let st = &shared.settings;
+        let st = shared.settings.read().clone();
+        let retired = shared.retired.load(Ordering::Relaxed);
         let (expired, open) = {
             let mut inner = shared.inner.lock();
             let mut expired = Vec::new();
@@ -256,17 +421,17 @@ async fn maintain(pool: Weak<Shared>) {
                 let too_old = c.age() >= st.lifetime;
                 let too_idle =
                     c.last_used.elapsed() >= st.idle_timeout && inner.total > st.min_size;
-                if too_old || too_idle || !c.is_clean_idle() {
+                if too_old || too_idle || retired || !c.is_clean_idle() {
                     if let Some(c) = inner.idle.remove(i) {
+                        inner.forget(c.id);
                         expired.push(c);
                     }
-                    inner.total -= 1;
                 } else {
                     i += 1;
                 }
             }
             let mut open = 0;
-            while inner.total < st.min_size.min(st.size) {
+            while !retired && inner.total < st.min_size.min(st.size) {
                 inner.total += 1;
                 inner.opening += 1;
                 open += 1;

@@ -1,4 +1,5 @@
-//! All pools of the process, created on a (database, user)'s first login.
+//! All pools of the process, created on a (database, user)'s first login
+//! and reconciled with a new configuration on reload.
 
 use std::collections::HashMap;
 
@@ -8,9 +9,10 @@ use super::{Pool, PoolSettings};
 use crate::auth::Secret;
 use crate::config::Config;
 use crate::server::ServerTarget;
+use crate::stats::Metrics;
 
 /// Identifies a pool: the client-visible database and the client's user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
     /// Database name as clients write it.
     pub database: String,
@@ -24,50 +26,116 @@ pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Pool>>,
 }
 
+/// Where a pool's servers are and how it is run, per `cfg`; `None` when the
+/// database or user is not configured.
+fn plan(cfg: &Config, key: &PoolKey) -> Option<(ServerTarget, PoolSettings)> {
+    let db = cfg.databases.get(&key.database)?;
+    let user = cfg.users.get(&key.user)?;
+    let (server_user, password) = match (&db.server_user, &db.server_password) {
+        (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
+        _ => (key.user.clone(), Secret::parse(&user.password)),
+    };
+    let target = ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
+        user: server_user,
+        password: Some(password),
+    };
+    let g = &cfg.pgmux;
+    let settings = PoolSettings {
+        size: cfg.pool_size(db) as usize,
+        min_size: g.min_pool_size as usize,
+        mode: cfg.pool_mode(db, user),
+        wait_timeout: g.query_wait_timeout,
+        connect_timeout: g.server_connect_timeout,
+        idle_timeout: g.server_idle_timeout,
+        lifetime: g.server_lifetime,
+        max_message_size: g.max_message_size,
+        reset_query: g.server_reset_query.clone(),
+    };
+    Some((target, settings))
+}
+
 impl PoolSet {
     /// The pool for `key`, created from `cfg` if this is its first use.
     /// `None` when the database or user is not configured.
-    pub fn get(&self, cfg: &Config, key: &PoolKey) -> Option<Pool> {
-        let db = cfg.databases.get(&key.database)?;
-        let user = cfg.users.get(&key.user)?;
+    pub fn get(&self, cfg: &Config, metrics: &Metrics, key: &PoolKey) -> Option<Pool> {
         let mut pools = self.pools.lock();
         if let Some(p) = pools.get(key) {
             return Some(p.clone());
         }
-        let (server_user, password) = match (&db.server_user, &db.server_password) {
-            (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
-            _ => (key.user.clone(), Secret::parse(&user.password)),
-        };
-        let target = ServerTarget {
-            host: db.host.clone(),
-            port: db.port,
-            dbname: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
-            user: server_user,
-            password: Some(password),
-        };
-        let g = &cfg.pgmux;
-        let settings = PoolSettings {
-            size: cfg.pool_size(db) as usize,
-            min_size: g.min_pool_size as usize,
-            mode: cfg.pool_mode(db, user),
-            wait_timeout: g.query_wait_timeout,
-            connect_timeout: g.server_connect_timeout,
-            idle_timeout: g.server_idle_timeout,
-            lifetime: g.server_lifetime,
-            max_message_size: g.max_message_size,
-            reset_query: g.server_reset_query.clone(),
-        };
-        let pool = Pool::new(format!("{}/{}", key.database, key.user), target, settings);
+        let (target, settings) = plan(cfg, key)?;
+        let pool = Pool::new(
+            key.clone(),
+            target,
+            settings,
+            metrics.pool(&key.database, &key.user),
+        );
         pools.insert(key.clone(), pool.clone());
         Some(pool)
     }
 
-    /// Every pool, for monitoring.
+    /// Every pool, for monitoring, in key order.
     pub fn all(&self) -> Vec<(PoolKey, Pool)> {
-        self.pools
+        let mut v: Vec<_> = self
+            .pools
             .lock()
             .iter()
             .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Brings the pools in line with a new configuration. Pools whose
+    /// database or user is gone, or whose server target changed, are retired
+    /// (their sessions go on, their servers drain); others take the new
+    /// settings in place. Returns one line per change.
+    pub fn reconcile(&self, cfg: &Config) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut pools = self.pools.lock();
+        pools.retain(|key, pool| {
+            let name = pool.name().to_owned();
+            match plan(cfg, key) {
+                None => {
+                    changes.push(format!("pool {name}: removed (open servers drain)"));
+                    pool.retire();
+                    false
+                }
+                Some((target, _)) if &target != pool.target() => {
+                    changes.push(format!(
+                        "pool {name}: server changed; old servers drain, new ones open on demand"
+                    ));
+                    pool.retire();
+                    false
+                }
+                Some((_, settings)) => {
+                    let old = pool.settings();
+                    if *old != settings {
+                        if old.size != settings.size {
+                            changes.push(format!(
+                                "pool {name}: size {} -> {}",
+                                old.size, settings.size
+                            ));
+                        } else {
+                            changes.push(format!("pool {name}: settings updated"));
+                        }
+                        pool.update_settings(settings);
+                    }
+                    true
+                }
+            }
+        });
+        changes
+    }
+
+    /// The pools of one database, or all when `database` is `None`.
+    pub fn matching(&self, database: Option<&str>) -> Vec<Pool> {
+        self.all()
+            .into_iter()
+            .filter(|(k, _)| database.is_none_or(|d| d == k.database))
+            .map(|(_, p)| p)
             .collect()
     }
 }

@@ -27,6 +27,10 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
     /// 57P01: the pooler is shutting down.
     pub const ADMIN_SHUTDOWN: Self = Self("57P01");
+    /// 42501: insufficient privilege.
+    pub const INSUFFICIENT_PRIVILEGE: Self = Self("42501");
+    /// 42601: syntax error (unknown admin command).
+    pub const SYNTAX_ERROR: Self = Self("42601");
     /// 0A000: feature not supported (protocol version, replication).
     pub const FEATURE_NOT_SUPPORTED: Self = Self("0A000");
     /// 42704: undefined object (an unknown prepared statement name).

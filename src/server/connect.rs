@@ -16,7 +16,7 @@ use crate::protocol::frame::{cstr, read_i32};
 use crate::protocol::{be, encode};
 
 /// Where a pool's servers live and whom to log in as.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
     /// Host name or address.
     pub host: String,
@@ -52,6 +52,7 @@ pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, Ser
         last_used: Instant::now(),
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         statements: Default::default(),
+        generation: 0,
     };
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);

@@ -104,6 +104,8 @@ pub struct ServerConn {
     pub id: u64,
     /// Named statements prepared on this server (transaction mode).
     pub statements: crate::prepared::ServerStatements,
+    /// The pool generation it was opened in (RECONNECT retires older ones).
+    pub generation: u64,
 }
 
 impl Drop for ServerConn {

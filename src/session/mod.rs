@@ -19,15 +19,18 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::PoolMode;
-use crate::context::Context;
-use crate::pool::{Checkout, Pool, PoolError};
+use std::time::Instant;
+
+use crate::config::{Config, PoolMode};
+use crate::context::{ClientGuard, ClientState, Context};
+use crate::pool::{Checkout, Pool, PoolClient, PoolError};
 use crate::prepared::ClientStatements;
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::frame::split_frame;
 use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
+use crate::stats::ErrorReason;
 use cancel::CancelHandle;
 use expect::{Expect, Outcome, Reply, Req};
 use params::ClientParams;
@@ -49,6 +52,14 @@ fn fatal(code: SqlState, msg: impl Into<String>) -> End {
     End::Fatal(code.0.to_owned(), msg.into())
 }
 
+/// How a failure to get a server is counted.
+pub fn pool_error_reason(e: &PoolError) -> ErrorReason {
+    match e {
+        PoolError::WaitTimeout { .. } => ErrorReason::WaitTimeout,
+        PoolError::Connect { .. } | PoolError::Closed(_) => ErrorReason::ConnectFailed,
+    }
+}
+
 /// The SQLSTATE a client sees when it gets no server.
 pub fn pool_error_code(e: &PoolError) -> SqlState {
     match e {
@@ -61,10 +72,11 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
 /// Serves one accepted client connection to the end.
 pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
     let _live = ctx.shutdown.track();
-    let login_timeout = ctx.config.pgmux.client_login_timeout;
+    let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened = tokio::time::timeout(login_timeout, startup::login(&mut stream, &ctx)).await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
+        Ok(Ok(Opening::Admin(user))) => return crate::admin::run(stream, ctx, user).await,
         Ok(Ok(Opening::Cancelled)) => return,
         Ok(Err(LoginError::Fatal(code, msg))) => {
             tracing::debug!(%msg, "login refused");
@@ -76,6 +88,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
             return;
         }
         Err(_) => {
+            ctx.metrics.error(ErrorReason::LoginTimeout, "", "");
             startup::send_fatal(
                 &mut stream,
                 SqlState::PROTOCOL_VIOLATION,
@@ -94,6 +107,13 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
 /// A logged-in client and the server it holds, if any.
 struct Session {
     ctx: Arc<Context>,
+    /// The configuration as of login.
+    cfg: Arc<Config>,
+    /// This client in the registry (SHOW CLIENTS, KILL).
+    listed: ClientGuard,
+    _counted: PoolClient,
+    /// When the current transaction began (first request after idle).
+    tx_started: Option<Instant>,
     client: TcpStream,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
@@ -129,10 +149,21 @@ async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
 
 impl Session {
     fn new(client: TcpStream, ctx: Arc<Context>, login: Login) -> Self {
-        let max_msg = ctx.config.pgmux.max_message_size;
-        let tracking =
-            login.mode == PoolMode::Transaction && ctx.config.pgmux.max_prepared_statements > 0;
+        let cfg = ctx.config();
+        let max_msg = cfg.pgmux.max_message_size;
+        let tracking = login.mode == PoolMode::Transaction && cfg.pgmux.max_prepared_statements > 0;
+        let addr = client
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let listed = ctx
+            .clients
+            .register(&login.key.database, &login.key.user, addr);
         Self {
+            cfg,
+            listed,
+            _counted: login.pool.client(),
+            tx_started: None,
             stmts: tracking.then(ClientStatements::default),
             ctx,
             client,
@@ -155,6 +186,7 @@ impl Session {
     /// The main loop: client bytes, server bytes and shutdown, whichever comes first.
     async fn run(&mut self) -> End {
         let mut phase = self.ctx.shutdown.watch();
+        let listed = self.listed.info.clone();
         loop {
             if let Some(end) = self.check_shutdown(*phase.borrow_and_update()) {
                 return end;
@@ -170,6 +202,7 @@ impl Session {
                     Ok(_) => self.on_server_data().await,
                 },
                 _ = phase.changed() => Ok(()),
+                _ = listed.kill.notified() => Err(fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (KILL)")),
             };
             if let Err(end) = res {
                 return end;
@@ -198,10 +231,14 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
+                    let info = &self.listed.info;
+                    self.ctx
+                        .metrics
+                        .error(ErrorReason::ProtocolError, &info.database, &info.user);
                     return Err(fatal(
                         SqlState::PROTOCOL_VIOLATION,
                         format!("invalid frontend message: {e}"),
-                    ))
+                    ));
                 }
             };
             match frame.tag() {
@@ -279,10 +316,19 @@ impl Session {
         if self.server.is_some() {
             return Ok(());
         }
-        let mut server = self.pool.get().await.map_err(|e| {
+        let info = &self.listed.info;
+        info.set_state(ClientState::Waiting);
+        let asked = Instant::now();
+        let got = self.pool.get().await;
+        self.pool.metrics().observe_wait(asked.elapsed());
+        let mut server = got.map_err(|e| {
             tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
+            self.ctx
+                .metrics
+                .error(pool_error_reason(&e), &info.database, &info.user);
             fatal(pool_error_code(&e), e.to_string())
         })?;
+        info.set_state(ClientState::Active);
         if let Err(e) = self.params.sync(&mut server, self.max_msg).await {
             server.discard();
             return Err(server_error_end(e));
@@ -317,6 +363,7 @@ impl Session {
                     if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
                         self.tx = s;
                     }
+                    self.on_ready();
                 }
                 _ => {}
             }
@@ -356,6 +403,11 @@ impl Session {
     /// session state, so it is disconnected.
     async fn on_server_lost(&mut self, err: ServerError) -> Result<(), End> {
         tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
+        let info = &self.listed.info;
+        self.ctx
+            .metrics
+            .error(ErrorReason::ServerLost, &info.database, &info.user);
+        info.set_state(ClientState::Idle);
         if let Some(s) = self.server.take() {
             s.discard();
         }
@@ -416,7 +468,22 @@ impl Session {
     fn release(&mut self) {
         if let Some(s) = self.server.take() {
             self.cancel.slot.set_target(None);
+            self.listed.info.set_state(ClientState::Idle);
             s.release();
+        }
+    }
+
+    /// Counts a ReadyForQuery from the server: a query, and a transaction
+    /// when the client is idle again.
+    fn on_ready(&mut self) {
+        let counters = &self.pool.metrics().counters;
+        counters
+            .queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.tx == TxStatus::Idle {
+            if let Some(t) = self.tx_started.take() {
+                self.pool.metrics().observe_transaction(t.elapsed());
+            }
         }
     }
 
@@ -429,6 +496,11 @@ impl Session {
             return Ok(());
         };
         let res = server.write_all(&self.sout).await;
+        let counters = &self.pool.metrics().counters;
+        counters
+            .bytes_in
+            .fetch_add(self.sout.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.tx_started.get_or_insert_with(Instant::now);
         self.sout.clear();
         match res {
             Ok(()) => Ok(()),
@@ -441,6 +513,10 @@ impl Session {
             return Ok(());
         }
         let res = self.client.write_all(&self.cout).await;
+        let counters = &self.pool.metrics().counters;
+        counters
+            .bytes_out
+            .fetch_add(self.cout.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.cout.clear();
         res.map_err(|_| End::ClientGone)
     }

@@ -16,6 +16,7 @@ use crate::protocol::error::{write_error, Severity};
 use crate::protocol::frame::{cstr, read_i32, split_frame};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
+use crate::stats::ErrorReason;
 
 /// Largest authentication message accepted from a client.
 const MAX_AUTH_MESSAGE: usize = 10_000;
@@ -49,10 +50,15 @@ pub struct Login {
     pub cancel: CancelHandle,
 }
 
+/// The name of the admin console's virtual database.
+pub const ADMIN_DATABASE: &str = "pgmux";
+
 /// What the first packets asked for.
 pub enum Opening {
     /// A session to serve.
     Session(Login),
+    /// An admin console session for this user.
+    Admin(String),
     /// A cancel request, already handled; close the socket.
     Cancelled,
 }
@@ -162,9 +168,13 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
     if minor > 0 || !protocol_options.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &protocol_options);
     }
-    let cfg = &ctx.config;
-    let (Some(db), Some(auth)) = (cfg.databases.get(&database), ctx.users.get(&user)) else {
-        if !cfg.databases.contains_key(&database) {
+    let cfg = ctx.config();
+    let admin = database == ADMIN_DATABASE;
+    let db = cfg.databases.get(&database);
+    let (Some(auth), true) = (ctx.user(&user), admin || db.is_some()) else {
+        ctx.metrics
+            .error(ErrorReason::UnknownTarget, &database, &user);
+        if !admin && db.is_none() {
             return Err(fatal(
                 SqlState::INVALID_CATALOG_NAME,
                 format!("database \"{database}\" does not exist"),
@@ -175,17 +185,34 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
             format!("role \"{user}\" does not exist"),
         ));
     };
-    authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, auth).await?;
+    if let Err(e) = authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, &auth).await {
+        if matches!(e, LoginError::Fatal(..)) {
+            ctx.metrics.error(ErrorReason::AuthFailed, &database, &user);
+        }
+        return Err(e);
+    }
+    let Some(db) = db.filter(|_| !admin) else {
+        if !cfg.admin.users.contains(&user) {
+            return Err(fatal(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!("permission denied: user \"{user}\" may not use the admin console"),
+            ));
+        }
+        crate::admin::welcome(&mut out);
+        stream.write_all(&out).await?;
+        return Ok(Opening::Admin(user));
+    };
     let key = PoolKey { database, user };
     let pool = ctx
         .pools
-        .get(cfg, &key)
+        .get(&cfg, &ctx.metrics, &key)
         .ok_or_else(|| fatal(SqlState::INVALID_CATALOG_NAME, "pool vanished during login"))?;
     let mode = cfg.pool_mode(db, &cfg.users[&key.user]);
-    let pool_params = pool
-        .startup_params()
-        .await
-        .map_err(|e| fatal(super::pool_error_code(&e), e.to_string()))?;
+    let pool_params = pool.startup_params().await.map_err(|e| {
+        ctx.metrics
+            .error(super::pool_error_reason(&e), &key.database, &key.user);
+        fatal(super::pool_error_code(&e), e.to_string())
+    })?;
     let params = ClientParams::new(&pool_params, &settings)
         .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
     let cancel = ctx.cancels.register();
@@ -301,7 +328,7 @@ pub async fn refuse(stream: &mut TcpStream, ctx: &Context, code: SqlState, msg: 
             }
         }
     };
-    let limit = ctx.config.pgmux.client_login_timeout;
+    let limit = ctx.config().pgmux.client_login_timeout;
     if let Ok(Ok(true)) = tokio::time::timeout(limit, read).await {
         send_fatal(stream, code, msg).await;
     }

@@ -84,7 +84,7 @@ impl Session {
         if stmts.get(&name).is_some() {
             return self.duplicate_parse(&p, &name).await;
         }
-        if stmts.len() >= self.ctx.config.pgmux.max_client_prepared_statements {
+        if stmts.len() >= self.cfg.pgmux.max_client_prepared_statements {
             let msg = format!(
                 "too many prepared statements: this client holds {} (max_client_prepared_statements)",
                 stmts.len()
@@ -172,7 +172,7 @@ impl Session {
     /// Sends `stmt`'s Parse to the held server, closing a stale copy and
     /// evicting the least recently used statements first.
     fn send_parse(&mut self, stmt: Arc<Statement>, reply: Reply, client: Option<Bytes>) {
-        let max = self.ctx.config.pgmux.max_prepared_statements;
+        let max = self.cfg.pgmux.max_prepared_statements;
         let server = self.server.as_mut().expect("a server is held");
         let stale = server.statements.take_stale(&stmt);
         let mut evicted = Vec::new();

@@ -1,0 +1,176 @@
+//! The admin console: a virtual database `pgmux` that `[admin] users` reach
+//! with psql on the normal port. Simple query protocol only; every answer is
+//! an ordinary result set, with PgBouncer's column names where a column means
+//! the same thing, so existing scripts keep working.
+
+mod commands;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use commands::Command;
+
+use crate::context::Context;
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::frame::{cstr, split_frame};
+use crate::protocol::{encode, fe, SqlState, TxStatus};
+
+/// Largest admin command accepted.
+const MAX_COMMAND: usize = 64 * 1024;
+
+/// A result set: column names and text rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// Column names.
+    pub columns: Vec<&'static str>,
+    /// Rows of text values (`None` is NULL).
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// What a command answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Rows, with the command tag `SHOW`.
+    Rows(Table),
+    /// Just a command tag.
+    Done(&'static str),
+    /// Rows of text lines under one column, then a tag (RELOAD's changes).
+    Lines(&'static str, Vec<String>),
+}
+
+/// Writes the ParameterStatus set of the admin console after AuthenticationOk.
+pub fn welcome(out: &mut BytesMut) {
+    encode::authentication(out, 0, &[]);
+    for (k, v) in [
+        ("server_version", crate::protocol::SERVER_VERSION),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", "pgmux"),
+    ] {
+        encode::parameter_status(out, k, v);
+    }
+    encode::backend_key_data(out, 0, 0);
+    encode::ready_for_query(out, TxStatus::Idle);
+}
+
+fn write_table(out: &mut BytesMut, t: &Table) {
+    let start = out.len();
+    out.put_u8(b'T');
+    out.put_i32(0);
+    out.put_i16(t.columns.len() as i16);
+    for c in &t.columns {
+        out.put_slice(c.as_bytes());
+        out.put_u8(0);
+        out.put_i32(0); // table oid
+        out.put_i16(0); // column number
+        out.put_i32(25); // text
+        out.put_i16(-1);
+        out.put_i32(-1);
+        out.put_i16(0);
+    }
+    encode::patch_len(out, start);
+    for row in &t.rows {
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_i16(row.len() as i16);
+        for v in row {
+            match v {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v.as_bytes());
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        encode::patch_len(out, start);
+    }
+}
+
+fn write_reply(out: &mut BytesMut, reply: &Reply) {
+    match reply {
+        Reply::Rows(t) => {
+            write_table(out, t);
+            encode::command_complete(out, "SHOW");
+        }
+        Reply::Done(tag) => encode::command_complete(out, tag),
+        Reply::Lines(tag, lines) => {
+            let t = Table {
+                columns: vec!["change"],
+                rows: lines.iter().map(|l| vec![Some(l.clone())]).collect(),
+            };
+            write_table(out, &t);
+            encode::command_complete(out, tag);
+        }
+    }
+}
+
+/// Serves one admin console session.
+pub async fn run(mut stream: TcpStream, ctx: Arc<Context>, user: String) {
+    tracing::info!(%user, "admin console session");
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::new();
+    loop {
+        let frame = match split_frame(&mut buf, MAX_COMMAND) {
+            Ok(Some(f)) => f,
+            Ok(None) => match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Err(e) => {
+                write_error(
+                    &mut out,
+                    Severity::Fatal,
+                    SqlState::PROTOCOL_VIOLATION.0,
+                    &e.to_string(),
+                );
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+        };
+        match frame.tag() {
+            fe::TERMINATE => return,
+            fe::QUERY => {
+                let sql = cstr(frame.body()).map(|(s, _)| String::from_utf8_lossy(s).into_owned());
+                match sql.as_deref().map(Command::parse) {
+                    Some(Ok(cmd)) => match cmd.execute(&ctx) {
+                        Ok(reply) => write_reply(&mut out, &reply),
+                        Err(msg) => {
+                            write_error(&mut out, Severity::Error, SqlState::SYSTEM_ERROR.0, &msg)
+                        }
+                    },
+                    Some(Err(msg)) => {
+                        write_error(&mut out, Severity::Error, SqlState::SYNTAX_ERROR.0, &msg)
+                    }
+                    None => write_error(
+                        &mut out,
+                        Severity::Error,
+                        SqlState::PROTOCOL_VIOLATION.0,
+                        "malformed Query",
+                    ),
+                }
+                encode::ready_for_query(&mut out, TxStatus::Idle);
+            }
+            fe::SYNC => {
+                write_error(
+                    &mut out,
+                    Severity::Error,
+                    SqlState::FEATURE_NOT_SUPPORTED.0,
+                    "the admin console supports the simple query protocol only",
+                );
+                encode::ready_for_query(&mut out, TxStatus::Idle);
+            }
+            _ => {}
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}

@@ -1,0 +1,197 @@
+//! Reloading the configuration: SIGHUP, the admin `RELOAD` and
+//! `pgmux reload` all come here.
+//!
+//! Order matters, so that nothing is ever half-applied:
+//! 1. read and validate the new file (an invalid one changes nothing);
+//! 2. note what changes, and keep settings that can't change live
+//!    (`listen`, `[metrics] listen`) at their running values;
+//! 3. install the new config and user table (new logins see it at once;
+//!    open sessions keep the snapshot they logged in with);
+//! 4. reconcile pools: resize in place, retire pools whose database or user
+//!    went away or whose server moved (their servers drain, nothing is killed).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::context::Context;
+
+/// Re-reads the instance's config file and applies it. Returns one line per
+/// change, or why nothing changed.
+pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
+    let _one_at_a_time = ctx.reload_lock.lock();
+    let result = match &ctx.config_path {
+        None => Err("pgmux was started without a config file; nothing to reload".to_string()),
+        Some(path) => Config::load(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .map(|new| apply(ctx, new)),
+    };
+    ctx.metrics.reload(result.is_ok());
+    match &result {
+        Ok(changes) => tracing::info!(changes = changes.len(), "configuration reloaded"),
+        Err(e) => tracing::warn!(error = %e, "configuration reload failed; the old one stays"),
+    }
+    result
+}
+
+/// Applies a validated configuration to the running instance.
+pub fn apply(ctx: &Context, mut new: Config) -> Vec<String> {
+    let old = ctx.config();
+    let mut changes = Vec::new();
+    if new.pgmux.listen != old.pgmux.listen {
+        changes.push(format!(
+            "pgmux.listen: {:?} needs a restart; still listening on {:?}",
+            new.pgmux.listen, old.pgmux.listen
+        ));
+        new.pgmux.listen = old.pgmux.listen.clone();
+    }
+    let metrics_addr = |c: &Config| c.metrics.as_ref().map(|m| m.listen.clone());
+    if metrics_addr(&new) != metrics_addr(&old) {
+        changes.push("metrics.listen needs a restart; the endpoint stays as it was".into());
+        new.metrics = old.metrics.clone();
+    }
+    changes.extend(general_changes(&old, &new));
+    for (name, db) in &new.databases {
+        match old.databases.get(name) {
+            None => changes.push(format!("database {name}: added")),
+            Some(o)
+                if toml::to_string(o).ok() != toml::to_string(db).ok()
+                    || o.server_password != db.server_password =>
+            {
+                changes.push(format!("database {name}: changed"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in old
+        .databases
+        .keys()
+        .filter(|n| !new.databases.contains_key(*n))
+    {
+        changes.push(format!("database {name}: removed"));
+    }
+    for (name, u) in &new.users {
+        match old.users.get(name) {
+            None => changes.push(format!("user {name}: added")),
+            Some(o) if o.password != u.password => {
+                changes.push(format!("user {name}: password changed"))
+            }
+            Some(o) if o.pool_mode != u.pool_mode => {
+                changes.push(format!("user {name}: pool_mode changed"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in old.users.keys().filter(|n| !new.users.contains_key(*n)) {
+        changes.push(format!("user {name}: removed (open sessions finish)"));
+    }
+    let new = Arc::new(new);
+    ctx.install(new.clone());
+    changes.extend(ctx.pools.reconcile(&new));
+    changes
+}
+
+/// `[pgmux]` keys whose values differ.
+fn general_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) = (
+        toml::Value::try_from(&old.pgmux),
+        toml::Value::try_from(&new.pgmux),
+    ) else {
+        return Vec::new();
+    };
+    b.iter()
+        .filter(|(k, v)| a.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "pgmux.{k}: {} -> {v}",
+                a.get(k).map(|x| x.to_string()).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// `pgmux reload`: validates the file here, asks the running instance to
+/// reload through its admin console, and prints what changed. Exits
+/// non-zero unless the instance confirms.
+pub async fn cli(
+    path: &std::path::Path,
+    user: Option<&str>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(user) = user
+        .map(str::to_owned)
+        .or_else(|| cfg.admin.users.first().cloned())
+    else {
+        eprintln!("no admin user: add [admin] users = [\"...\"] to the config or pass --user");
+        return Ok(ExitCode::FAILURE);
+    };
+    let password = std::env::var("PGMUX_ADMIN_PASSWORD").ok().or_else(|| {
+        cfg.users
+            .get(&user)
+            .map(|u| crate::auth::Secret::parse(&u.password))
+            .and_then(|s| match s {
+                crate::auth::Secret::Plain(p) => Some(p),
+                _ => None,
+            })
+    });
+    let mut addr = cfg.listen_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user(&user)
+        .dbname(crate::session::startup::ADMIN_DATABASE);
+    if let Some(p) = &password {
+        pg.password(p);
+    }
+    pg.connect_timeout(std::time::Duration::from_secs(10));
+    let (client, conn) = match pg.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "cannot reach the pgmux instance at {addr}: {}",
+                describe(&e)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    tokio::spawn(conn);
+    match client.simple_query("RELOAD").await {
+        Ok(msgs) => {
+            let lines: Vec<String> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            if lines.is_empty() {
+                println!("reloaded: no changes");
+            } else {
+                println!("reloaded:");
+                for l in lines {
+                    println!("  {l}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("reload failed: {}", describe(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}

@@ -1,0 +1,64 @@
+//! The `/metrics` (and `/healthz`) HTTP endpoint on its own listener.
+//!
+//! A scrape is rare and tiny, so a minimal HTTP/1.1 responder is enough: one
+//! request per connection, bounded in size and time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::context::Context;
+use crate::shutdown::Phase;
+
+/// Serves scrapes until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let mut phase = ctx.shutdown.watch();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = phase.changed() => {
+                if *phase.borrow() == Phase::Terminating { return; }
+                continue;
+            }
+        };
+        if let Ok((stream, _)) = accepted {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &ctx)).await;
+            });
+        }
+    }
+}
+
+async fn respond(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    let (status, ctype, body) = match (method, path) {
+        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", ctx.render_metrics()),
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,376 @@
+//! Statistics: per-pool counters kept as plain atomics on the hot path, and
+//! their Prometheus exposition (`metrics` + `metrics-exporter-prometheus`).
+//!
+//! Each pgmux instance has its own recorder (not the process-global one), so
+//! several instances in one process don't mix. Counters are copied from the
+//! atomics and gauges computed from pool state at scrape time; histograms are
+//! recorded as events happen through handles resolved once per pool.
+
+pub mod http;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Metric names (dashboards depend on them).
+pub mod names {
+    /// Clients of a pool by state (active, waiting, idle).
+    pub const CLIENTS: &str = "pgmux_clients";
+    /// Server connections of a pool by state (active, idle, connecting).
+    pub const SERVERS: &str = "pgmux_servers";
+    /// Configured pool size.
+    pub const POOL_SIZE: &str = "pgmux_pool_size";
+    /// Time from needing a server to getting one.
+    pub const CLIENT_WAIT: &str = "pgmux_client_wait_seconds";
+    /// Transaction duration.
+    pub const TRANSACTION_DURATION: &str = "pgmux_transaction_duration_seconds";
+    /// Transactions completed.
+    pub const TRANSACTIONS: &str = "pgmux_transactions_total";
+    /// Queries completed (each ReadyForQuery).
+    pub const QUERIES: &str = "pgmux_queries_total";
+    /// Bytes forwarded, by direction.
+    pub const BYTES: &str = "pgmux_bytes_total";
+    /// Server connections opened.
+    pub const SERVER_CONNECTIONS_OPENED: &str = "pgmux_server_connections_opened_total";
+    /// Errors by reason.
+    pub const ERRORS: &str = "pgmux_errors_total";
+    /// Prepared statement outcomes.
+    pub const PREPARED: &str = "pgmux_prepared_statements_total";
+    /// Config reloads by result.
+    pub const RELOADS: &str = "pgmux_config_reloads_total";
+    /// Time of the last successful reload.
+    pub const LAST_RELOAD: &str = "pgmux_config_last_reload_success_timestamp_seconds";
+}
+
+/// Why a client got an error, as counted in `pgmux_errors_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// Waited past `query_wait_timeout`.
+    WaitTimeout,
+    /// Wrong password.
+    AuthFailed,
+    /// Unknown database or role.
+    UnknownTarget,
+    /// Past `max_client_conn`.
+    MaxClientConn,
+    /// Could not open a server connection.
+    ConnectFailed,
+    /// A server connection died under a client.
+    ServerLost,
+    /// The client sent something malformed or illegal.
+    ProtocolError,
+    /// Login not finished in time.
+    LoginTimeout,
+}
+
+impl ErrorReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::WaitTimeout => "wait_timeout",
+            Self::AuthFailed => "auth_failed",
+            Self::UnknownTarget => "unknown_target",
+            Self::MaxClientConn => "max_client_conn",
+            Self::ConnectFailed => "connect_failed",
+            Self::ServerLost => "server_lost",
+            Self::ProtocolError => "protocol_error",
+            Self::LoginTimeout => "login_timeout",
+        }
+    }
+}
+
+/// Hot-path counters of one pool.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Transactions completed.
+    pub transactions: AtomicU64,
+    /// Queries completed.
+    pub queries: AtomicU64,
+    /// Bytes from clients to servers.
+    pub bytes_in: AtomicU64,
+    /// Bytes from servers to clients.
+    pub bytes_out: AtomicU64,
+    /// Server connections opened.
+    pub opened: AtomicU64,
+    /// Total microseconds clients waited for a server.
+    pub wait_us: AtomicU64,
+    /// Total microseconds spent in transactions.
+    pub transaction_us: AtomicU64,
+}
+
+/// A Prometheus counter and the atomic it mirrors.
+type Exported = (Counter, fn(&PoolCounters) -> u64);
+
+/// The Prometheus handles of one pool.
+pub struct PoolMetrics {
+    /// Counters updated on the hot path.
+    pub counters: PoolCounters,
+    wait: Histogram,
+    transaction: Histogram,
+    exported: Vec<Exported>,
+    gauges: PoolGauges,
+}
+
+/// Gauges set from pool state at scrape time.
+struct PoolGauges {
+    clients: [Gauge; 3],
+    servers: [Gauge; 3],
+    size: Gauge,
+}
+
+/// Pool state as seen at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolSnapshot {
+    /// Clients holding a server.
+    pub clients_active: usize,
+    /// Clients waiting for one.
+    pub clients_waiting: usize,
+    /// Clients logged in and holding nothing.
+    pub clients_idle: usize,
+    /// Servers lent to clients.
+    pub servers_active: usize,
+    /// Servers in the pool.
+    pub servers_idle: usize,
+    /// Servers being opened.
+    pub servers_connecting: usize,
+    /// Configured size.
+    pub size: usize,
+}
+
+impl PoolMetrics {
+    /// Records a client's wait for a server.
+    pub fn observe_wait(&self, d: Duration) {
+        self.wait.record(d.as_secs_f64());
+        self.counters
+            .wait_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a finished transaction.
+    pub fn observe_transaction(&self, d: Duration) {
+        self.transaction.record(d.as_secs_f64());
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .transaction_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Copies counters and pool state into the exported metrics.
+    pub fn export(&self, s: PoolSnapshot) {
+        for (c, read) in &self.exported {
+            c.absolute(read(&self.counters));
+        }
+        let g = &self.gauges;
+        for (gauge, v) in
+            g.clients
+                .iter()
+                .zip([s.clients_active, s.clients_waiting, s.clients_idle])
+        {
+            gauge.set(v as f64);
+        }
+        for (gauge, v) in
+            g.servers
+                .iter()
+                .zip([s.servers_active, s.servers_idle, s.servers_connecting])
+        {
+            gauge.set(v as f64);
+        }
+        g.size.set(s.size as f64);
+    }
+}
+
+/// One instance's metrics registry.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    prepared: [Counter; 4],
+    reloads: [Counter; 2],
+    last_reload: Gauge,
+}
+
+const META: Metadata<'static> = Metadata::new("pgmux", ::metrics::Level::INFO, None);
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Builds a registry with every metric described.
+    pub fn new() -> Self {
+        let recorder = [names::CLIENT_WAIT, names::TRANSACTION_DURATION]
+            .into_iter()
+            .fold(PrometheusBuilder::new(), |b, name| {
+                b.set_buckets_for_metric(Matcher::Full(name.into()), LATENCY_BUCKETS)
+                    .expect("bucket list is not empty")
+            })
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &META)
+        };
+        let outcome = |o: &'static str| counter(names::PREPARED, vec![Label::new("outcome", o)]);
+        let result = |r: &'static str| counter(names::RELOADS, vec![Label::new("result", r)]);
+        let prepared = [
+            outcome("hit"),
+            outcome("miss"),
+            outcome("reprepare"),
+            outcome("evicted"),
+        ];
+        let reloads = [result("ok"), result("error")];
+        let last_reload = recorder.register_gauge(&Key::from_name(names::LAST_RELOAD), &META);
+        Self {
+            recorder,
+            handle,
+            prepared,
+            reloads,
+            last_reload,
+        }
+    }
+
+    /// Resolves the handles of one pool.
+    pub fn pool(&self, database: &str, user: &str) -> PoolMetrics {
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut v = vec![
+                Label::new("database", database.to_owned()),
+                Label::new("user", user.to_owned()),
+            ];
+            if let Some((k, val)) = extra {
+                v.push(Label::new(k, val));
+            }
+            v
+        };
+        let r = &self.recorder;
+        let counter = |name: &'static str, extra| {
+            r.register_counter(&Key::from_parts(name, labels(extra)), &META)
+        };
+        let gauge = |name: &'static str, extra| {
+            r.register_gauge(&Key::from_parts(name, labels(extra)), &META)
+        };
+        let histogram =
+            |name: &'static str| r.register_histogram(&Key::from_parts(name, labels(None)), &META);
+        let exported: Vec<Exported> = vec![
+            (counter(names::TRANSACTIONS, None), |c| {
+                c.transactions.load(Ordering::Relaxed)
+            }),
+            (counter(names::QUERIES, None), |c| {
+                c.queries.load(Ordering::Relaxed)
+            }),
+            (
+                counter(names::BYTES, Some(("direction", "client_to_server"))),
+                |c| c.bytes_in.load(Ordering::Relaxed),
+            ),
+            (
+                counter(names::BYTES, Some(("direction", "server_to_client"))),
+                |c| c.bytes_out.load(Ordering::Relaxed),
+            ),
+            (counter(names::SERVER_CONNECTIONS_OPENED, None), |c| {
+                c.opened.load(Ordering::Relaxed)
+            }),
+        ];
+        let state = |name, s| gauge(name, Some(("state", s)));
+        PoolMetrics {
+            counters: PoolCounters::default(),
+            wait: histogram(names::CLIENT_WAIT),
+            transaction: histogram(names::TRANSACTION_DURATION),
+            exported,
+            gauges: PoolGauges {
+                clients: [
+                    state(names::CLIENTS, "active"),
+                    state(names::CLIENTS, "waiting"),
+                    state(names::CLIENTS, "idle"),
+                ],
+                servers: [
+                    state(names::SERVERS, "active"),
+                    state(names::SERVERS, "idle"),
+                    state(names::SERVERS, "connecting"),
+                ],
+                size: gauge(names::POOL_SIZE, None),
+            },
+        }
+    }
+
+    /// Counts an error (rare: the handle is looked up each time).
+    pub fn error(&self, reason: ErrorReason, database: &str, user: &str) {
+        let labels = vec![
+            Label::new("reason", reason.as_str()),
+            Label::new("database", database.to_owned()),
+            Label::new("user", user.to_owned()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(names::ERRORS, labels), &META)
+            .increment(1);
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].increment(1);
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_reload.set(now.as_secs_f64());
+        }
+    }
+
+    /// Sets the prepared-statement counters: hits, misses, re-prepares, evictions.
+    pub fn prepared(&self, values: [u64; 4]) {
+        for (c, v) in self.prepared.iter().zip(values) {
+            c.absolute(v);
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+fn describe(r: &PrometheusRecorder) {
+    let d = |name: &'static str, unit: Option<Unit>, text: &'static str| {
+        (KeyName::from(name), unit, SharedString::from(text))
+    };
+    let secs = Some(Unit::Seconds);
+    for (name, unit, text) in [
+        d(names::CLIENTS, None, "Clients of the pool by state: active (holding a server), waiting (queued for one), idle."),
+        d(names::SERVERS, None, "Server connections of the pool by state: active (lent to a client), idle, connecting."),
+        d(names::POOL_SIZE, None, "Configured maximum server connections of the pool."),
+        d(names::CLIENT_WAIT, secs, "Time from a client needing a server to getting one."),
+        d(names::TRANSACTION_DURATION, secs, "Duration of transactions, from first request to ReadyForQuery idle."),
+    ] {
+        if name.as_str() == names::CLIENT_WAIT || name.as_str() == names::TRANSACTION_DURATION {
+            r.describe_histogram(name, unit, text);
+        } else {
+            r.describe_gauge(name, unit, text);
+        }
+    }
+    for (name, text) in [
+        (names::TRANSACTIONS, "Transactions completed."),
+        (names::QUERIES, "Queries completed (each ReadyForQuery)."),
+        (names::BYTES, "Bytes forwarded, by direction."),
+        (names::SERVER_CONNECTIONS_OPENED, "Server connections opened."),
+        (names::ERRORS, "Errors sent to clients, by reason."),
+        (names::PREPARED, "Prepared statements: hit (Parse answered by pgmux), miss (Parse sent), reprepare (injected), evicted."),
+        (names::RELOADS, "Configuration reloads by result."),
+    ] {
+        r.describe_counter(KeyName::from(name), None, SharedString::from(text));
+    }
+    r.describe_gauge(
+        KeyName::from(names::LAST_RELOAD),
+        secs,
+        SharedString::from("Unix time of the last successful configuration reload."),
+    );
+}
