@@ -59,7 +59,7 @@ impl Proxy {
             Some(m) => Some(bind(m.listen.parse().context("metrics.listen")?)?),
             None => None,
         };
-        let ctx = Arc::new(Context::new(config, path));
+        let ctx = Arc::new(Context::new(config, path).map_err(|e| anyhow::anyhow!(e))?);
         let metrics_addr = match metrics_listener {
             Some(l) => {
                 let a = l.local_addr()?;

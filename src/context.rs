@@ -19,6 +19,7 @@ use crate::prepared::Registry;
 use crate::session::cancel::CancelRegistry;
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
+use crate::tls::acceptor::ClientTls;
 
 /// How one configured user is authenticated.
 #[derive(Debug)]
@@ -151,6 +152,7 @@ impl ClientRegistry {
 /// Process-wide state shared by sessions.
 pub struct Context {
     config: RwLock<Arc<Config>>,
+    client_tls: RwLock<Arc<ClientTls>>,
     users: RwLock<Arc<Users>>,
     /// The file the configuration came from (reload re-reads it).
     pub config_path: Option<PathBuf>,
@@ -174,11 +176,14 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the context for a validated configuration.
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+    /// Builds the context for a validated configuration (fails when the
+    /// TLS certificate or key can't be loaded).
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let users = build_users(&config, None);
         let limit = config.pgmux.max_client_conn as usize;
-        Self {
+        let client_tls = ClientTls::from_config(&config.pgmux)?;
+        Ok(Self {
+            client_tls: RwLock::new(Arc::new(client_tls)),
             config: RwLock::new(Arc::new(config)),
             users: RwLock::new(Arc::new(users)),
             config_path,
@@ -191,7 +196,12 @@ impl Context {
             client_slots: Arc::new(Semaphore::new(limit)),
             client_limit: AtomicUsize::new(limit),
             reload_lock: Mutex::new(()),
-        }
+        })
+    }
+
+    /// Client-facing TLS as configured now.
+    pub fn client_tls(&self) -> Arc<ClientTls> {
+        self.client_tls.read().clone()
     }
 
     /// The configuration in force.
@@ -204,9 +214,12 @@ impl Context {
         self.users.read().get(name).cloned()
     }
 
-    /// Installs a new configuration and user table (reload step).
-    pub(crate) fn install(&self, config: Arc<Config>) {
+    /// Installs a new configuration, its TLS certificates and user table
+    /// (reload step). Nothing changes if the certificates can't be loaded.
+    pub(crate) fn install(&self, config: Arc<Config>) -> Result<(), String> {
+        let tls = ClientTls::from_config(&config.pgmux)?;
         let users = build_users(&config, Some(&self.users.read()));
+        *self.client_tls.write() = Arc::new(tls);
         let limit = config.pgmux.max_client_conn as usize;
         *self.users.write() = Arc::new(users);
         *self.config.write() = config;
@@ -219,6 +232,7 @@ impl Context {
             // current client count is exact only after those clients go.
             self.client_slots.forget_permits(old - limit);
         }
+        Ok(())
     }
 
     /// The Prometheus exposition, with gauges and counters brought up to date.

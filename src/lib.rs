@@ -34,3 +34,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod stats;
+pub mod tls;

@@ -13,6 +13,7 @@ use crate::protocol::SqlState;
 use crate::session;
 use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
+use crate::tls::Stream;
 
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -36,7 +37,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        let (mut stream, peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors, usually: back off instead of spinning.
@@ -45,7 +46,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        tune(&stream);
+        tune(&tcp);
+        let mut stream = Stream::Plain(tcp);
         tracing::debug!(%peer, "client connected");
         let ctx = ctx.clone();
         match limit.clone().try_acquire_owned() {

@@ -23,7 +23,7 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
         None => Err("pgmux was started without a config file; nothing to reload".to_string()),
         Some(path) => Config::load(path)
             .map_err(|e| format!("{}: {e}", path.display()))
-            .map(|new| apply(ctx, new)),
+            .and_then(|new| apply(ctx, new)),
     };
     ctx.metrics.reload(result.is_ok());
     match &result {
@@ -33,8 +33,9 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
     result
 }
 
-/// Applies a validated configuration to the running instance.
-pub fn apply(ctx: &Context, mut new: Config) -> Vec<String> {
+/// Applies a validated configuration to the running instance; fails, with
+/// nothing changed, when its TLS files can't be loaded.
+pub fn apply(ctx: &Context, mut new: Config) -> Result<Vec<String>, String> {
     let old = ctx.config();
     let mut changes = Vec::new();
     if new.pgmux.listen != old.pgmux.listen {
@@ -84,10 +85,14 @@ pub fn apply(ctx: &Context, mut new: Config) -> Vec<String> {
     for name in old.users.keys().filter(|n| !new.users.contains_key(*n)) {
         changes.push(format!("user {name}: removed (open sessions finish)"));
     }
+    for (name, db) in &new.databases {
+        let (mode, ca) = new.server_tls(db);
+        crate::tls::connector::build(mode, ca).map_err(|e| format!("databases.{name}: {e}"))?;
+    }
     let new = Arc::new(new);
-    ctx.install(new.clone());
+    ctx.install(new.clone())?;
     changes.extend(ctx.pools.reconcile(&new));
-    changes
+    Ok(changes)
 }
 
 /// `[pgmux]` keys whose values differ.

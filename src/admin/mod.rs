@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use commands::Command;
 
@@ -17,6 +16,7 @@ use crate::context::Context;
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::frame::{cstr, split_frame};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
+use crate::tls::Stream;
 
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
@@ -112,7 +112,7 @@ fn write_reply(out: &mut BytesMut, reply: &Reply) {
 }
 
 /// Serves one admin console session.
-pub async fn run(mut stream: TcpStream, ctx: Arc<Context>, user: String) {
+pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String) {
     tracing::info!(%user, "admin console session");
     let mut buf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::new();

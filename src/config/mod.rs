@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::TlsMode;
+
 /// How long a client keeps a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +98,18 @@ pub struct General {
     pub max_prepared_statements: usize,
     /// Prepared statement names one client may hold.
     pub max_client_prepared_statements: usize,
+    /// TLS toward clients: disable, allow, prefer, require, verify-ca, verify-full.
+    pub client_tls_mode: TlsMode,
+    /// PEM certificate (chain) shown to clients.
+    pub client_tls_cert: Option<String>,
+    /// PEM private key of `client_tls_cert`.
+    pub client_tls_key: Option<String>,
+    /// PEM CA that client certificates must chain to (verify-ca, verify-full).
+    pub client_tls_ca: Option<String>,
+    /// TLS toward servers: disable, prefer, require, verify-ca, verify-full.
+    pub server_tls_mode: TlsMode,
+    /// PEM CA bundle server certificates must chain to (e.g. the RDS bundle).
+    pub server_tls_ca: Option<String>,
 }
 
 impl Default for General {
@@ -117,6 +131,12 @@ impl Default for General {
             max_message_size: 64 << 20,
             max_prepared_statements: 256,
             max_client_prepared_statements: 10_000,
+            client_tls_mode: TlsMode::Disable,
+            client_tls_cert: None,
+            client_tls_key: None,
+            client_tls_ca: None,
+            server_tls_mode: TlsMode::Prefer,
+            server_tls_ca: None,
         }
     }
 }
@@ -150,6 +170,12 @@ pub struct Database {
         serialize_with = "de::ser_opt_secret"
     )]
     pub server_password: Option<String>,
+    /// Overrides `[pgmux] server_tls_mode` for this database.
+    #[serde(default)]
+    pub server_tls_mode: Option<TlsMode>,
+    /// Overrides `[pgmux] server_tls_ca` for this database.
+    #[serde(default)]
+    pub server_tls_ca: Option<String>,
 }
 
 fn default_host() -> String {
@@ -252,6 +278,16 @@ impl Config {
             .unwrap_or(self.pgmux.pool_mode)
     }
 
+    /// TLS mode and CA toward a database's server.
+    pub fn server_tls<'a>(&'a self, db: &'a Database) -> (TlsMode, Option<&'a str>) {
+        let mode = db.server_tls_mode.unwrap_or(self.pgmux.server_tls_mode);
+        let ca = db
+            .server_tls_ca
+            .as_deref()
+            .or(self.pgmux.server_tls_ca.as_deref());
+        (mode, ca)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         let g = &self.pgmux;
@@ -274,6 +310,22 @@ impl Config {
             if db.server_user.is_some() != db.server_password.is_some() {
                 errs.push(format!(
                     "databases.{name}: server_user and server_password go together"
+                ));
+            }
+        }
+        if g.client_tls_mode != TlsMode::Disable
+            && (g.client_tls_cert.is_none() || g.client_tls_key.is_none())
+        {
+            errs.push("pgmux.client_tls_mode needs client_tls_cert and client_tls_key".into());
+        }
+        if g.client_tls_mode >= TlsMode::VerifyCa && g.client_tls_ca.is_none() {
+            errs.push("pgmux.client_tls_mode verify-ca/verify-full needs client_tls_ca".into());
+        }
+        for (name, db) in &self.databases {
+            let (mode, ca) = self.server_tls(db);
+            if mode >= TlsMode::VerifyCa && ca.is_none() {
+                errs.push(format!(
+                    "databases.{name}: server_tls_mode verify-ca/verify-full needs server_tls_ca"
                 ));
             }
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
 
 pub use checkout::Checkout;
 pub use inner::ServerRow;
@@ -84,6 +85,7 @@ struct Shared {
     name: String,
     key: PoolKey,
     target: ServerTarget,
+    tls: Option<TlsConnector>,
     settings: RwLock<Arc<PoolSettings>>,
     inner: Mutex<Inner>,
     /// ParameterStatus values of the first server opened, shown to clients at login.
@@ -118,6 +120,7 @@ impl Pool {
         key: PoolKey,
         target: ServerTarget,
         settings: PoolSettings,
+        tls: Option<TlsConnector>,
         metrics: PoolMetrics,
     ) -> Self {
         let pool = Self {
@@ -125,6 +128,7 @@ impl Pool {
                 name: format!("{}/{}", key.database, key.user),
                 key,
                 target,
+                tls,
                 settings: RwLock::new(Arc::new(settings)),
                 inner: Mutex::new(Inner::default()),
                 startup_params: Mutex::new(None),
@@ -283,10 +287,12 @@ impl Pool {
         tokio::spawn(async move {
             let s = &pool.shared;
             let st = pool.settings();
-            let res =
-                tokio::time::timeout(st.connect_timeout, connect(&s.target, st.max_message_size))
-                    .await
-                    .unwrap_or(Err(ServerError::Timeout));
+            let res = tokio::time::timeout(
+                st.connect_timeout,
+                connect(&s.target, s.tls.as_ref(), st.max_message_size),
+            )
+            .await
+            .unwrap_or(Err(ServerError::Timeout));
             match res {
                 Ok(mut conn) => {
                     tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");

@@ -35,12 +35,15 @@ fn plan(cfg: &Config, key: &PoolKey) -> Option<(ServerTarget, PoolSettings)> {
         (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
         _ => (key.user.clone(), Secret::parse(&user.password)),
     };
+    let (tls_mode, tls_ca) = cfg.server_tls(db);
     let target = ServerTarget {
         host: db.host.clone(),
         port: db.port,
         dbname: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
         user: server_user,
         password: Some(password),
+        tls_mode,
+        tls_ca: tls_ca.map(str::to_owned),
     };
     let g = &cfg.pgmux;
     let settings = PoolSettings {
@@ -59,21 +62,20 @@ fn plan(cfg: &Config, key: &PoolKey) -> Option<(ServerTarget, PoolSettings)> {
 
 impl PoolSet {
     /// The pool for `key`, created from `cfg` if this is its first use.
-    /// `None` when the database or user is not configured.
-    pub fn get(&self, cfg: &Config, metrics: &Metrics, key: &PoolKey) -> Option<Pool> {
+    /// Fails when the database or user is not configured, or the server TLS
+    /// settings can't be loaded.
+    pub fn get(&self, cfg: &Config, metrics: &Metrics, key: &PoolKey) -> Result<Pool, String> {
         let mut pools = self.pools.lock();
         if let Some(p) = pools.get(key) {
-            return Some(p.clone());
+            return Ok(p.clone());
         }
-        let (target, settings) = plan(cfg, key)?;
-        let pool = Pool::new(
-            key.clone(),
-            target,
-            settings,
-            metrics.pool(&key.database, &key.user),
-        );
+        let (target, settings) =
+            plan(cfg, key).ok_or("database or user is no longer configured")?;
+        let connector = crate::tls::connector::build(target.tls_mode, target.tls_ca.as_deref())?;
+        let metrics = metrics.pool(&key.database, &key.user);
+        let pool = Pool::new(key.clone(), target, settings, connector, metrics);
         pools.insert(key.clone(), pool.clone());
-        Some(pool)
+        Ok(pool)
     }
 
     /// Every pool, for monitoring, in key order.

@@ -5,10 +5,15 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use bytes::BufMut;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::connector::server_name;
+use crate::tls::{Stream, TlsMode};
 
 use super::{BackendKey, ServerConn, ServerError};
 use crate::auth::Secret;
@@ -28,15 +33,59 @@ pub struct ServerTarget {
     pub user: String,
     /// Its password, if the server asks for one.
     pub password: Option<Secret>,
+    /// TLS toward the server.
+    pub tls_mode: TlsMode,
+    /// CA bundle for verify-ca / verify-full.
+    pub tls_ca: Option<String>,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Negotiates TLS per `server_tls_mode`: SSLRequest, exactly one byte of
+/// answer (nothing may be buffered before the handshake), then the handshake.
+async fn negotiate_tls(
+    t: &ServerTarget,
+    mut tcp: TcpStream,
+    tls: Option<&TlsConnector>,
+) -> Result<Stream, ServerError> {
+    let Some(connector) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut req = BytesMut::new();
+    req.put_i32(8);
+    req.put_i32(crate::protocol::startup::SSL_REQUEST);
+    tcp.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = server_name(&t.host).map_err(ServerError::Tls)?;
+            let s = connector.connect(name, tcp).await.map_err(|e| {
+                ServerError::Tls(format!("TLS handshake with the server failed: {e}"))
+            })?;
+            Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(s))))
+        }
+        b'N' if !t.tls_mode.required() => Ok(Stream::Plain(tcp)),
+        b'N' => Err(ServerError::Tls(format!(
+            "the server does not support TLS and server_tls_mode is {:?}",
+            t.tls_mode
+        ))),
+        _ => Err(ServerError::Protocol(
+            "unexpected answer to SSLRequest".into(),
+        )),
+    }
+}
+
 /// Opens and logs in a new server connection (no timeout: the pool adds one).
-pub async fn connect(t: &ServerTarget, max_msg: usize) -> Result<ServerConn, ServerError> {
-    let stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
-    stream.set_nodelay(true)?;
-    let addr = stream.peer_addr()?;
+pub async fn connect(
+    t: &ServerTarget,
+    tls: Option<&TlsConnector>,
+    max_msg: usize,
+) -> Result<ServerConn, ServerError> {
+    let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
+    tcp.set_nodelay(true)?;
+    let addr = tcp.peer_addr()?;
+    let stream = negotiate_tls(t, tcp, tls).await?;
     let mut conn = ServerConn {
         stream,
         rbuf: BytesMut::with_capacity(8192),

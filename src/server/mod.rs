@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::tls::Stream;
 
 pub use connect::{connect, ServerTarget};
 
@@ -41,6 +42,9 @@ pub enum ServerError {
     /// pgmux has no way to log in as this user.
     #[error("{0}")]
     Auth(String),
+    /// TLS could not be set up as configured.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl From<FrameError> for ServerError {
@@ -84,9 +88,8 @@ pub struct BackendKey {
 }
 
 /// An open, logged-in server connection.
-#[derive(Debug)]
 pub struct ServerConn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     /// The ParameterStatus values as the server sent them (original names).
@@ -108,10 +111,22 @@ pub struct ServerConn {
     pub generation: u64,
 }
 
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("tls", &self.stream.is_tls())
+            .finish()
+    }
+}
+
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort: say goodbye so the server logs a clean disconnect.
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        if let Stream::Plain(tcp) = &self.stream {
+            let _ = tcp.try_write(b"X\0\0\0\x04");
+        }
     }
 }
 
@@ -139,11 +154,7 @@ impl ServerConn {
     /// True when an idle connection has nothing unexpected to say and is
     /// still open, checked without blocking.
     pub fn is_clean_idle(&self) -> bool {
-        if !self.rbuf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.rbuf.is_empty() && self.stream.is_quiet()
     }
 
     /// ParameterStatus values to present to clients of this server's pool.

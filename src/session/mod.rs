@@ -15,9 +15,9 @@ pub mod statements;
 use std::io;
 use std::sync::Arc;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use std::time::Instant;
 
@@ -70,7 +70,7 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
+pub async fn serve(mut stream: Stream, ctx: Arc<Context>) {
     let _live = ctx.shutdown.track();
     let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened = tokio::time::timeout(login_timeout, startup::login(&mut stream, &ctx)).await;
@@ -114,7 +114,7 @@ struct Session {
     _counted: PoolClient,
     /// When the current transaction began (first request after idle).
     tx_started: Option<Instant>,
-    client: TcpStream,
+    client: Stream,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
     /// Bytes for the client, written once per batch.
@@ -148,12 +148,14 @@ async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
 }
 
 impl Session {
-    fn new(client: TcpStream, ctx: Arc<Context>, login: Login) -> Self {
+    fn new(client: Stream, ctx: Arc<Context>, login: Login) -> Self {
         let cfg = ctx.config();
         let max_msg = cfg.pgmux.max_message_size;
         let tracking = login.mode == PoolMode::Transaction && cfg.pgmux.max_prepared_statements > 0;
         let addr = client
-            .peer_addr()
+            .tcp()
+            .and_then(|t| t.peer_addr().ok())
+            .ok_or(())
             .map(|a| a.to_string())
             .unwrap_or_default();
         let listed = ctx

@@ -1,10 +1,10 @@
 //! Login: the startup packet (with SSL/GSS refusals and cancel requests),
 //! client authentication, and the welcome a real server would send.
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::cancel::CancelHandle;
 use super::params::ClientParams;
@@ -63,8 +63,33 @@ pub enum Opening {
     Cancelled,
 }
 
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Runs the TLS handshake on the plaintext socket. Nothing was read past the
+/// SSLRequest, so no plaintext byte can be taken as encrypted (the "buffer
+/// stuffing" attacks). Direct TLS must negotiate ALPN `postgresql`.
+async fn upgrade(
+    stream: &mut Stream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    direct: bool,
+) -> Result<(), LoginError> {
+    let tcp = stream
+        .take_plain()
+        .ok_or_else(|| fatal(SqlState::PROTOCOL_VIOLATION, "TLS requested twice"))?;
+    let tls = acceptor.accept(tcp).await?;
+    if direct && tls.get_ref().1.alpn_protocol() != Some(crate::tls::acceptor::ALPN) {
+        return Err(LoginError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "direct TLS without ALPN postgresql",
+        )));
+    }
+    *stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+    Ok(())
+}
+
 /// Reads one untagged startup-phase packet.
-async fn read_startup(stream: &mut TcpStream) -> Result<StartupPacket, LoginError> {
+async fn read_startup(stream: &mut Stream) -> Result<StartupPacket, LoginError> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let n =
@@ -76,7 +101,7 @@ async fn read_startup(stream: &mut TcpStream) -> Result<StartupPacket, LoginErro
 
 /// Reads one tagged message of the authentication exchange: must be `p`.
 async fn read_password(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, LoginError> {
     loop {
@@ -101,12 +126,25 @@ async fn read_password(
 }
 
 /// Runs the startup phase up to ReadyForQuery.
-pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, LoginError> {
+pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginError> {
+    let tls = ctx.client_tls();
+    if let (Some(acceptor), Some(tcp)) = (&tls.acceptor, stream.tcp()) {
+        // PostgreSQL 17's direct TLS: a ClientHello instead of an SSLRequest.
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
+            upgrade(stream, acceptor, true).await?;
+        }
+    }
     let (minor, params) = loop {
         match read_startup(stream).await? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                stream.write_all(b"N").await?
-            }
+            StartupPacket::SslRequest => match &tls.acceptor {
+                Some(acceptor) if !stream.is_tls() => {
+                    stream.write_all(b"S").await?;
+                    upgrade(stream, acceptor, false).await?;
+                }
+                _ => stream.write_all(b"N").await?,
+            },
+            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancels.cancel(pid, secret).await;
                 return Ok(Opening::Cancelled);
@@ -206,7 +244,7 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
     let pool = ctx
         .pools
         .get(&cfg, &ctx.metrics, &key)
-        .ok_or_else(|| fatal(SqlState::INVALID_CATALOG_NAME, "pool vanished during login"))?;
+        .map_err(|e| fatal(SqlState::CANNOT_CONNECT, e))?;
     let mode = cfg.pool_mode(db, &cfg.users[&key.user]);
     let pool_params = pool.startup_params().await.map_err(|e| {
         ctx.metrics
@@ -235,7 +273,7 @@ pub async fn login(stream: &mut TcpStream, ctx: &Context) -> Result<Opening, Log
 /// Runs the configured authentication exchange. `out` holds messages to
 /// send before the first request and is flushed with it.
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     out: &mut BytesMut,
     method: AuthType,
     user: &str,
@@ -304,7 +342,7 @@ async fn authenticate(
 }
 
 /// Sends a FATAL error to a client that is about to be closed.
-pub async fn send_fatal(stream: &mut TcpStream, code: SqlState, msg: &str) {
+pub async fn send_fatal(stream: &mut Stream, code: SqlState, msg: &str) {
     let mut out = BytesMut::new();
     write_error(&mut out, Severity::Fatal, code.0, msg);
     let _ = stream.write_all(&out).await;
@@ -313,7 +351,7 @@ pub async fn send_fatal(stream: &mut TcpStream, code: SqlState, msg: &str) {
 /// Answers a connection that can't be served (too many clients): reads its
 /// startup packet so the error reaches a client that is listening for one,
 /// still honours a cancel request, then sends `msg` as FATAL.
-pub async fn refuse(stream: &mut TcpStream, ctx: &Context, code: SqlState, msg: &str) {
+pub async fn refuse(stream: &mut Stream, ctx: &Context, code: SqlState, msg: &str) {
     let read = async {
         loop {
             match read_startup(stream).await? {
