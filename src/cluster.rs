@@ -28,6 +28,11 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// Extra `postgresql.conf` lines.
     pub extra_conf: Vec<String>,
+    /// Files written into the data directory (name, contents), readable
+    /// only by the server (certificates and keys for `ssl = on`).
+    pub data_files: Vec<(String, String)>,
+    /// Replaces `pg_hba.conf` (e.g. `hostssl` lines only).
+    pub hba: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +40,8 @@ impl Default for ClusterOptions {
         Self {
             max_connections: 100,
             extra_conf: Vec::new(),
+            data_files: Vec::new(),
+            hba: None,
         }
     }
 }
@@ -197,6 +204,19 @@ impl Cluster {
             "log_min_messages = fatal".into(),
         ];
         conf.extend(opts.extra_conf.iter().cloned());
+        let mut files = opts.data_files.clone();
+        if let Some(hba) = &opts.hba {
+            files.push(("pg_hba.conf".into(), hba.clone()));
+        }
+        for (name, contents) in &files {
+            let path = data.join(name);
+            std::fs::write(&path, contents)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if run_as.is_some() {
+                let (uid, gid) = (id_of(SUPERUSER, "-u")?, id_of(SUPERUSER, "-g")?);
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
         let conf_path = data.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&conf_path).unwrap_or_default();
         text.push_str(&conf.join("\n"));
@@ -267,6 +287,11 @@ impl Cluster {
     /// The port the server listens on (host 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The data directory (its parent holds the unix socket).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// The directory holding the server binaries (pgbench, psql, ...).

@@ -164,6 +164,12 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
             }
         }
     };
+    if tls.mode.required() && !stream.is_tls() {
+        return Err(fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "pgmux requires TLS: connect with sslmode=require or stronger",
+        ));
+    }
     let mut user = None;
     let mut database = None;
     let mut settings = Vec::new();
