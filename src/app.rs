@@ -69,6 +69,7 @@ impl Proxy {
             }
             None => None,
         };
+        tokio::spawn(upkeep(Arc::downgrade(&ctx)));
         let accept = tokio::spawn(crate::listener::run(listener, ctx.clone()));
         tracing::info!(%addr, "pgmux listening");
         Ok(Self {
@@ -115,6 +116,19 @@ impl Proxy {
         }
         sd.advance(Phase::Terminating);
         let _ = tokio::time::timeout(Duration::from_secs(2), sd.all_closed()).await;
+    }
+}
+
+/// Keeps histogram memory bounded: recorded samples are folded into buckets
+/// every few seconds. Ends with the instance.
+async fn upkeep(ctx: std::sync::Weak<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.metrics.upkeep(),
+            None => return,
+        }
     }
 }
 

@@ -36,10 +36,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The serving runtime: `workers` threads (0: one per core); a single
+/// worker runs everything on one thread, as PgBouncer does.
+fn serving_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            runtime()?.block_on(pgmux::app::run(&config))?;
+            let workers = Config::load(&config)?.pgmux.workers;
+            serving_runtime(workers)?.block_on(pgmux::app::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config, user } => {

@@ -436,3 +436,61 @@ async fn sighup_reloads_a_running_binary() {
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_logs_in_users_missing_from_the_config() {
+    create_db(cluster(), "t_aq").await;
+    let su = superuser(cluster()).await;
+    su.batch_execute("CREATE ROLE t_aq_lookup SUPERUSER LOGIN PASSWORD 'lookup-secret'")
+        .await
+        .unwrap();
+    su.batch_execute("CREATE ROLE t_aq_app LOGIN PASSWORD 'app-secret'")
+        .await
+        .unwrap();
+    su.batch_execute("GRANT ALL ON DATABASE t_aq TO t_aq_app")
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+auth_user = "t_aq_lookup"
+
+[databases.t_aq]
+port = {pg}
+
+[users.t_aq_lookup]
+password = "lookup-secret"
+"#,
+        pg = cluster().port()
+    );
+    let p = Proxy::start(pgmux::config::Config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let port = p.addr().port();
+    // The user is not in the config: its SCRAM verifier comes from pg_shadow,
+    // and pgmux logs in to the server with the key the client's proof revealed.
+    let c = connect(&format!(
+        "host=127.0.0.1 port={port} user=t_aq_app password=app-secret dbname=t_aq"
+    ))
+    .await
+    .unwrap();
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "t_aq_app");
+    let err = connect(&format!(
+        "host=127.0.0.1 port={port} user=t_aq_app password=wrong dbname=t_aq"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    let err = connect(&format!(
+        "host=127.0.0.1 port={port} user=t_aq_nobody password=x dbname=t_aq"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
+}

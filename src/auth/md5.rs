@@ -24,7 +24,7 @@ pub fn verify(secret: &Secret, user: &str, salt: [u8; 4], response: &[u8]) -> Op
     let stored = match secret {
         Secret::Plain(p) => stored_hash(user, p),
         Secret::Md5(h) => h.clone(),
-        Secret::Scram(_) => return None,
+        Secret::Scram(_) | Secret::ScramKeys(..) => return None,
     };
     Some(constant_time_eq(
         salted_answer(&stored, salt).as_bytes(),

@@ -18,6 +18,9 @@ pub enum Secret {
     Md5(String),
     /// A SCRAM-SHA-256 verifier: enough to check a client, not to log in as it.
     Scram(ScramVerifier),
+    /// A verifier plus the ClientKey a client's SCRAM login revealed: enough
+    /// to log in to a server storing the same verifier (auth_query users).
+    ScramKeys(ScramVerifier, [u8; 32]),
 }
 
 impl fmt::Debug for Secret {
@@ -27,6 +30,7 @@ impl fmt::Debug for Secret {
             Self::Plain(_) => "Plain",
             Self::Md5(_) => "Md5",
             Self::Scram(_) => "Scram",
+            Self::ScramKeys(..) => "ScramKeys",
         };
         write!(f, "Secret::{kind}(********)")
     }
@@ -57,7 +61,7 @@ impl Secret {
                 let v = postgres_protocol::password::scram_sha_256(p.as_bytes());
                 ScramVerifier::parse(&v)
             }
-            Self::Scram(v) => Some(v.clone()),
+            Self::Scram(v) | Self::ScramKeys(v, _) => Some(v.clone()),
             Self::Md5(_) => None,
         }
     }

@@ -118,8 +118,10 @@ impl ScramServer {
     }
 
     /// Takes the client-final message; returns the server-final message
-    /// when the proof is right.
-    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// when the proof is right, and the ClientKey the proof revealed (with
+    /// the verifier it is enough to log in to a server that stores the same
+    /// verifier: SCRAM pass-through).
+    pub fn finish(self, client_final: &[u8]) -> Result<(String, [u8; 32]), ScramError> {
         let msg =
             std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
@@ -162,7 +164,88 @@ impl ScramServer {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&v.server_key, &[auth_message.as_bytes()]);
-        Ok(format!("v={}", STANDARD.encode(server_signature)))
+        let key: [u8; 32] = client_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| ScramError::BadProof)?;
+        Ok((format!("v={}", STANDARD.encode(server_signature)), key))
+    }
+}
+
+/// The client side of SCRAM-SHA-256 without the password: proves knowledge
+/// of the ClientKey recovered from a client's own SCRAM login, toward a
+/// server holding the same verifier (same salt and iterations).
+pub struct ScramPassthrough {
+    verifier: ScramVerifier,
+    client_key: [u8; 32],
+    client_first_bare: String,
+    expected_server_signature: Option<[u8; 32]>,
+}
+
+impl ScramPassthrough {
+    /// Starts an exchange.
+    pub fn new(verifier: ScramVerifier, client_key: [u8; 32]) -> Self {
+        let mut raw = [0u8; 18];
+        rand::rng().fill_bytes(&mut raw);
+        Self {
+            verifier,
+            client_key,
+            client_first_bare: format!("n=,r={}", STANDARD.encode(raw)),
+            expected_server_signature: None,
+        }
+    }
+
+    /// The client-first message.
+    pub fn client_first(&self) -> String {
+        format!("n,,{}", self.client_first_bare)
+    }
+
+    /// Answers the server-first message with the client-final message.
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let sf =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let attr = |k: &str| sf.split(',').find_map(|a| a.strip_prefix(k));
+        let nonce = attr("r=").ok_or(ScramError::Malformed("no nonce"))?;
+        let ours = self
+            .client_first_bare
+            .rsplit_once("r=")
+            .map(|(_, n)| n)
+            .unwrap_or_default();
+        if !nonce.starts_with(ours) {
+            return Err(ScramError::Malformed("server nonce does not extend ours"));
+        }
+        let salt = attr("s=").and_then(|s| STANDARD.decode(s).ok());
+        let iterations = attr("i=").and_then(|i| i.parse::<u32>().ok());
+        if salt.as_deref() != Some(self.verifier.salt.as_slice())
+            || iterations != Some(self.verifier.iterations)
+        {
+            return Err(ScramError::Malformed(
+                "the server's SCRAM secret differs from the one pgmux looked up",
+            ));
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{sf},{without_proof}", self.client_first_bare);
+        let signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
+        let proof: Vec<u8> = self
+            .client_key
+            .iter()
+            .zip(signature.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        self.expected_server_signature =
+            Some(hmac(&self.verifier.server_key, &[auth_message.as_bytes()]));
+        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)))
+    }
+
+    /// Checks the server-final message: the server knew the verifier too.
+    pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let sf =
+            std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let got = sf.strip_prefix("v=").and_then(|v| STANDARD.decode(v).ok());
+        match (got, self.expected_server_signature) {
+            (Some(g), Some(e)) if constant_time_eq(&g, &e) => Ok(()),
+            _ => Err(ScramError::BadProof),
+        }
     }
 }
 
@@ -177,9 +260,27 @@ mod tests {
         let mut client = ScramSha256::new(client_pw, ChannelBinding::unsupported());
         let (server, first) = ScramServer::start(&verifier, client.message())?;
         client.update(first.as_bytes()).unwrap();
-        let fin = server.finish(client.message())?;
+        let (fin, _) = server.finish(client.message())?;
         client.finish(fin.as_bytes()).unwrap();
         Ok(())
+    }
+
+    #[test]
+    fn passthrough_logs_in_with_the_recovered_client_key() {
+        let verifier =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        // A client logs in to pgmux; pgmux learns its ClientKey.
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let (server, first) = ScramServer::start(&verifier, client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, client_key) = server.finish(client.message()).unwrap();
+        // pgmux logs in to a server holding the same verifier.
+        let mut pass = ScramPassthrough::new(verifier.clone(), client_key);
+        let (backend, first) =
+            ScramServer::start(&verifier, pass.client_first().as_bytes()).unwrap();
+        let fin = pass.client_final(first.as_bytes()).unwrap();
+        let (server_final, _) = backend.finish(fin.as_bytes()).unwrap();
+        pass.verify_server_final(server_final.as_bytes()).unwrap();
     }
 
     #[test]

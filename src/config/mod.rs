@@ -98,6 +98,16 @@ pub struct General {
     pub max_prepared_statements: usize,
     /// Prepared statement names one client may hold.
     pub max_client_prepared_statements: usize,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Role (from `[users]`) that looks up users missing from the config
+    /// with `auth_query`; unset disables the lookup.
+    pub auth_user: Option<String>,
+    /// Query returning (name, password or verifier) for `$1`.
+    pub auth_query: String,
+    /// How long a looked-up user is cached.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub auth_query_cache: Duration,
     /// TLS toward clients: disable, allow, prefer, require, verify-ca, verify-full.
     pub client_tls_mode: TlsMode,
     /// PEM certificate (chain) shown to clients.
@@ -131,6 +141,10 @@ impl Default for General {
             max_message_size: 64 << 20,
             max_prepared_statements: 256,
             max_client_prepared_statements: 10_000,
+            workers: 0,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_query_cache: Duration::from_secs(60),
             client_tls_mode: TlsMode::Disable,
             client_tls_cert: None,
             client_tls_key: None,
@@ -332,6 +346,15 @@ impl Config {
         if let Some(m) = &self.metrics {
             if let Err(e) = m.listen.parse::<SocketAddr>() {
                 errs.push(format!("metrics.listen = {:?}: {e}", m.listen));
+            }
+        }
+        if let Some(u) = &g.auth_user {
+            match self.users.get(u) {
+                None => errs.push(format!("pgmux.auth_user: {u:?} is not defined in [users]")),
+                Some(user) if !crate::auth::Secret::parse(&user.password).can_log_in_to_server() => errs.push(
+                    format!("pgmux.auth_user: {u:?} needs a plaintext or md5 password to log in to the server"),
+                ),
+                Some(_) => {}
             }
         }
         for u in &self.admin.users {

@@ -184,12 +184,14 @@ impl Pool {
             pool: s.name.clone(),
             timeout: st.wait_timeout,
         };
-        let mut paused = s.paused.subscribe();
-        if tokio::time::timeout_at(deadline, paused.wait_for(|p| !*p))
-            .await
-            .is_err()
-        {
-            return Err(timeout());
+        if *s.paused.borrow() {
+            let mut paused = s.paused.subscribe();
+            if tokio::time::timeout_at(deadline, paused.wait_for(|p| !*p))
+                .await
+                .is_err()
+            {
+                return Err(timeout());
+            }
         }
         let mut dead = Vec::new();
         let generation = s.generation.load(Ordering::Relaxed);

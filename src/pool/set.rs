@@ -24,16 +24,25 @@ pub struct PoolKey {
 #[derive(Default)]
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Server login secrets of users found with `auth_query`, by pool.
+    looked_up: Mutex<HashMap<PoolKey, Secret>>,
 }
 
 /// Where a pool's servers are and how it is run, per `cfg`; `None` when the
-/// database or user is not configured.
-fn plan(cfg: &Config, key: &PoolKey) -> Option<(ServerTarget, PoolSettings)> {
+/// database or user is not configured (nor `looked_up` by auth_query).
+fn plan(
+    cfg: &Config,
+    key: &PoolKey,
+    looked_up: Option<&Secret>,
+) -> Option<(ServerTarget, PoolSettings)> {
     let db = cfg.databases.get(&key.database)?;
-    let user = cfg.users.get(&key.user)?;
+    let (user_secret, user_mode) = match cfg.users.get(&key.user) {
+        Some(u) => (Secret::parse(&u.password), u.pool_mode),
+        None => (looked_up?.clone(), None),
+    };
     let (server_user, password) = match (&db.server_user, &db.server_password) {
         (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
-        _ => (key.user.clone(), Secret::parse(&user.password)),
+        _ => (key.user.clone(), user_secret),
     };
     let (tls_mode, tls_ca) = cfg.server_tls(db);
     let target = ServerTarget {
@@ -49,7 +58,7 @@ fn plan(cfg: &Config, key: &PoolKey) -> Option<(ServerTarget, PoolSettings)> {
     let settings = PoolSettings {
         size: cfg.pool_size(db) as usize,
         min_size: g.min_pool_size as usize,
-        mode: cfg.pool_mode(db, user),
+        mode: user_mode.or(db.pool_mode).unwrap_or(g.pool_mode),
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
         idle_timeout: g.server_idle_timeout,
@@ -65,12 +74,34 @@ impl PoolSet {
     /// Fails when the database or user is not configured, or the server TLS
     /// settings can't be loaded.
     pub fn get(&self, cfg: &Config, metrics: &Metrics, key: &PoolKey) -> Result<Pool, String> {
+        self.get_with(cfg, metrics, key, None)
+    }
+
+    /// [`get`](Self::get) for a user found by `auth_query`, logging in to the
+    /// server with `secret`. A changed secret (new password) replaces the pool.
+    pub fn get_with(
+        &self,
+        cfg: &Config,
+        metrics: &Metrics,
+        key: &PoolKey,
+        secret: Option<Secret>,
+    ) -> Result<Pool, String> {
         let mut pools = self.pools.lock();
+        if let Some(s) = &secret {
+            let mut looked_up = self.looked_up.lock();
+            if looked_up.get(key) != Some(s) {
+                looked_up.insert(key.clone(), s.clone());
+                if let Some(old) = pools.remove(key) {
+                    old.retire();
+                }
+            }
+        }
         if let Some(p) = pools.get(key) {
             return Ok(p.clone());
         }
+        let looked_up = self.looked_up.lock().get(key).cloned();
         let (target, settings) =
-            plan(cfg, key).ok_or("database or user is no longer configured")?;
+            plan(cfg, key, looked_up.as_ref()).ok_or("database or user is no longer configured")?;
         let connector = crate::tls::connector::build(target.tls_mode, target.tls_ca.as_deref())?;
         let metrics = metrics.pool(&key.database, &key.user);
         let pool = Pool::new(key.clone(), target, settings, connector, metrics);
@@ -97,9 +128,15 @@ impl PoolSet {
     pub fn reconcile(&self, cfg: &Config) -> Vec<String> {
         let mut changes = Vec::new();
         let mut pools = self.pools.lock();
+        let looked_up = self.looked_up.lock();
         pools.retain(|key, pool| {
             let name = pool.name().to_owned();
-            match plan(cfg, key) {
+            let found = if cfg.pgmux.auth_user.is_some() {
+                looked_up.get(key)
+            } else {
+                None
+            };
+            match plan(cfg, key, found) {
                 None => {
                     changes.push(format!("pool {name}: removed (open servers drain)"));
                     pool.retire();

@@ -66,6 +66,17 @@ pub enum SqlEffect {
 /// Recognizes the statements that drop prepared statements. Only a query
 /// that is exactly one such statement counts.
 pub fn sql_effect(query: &[u8]) -> SqlEffect {
+    // Fast path, no allocation: almost every query starts with something else.
+    let start = query
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(query.len());
+    let head = &query[start..];
+    let starts =
+        |word: &[u8]| head.len() >= word.len() && head[..word.len()].eq_ignore_ascii_case(word);
+    if !starts(b"discard") && !starts(b"deallocate") {
+        return SqlEffect::None;
+    }
     let Ok(text) = std::str::from_utf8(query) else {
         return SqlEffect::None;
     };

@@ -16,6 +16,7 @@ use crate::tls::connector::server_name;
 use crate::tls::{Stream, TlsMode};
 
 use super::{BackendKey, ServerConn, ServerError};
+use crate::auth::scram::ScramPassthrough;
 use crate::auth::Secret;
 use crate::protocol::frame::{cstr, read_i32};
 use crate::protocol::{be, encode};
@@ -102,11 +103,12 @@ pub async fn connect(
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         statements: Default::default(),
         generation: 0,
+        params_fingerprint: 0,
     };
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
     conn.stream.write_all(&out).await?;
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     loop {
         let Some(frame) = conn.next_frame(max_msg)? else {
             if conn.read_more().await? == 0 {
@@ -159,11 +161,23 @@ fn password(t: &ServerTarget) -> Result<&Secret, ServerError> {
     })
 }
 
+/// A SCRAM exchange with the server in progress.
+enum Scram {
+    /// With the password.
+    Password(ScramSha256),
+    /// With a client's recovered ClientKey (auth_query users).
+    Passthrough(ScramPassthrough),
+}
+
+fn scram_err(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Auth(format!("SCRAM: {e}"))
+}
+
 /// Answers one Authentication request; returns the bytes to send (may be empty).
 fn auth_step(
     t: &ServerTarget,
     body: &[u8],
-    scram: &mut Option<ScramSha256>,
+    scram: &mut Option<Scram>,
 ) -> Result<Vec<u8>, ServerError> {
     let (code, data) = read_i32(body).ok_or_else(|| bad("Authentication"))?;
     let mut out = BytesMut::new();
@@ -189,7 +203,7 @@ fn auth_step(
             let stored = match password(t)? {
                 Secret::Plain(p) => crate::auth::md5::stored_hash(&t.user, p),
                 Secret::Md5(h) => h.clone(),
-                Secret::Scram(_) => {
+                Secret::Scram(_) | Secret::ScramKeys(..) => {
                     return Err(ServerError::Auth(
                         "the server asks for MD5 and pgmux only has a SCRAM verifier".into(),
                     ))
@@ -214,27 +228,41 @@ fn auth_step(
                     "the server offers no SASL mechanism pgmux supports".into(),
                 ));
             }
-            let Secret::Plain(p) = password(t)? else {
-                return Err(ServerError::Auth(
+            match password(t)? {
+                Secret::Plain(p) => {
+                    let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                    encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
+                    *scram = Some(Scram::Password(s));
+                }
+                Secret::ScramKeys(v, key) => {
+                    let s = ScramPassthrough::new(v.clone(), *key);
+                    encode::sasl_initial_response(
+                        &mut out,
+                        SCRAM_SHA_256,
+                        s.client_first().as_bytes(),
+                    );
+                    *scram = Some(Scram::Passthrough(s));
+                }
+                _ => return Err(ServerError::Auth(
                     "the server asks for SCRAM and pgmux has no plaintext password for this role"
                         .into(),
-                ));
-            };
-            let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-            encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
-            *scram = Some(s);
+                )),
+            }
         }
-        11 => {
-            let s = scram.as_mut().ok_or_else(|| bad("SASLContinue"))?;
-            s.update(data)
-                .map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
-            encode::password(&mut out, s.message());
-        }
-        12 => {
-            let s = scram.as_mut().ok_or_else(|| bad("SASLFinal"))?;
-            s.finish(data)
-                .map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
-        }
+        11 => match scram.as_mut().ok_or_else(|| bad("SASLContinue"))? {
+            Scram::Password(s) => {
+                s.update(data).map_err(scram_err)?;
+                encode::password(&mut out, s.message());
+            }
+            Scram::Passthrough(s) => {
+                let fin = s.client_final(data).map_err(scram_err)?;
+                encode::password(&mut out, fin.as_bytes());
+            }
+        },
+        12 => match scram.as_mut().ok_or_else(|| bad("SASLFinal"))? {
+            Scram::Password(s) => s.finish(data).map_err(scram_err)?,
+            Scram::Passthrough(s) => s.verify_server_final(data).map_err(scram_err)?,
+        },
         c => {
             return Err(ServerError::Auth(format!(
                 "unsupported authentication request {c}"

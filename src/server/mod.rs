@@ -109,6 +109,33 @@ pub struct ServerConn {
     pub statements: crate::prepared::ServerStatements,
     /// The pool generation it was opened in (RECONNECT retires older ones).
     pub generation: u64,
+    /// Fingerprint of the client parameters this server was last synced to
+    /// (0: unknown).
+    pub params_fingerprint: u64,
+}
+
+/// The columns of a DataRow as text (`None` for NULL or malformed).
+fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
+    let mut cols = Vec::new();
+    let Some((n, mut rest)) = crate::protocol::frame::read_i16(body) else {
+        return cols;
+    };
+    for _ in 0..n.max(0) {
+        let Some((len, r)) = crate::protocol::frame::read_i32(rest) else {
+            break;
+        };
+        if len < 0 {
+            cols.push(None);
+            rest = r;
+            continue;
+        }
+        let Some(v) = r.get(..len as usize) else {
+            break;
+        };
+        cols.push(Some(String::from_utf8_lossy(v).into_owned()));
+        rest = &r[len as usize..];
+    }
+    cols
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -237,6 +264,60 @@ impl ServerConn {
         }
     }
 
+    /// Runs one query with text parameters (extended protocol) and returns
+    /// the first row's columns as text. Used for `auth_query`.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        max: usize,
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        use bytes::BufMut;
+        let mut out = BytesMut::new();
+        encode::parse(&mut out, b"", sql.as_bytes(), &[0, 0]);
+        let start = out.len();
+        out.put_u8(b'B');
+        out.put_i32(0);
+        out.put_slice(b"\0\0");
+        out.put_i16(0);
+        out.put_i16(params.len() as i16);
+        for p in params {
+            out.put_i32(p.len() as i32);
+            out.put_slice(p.as_bytes());
+        }
+        out.put_i16(0);
+        encode::patch_len(&mut out, start);
+        out.put_slice(b"E\0\0\0\x09\0\0\0\0\0");
+        encode::empty(&mut out, b'S');
+        self.write_all(&out).await?;
+        let mut row = None;
+        let mut failure = None;
+        loop {
+            let Some(frame) = self.next_frame(max)? else {
+                if self.read_more().await? == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                continue;
+            };
+            match frame.tag() {
+                b'D' if row.is_none() => row = Some(data_row_text(frame.body())),
+                be::ERROR_RESPONSE if failure.is_none() => {
+                    failure = Some(ServerError::from_error_body(frame.body()))
+                }
+                be::PARAMETER_STATUS => {
+                    self.note_parameter_status(frame.body());
+                }
+                be::READY_FOR_QUERY => {
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => Ok(row),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Runs the reset query between session-mode clients and forgets what
     /// pgmux had set.
     pub async fn reset(&mut self, sql: &str, max: usize) -> Result<(), ServerError> {
@@ -246,6 +327,7 @@ impl ServerConn {
             ));
         }
         self.statements.clear();
+        self.params_fingerprint = 0;
         let names = std::mem::take(&mut self.unreported_set);
         for n in names {
             self.current.remove(&n);

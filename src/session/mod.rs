@@ -6,6 +6,7 @@
 //! transaction mode the server goes back to the pool as soon as the queue is
 //! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
 
+pub mod auth_query;
 pub mod cancel;
 pub mod expect;
 pub mod params;
@@ -169,9 +170,11 @@ impl Session {
             stmts: tracking.then(ClientStatements::default),
             ctx,
             client,
-            cbuf: BytesMut::with_capacity(8192),
-            cout: BytesMut::with_capacity(8192),
-            sout: BytesMut::with_capacity(8192),
+            // Small to start: idle clients are the common case, and the
+            // buffers grow to whatever a client actually sends.
+            cbuf: BytesMut::with_capacity(512),
+            cout: BytesMut::new(),
+            sout: BytesMut::new(),
             pool: login.pool,
             mode: login.mode,
             server: None,
@@ -359,6 +362,7 @@ impl Session {
                 be::PARAMETER_STATUS => {
                     if let Some((k, v)) = server.note_parameter_status(frame.body()) {
                         self.params.on_parameter_status(&k, &v);
+                        server.params_fingerprint = self.params.fingerprint();
                     }
                 }
                 be::READY_FOR_QUERY => {
@@ -439,26 +443,17 @@ impl Session {
             "server connection lost"
         };
         let mut owe_error = !error_sent;
+        let code = SqlState::CONNECTION_FAILURE.0;
         for _ in 0..readies {
             if owe_error {
-                write_error(
-                    &mut self.cout,
-                    Severity::Error,
-                    SqlState::CONNECTION_FAILURE.0,
-                    msg,
-                );
+                write_error(&mut self.cout, Severity::Error, code, msg);
             }
             encode::ready_for_query(&mut self.cout, TxStatus::Idle);
             owe_error = true;
         }
         if tail {
             if owe_error {
-                write_error(
-                    &mut self.cout,
-                    Severity::Error,
-                    SqlState::CONNECTION_FAILURE.0,
-                    msg,
-                );
+                write_error(&mut self.cout, Severity::Error, code, msg);
             }
             self.skip_to_sync = true;
         }

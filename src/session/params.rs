@@ -24,6 +24,9 @@ pub enum ParamError {
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
     desired: BTreeMap<String, String>,
+    /// Hash of `desired` (never 0). A server last synced to the same
+    /// fingerprint needs no comparison at all, which is the common case.
+    fingerprint: u64,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -73,7 +76,24 @@ impl ClientParams {
             }
             desired.insert(lower, v.clone());
         }
-        Ok(Self { desired })
+        let mut p = Self {
+            desired,
+            fingerprint: 0,
+        };
+        p.refresh();
+        Ok(p)
+    }
+
+    fn refresh(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.desired.hash(&mut h);
+        self.fingerprint = h.finish() | 1;
+    }
+
+    /// Identifies the parameter values this client expects.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The ParameterStatus list shown at login: the pool's values with the
@@ -94,6 +114,7 @@ impl ClientParams {
         let lower = name.to_ascii_lowercase();
         if TRACKED_REPORTED.contains(&lower.as_str()) || self.desired.contains_key(&lower) {
             self.desired.insert(lower, value.to_owned());
+            self.refresh();
         }
     }
 
@@ -132,9 +153,14 @@ impl ClientParams {
     /// Makes `server` match this client. Values the server normalizes
     /// (`utf8` → `UTF8`) are adopted so the next sync doesn't repeat them.
     pub async fn sync(&mut self, server: &mut ServerConn, max: usize) -> Result<(), ServerError> {
+        if server.params_fingerprint == self.fingerprint {
+            return Ok(());
+        }
         let Some(sql) = self.sync_sql(server) else {
+            server.params_fingerprint = self.fingerprint;
             return Ok(());
         };
+        server.params_fingerprint = 0;
         server.run_internal(&sql, max).await?;
         let stale: Vec<String> = server
             .unreported_set()
@@ -154,6 +180,8 @@ impl ClientParams {
                 server.note_unreported(k, Some(v));
             }
         }
+        self.refresh();
+        server.params_fingerprint = self.fingerprint;
         Ok(())
     }
 }

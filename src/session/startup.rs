@@ -215,7 +215,14 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     let cfg = ctx.config();
     let admin = database == ADMIN_DATABASE;
     let db = cfg.databases.get(&database);
-    let (Some(auth), true) = (ctx.user(&user), admin || db.is_some()) else {
+    let configured = ctx.user(&user);
+    let looked_up = configured.is_none() && !admin && db.is_some() && cfg.pgmux.auth_user.is_some();
+    let auth = match configured {
+        Some(a) => Some(a),
+        None if looked_up => super::auth_query::lookup(ctx, &cfg, &database, &user).await?,
+        None => None,
+    };
+    let (Some(auth), true) = (auth, admin || db.is_some()) else {
         ctx.metrics
             .error(ErrorReason::UnknownTarget, &database, &user);
         if !admin && db.is_none() {
@@ -229,13 +236,16 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
             format!("role \"{user}\" does not exist"),
         ));
     };
-    if let Err(e) = authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, &auth).await {
-        if matches!(e, LoginError::Fatal(..)) {
-            ctx.metrics.error(ErrorReason::AuthFailed, &database, &user);
+    let client_key = match authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, &auth).await {
+        Ok(k) => k,
+        Err(e) => {
+            if matches!(e, LoginError::Fatal(..)) {
+                ctx.metrics.error(ErrorReason::AuthFailed, &database, &user);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    let Some(db) = db.filter(|_| !admin) else {
+    };
+    if admin || db.is_none() {
         if !cfg.admin.users.contains(&user) {
             return Err(fatal(
                 SqlState::INSUFFICIENT_PRIVILEGE,
@@ -245,13 +255,19 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         crate::admin::welcome(&mut out);
         stream.write_all(&out).await?;
         return Ok(Opening::Admin(user));
-    };
+    }
+    // A looked-up user logs in to the server with what its own login gave:
+    // the ClientKey its SCRAM proof revealed (pass-through), or the md5 hash.
+    let server_secret = looked_up.then(|| match (&auth.secret, client_key) {
+        (Secret::Scram(v), Some(k)) => Secret::ScramKeys(v.clone(), k),
+        (s, _) => s.clone(),
+    });
     let key = PoolKey { database, user };
     let pool = ctx
         .pools
-        .get(&cfg, &ctx.metrics, &key)
+        .get_with(&cfg, &ctx.metrics, &key, server_secret)
         .map_err(|e| fatal(SqlState::CANNOT_CONNECT, e))?;
-    let mode = cfg.pool_mode(db, &cfg.users[&key.user]);
+    let mode = pool.settings().mode;
     let pool_params = pool.startup_params().await.map_err(|e| {
         ctx.metrics
             .error(super::pool_error_reason(&e), &key.database, &key.user);
@@ -284,7 +300,7 @@ async fn authenticate(
     method: AuthType,
     user: &str,
     auth: &UserAuth,
-) -> Result<(), LoginError> {
+) -> Result<Option<[u8; 32]>, LoginError> {
     let failed = || {
         fatal(
             SqlState::INVALID_PASSWORD,
@@ -293,7 +309,7 @@ async fn authenticate(
     };
     let mut buf = BytesMut::new();
     let use_scram = match method {
-        AuthType::Trust => return Ok(()),
+        AuthType::Trust => return Ok(None),
         AuthType::ScramSha256 => true,
         // As in PostgreSQL, md5 falls back to SCRAM for users stored as a SCRAM verifier.
         AuthType::Md5 => matches!(auth.secret, Secret::Scram(_)),
@@ -307,7 +323,7 @@ async fn authenticate(
         let answer = read_password(stream, &mut buf).await?;
         let answer = cstr(&answer).map(|(a, _)| a).unwrap_or(&answer);
         return match md5::verify(&auth.secret, user, salt, answer) {
-            Some(true) => Ok(()),
+            Some(true) => Ok(None),
             _ => Err(failed()),
         };
     }
@@ -342,9 +358,9 @@ async fn authenticate(
     stream.write_all(out).await?;
     out.clear();
     let fin = read_password(stream, &mut buf).await?;
-    let last = server.finish(&fin).map_err(|_| failed())?;
+    let (last, client_key) = server.finish(&fin).map_err(|_| failed())?;
     encode::authentication(out, 12, last.as_bytes());
-    Ok(())
+    Ok(Some(client_key))
 }
 
 /// Sends a FATAL error to a client that is about to be closed.

@@ -101,39 +101,14 @@ impl Session {
             Some(s) => s.statements.touch(&stmt),
             None => stmt.is_confirmed(),
         };
-        let counters = &self.ctx.statements.counters;
         if answer_here {
-            counters.hits.fetch_add(1, Ordering::Relaxed);
-            let hook = Hook::Parse {
-                stmt,
-                client: Some(name),
-                on_server: false,
-            };
-            self.push(
-                Req::Parse,
-                Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
-                hook,
-            );
+            self.parse_answered_here(stmt, name);
             return Ok(());
         }
         self.ensure_server().await?;
         let server = self.server.as_mut().expect("just acquired");
         if server.statements.touch(&stmt) {
-            self.ctx
-                .statements
-                .counters
-                .hits
-                .fetch_add(1, Ordering::Relaxed);
-            let hook = Hook::Parse {
-                stmt,
-                client: Some(name),
-                on_server: false,
-            };
-            self.push(
-                Req::Parse,
-                Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
-                hook,
-            );
+            self.parse_answered_here(stmt, name);
             return Ok(());
         }
         self.ctx
@@ -143,6 +118,26 @@ impl Session {
             .fetch_add(1, Ordering::Relaxed);
         self.send_parse(stmt, Reply::Forward, Some(name));
         Ok(())
+    }
+
+    /// Answers a client's Parse with a synthetic ParseComplete: the held
+    /// server already has the statement, or a server has accepted it before.
+    fn parse_answered_here(&mut self, stmt: Arc<Statement>, name: Bytes) {
+        self.ctx
+            .statements
+            .counters
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
+        let hook = Hook::Parse {
+            stmt,
+            client: Some(name),
+            on_server: false,
+        };
+        self.push(
+            Req::Parse,
+            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+            hook,
+        );
     }
 
     /// A Parse reusing a name: PostgreSQL reports syntax and analysis errors

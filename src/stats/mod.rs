@@ -332,6 +332,13 @@ impl Metrics {
         }
     }
 
+    /// Folds recorded histogram samples into their buckets. Samples are
+    /// buffered until this runs, so it must run periodically even when
+    /// nobody scrapes (the app does it every few seconds).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
