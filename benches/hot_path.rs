@@ -1,0 +1,131 @@
+//! Micro-benchmarks of the per-message work on the hot path:
+//! `cargo bench --bench hot_path`.
+//!
+//! - framing: splitting a recorded pgbench-style exchange (extended
+//!   protocol, 1,000 transactions) into frames, both directions;
+//! - the reply queue: pushing Bind/Execute/Sync and matching the replies;
+//! - prepared statements: reading a Bind and rewriting its statement name,
+//!   and the registry lookup a Parse costs.
+
+use bytes::{BufMut, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgmux::prepared::{messages, Registry};
+use pgmux::protocol::frame::split_frame;
+use pgmux::protocol::{encode, Frame, TxStatus};
+use pgmux::session::expect::{Expect, Reply, Req};
+
+fn bind(out: &mut BytesMut, stmt: &[u8], param: &[u8]) {
+    let start = out.len();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_slice(b"\0");
+    out.put_slice(stmt);
+    out.put_u8(0);
+    out.put_i16(0);
+    out.put_i16(1);
+    out.put_i32(param.len() as i32);
+    out.put_slice(param);
+    out.put_i16(0);
+    encode::patch_len(out, start);
+}
+
+/// 1,000 client batches (Bind, Execute, Sync) and the server's replies.
+fn recorded_exchange() -> (BytesMut, BytesMut) {
+    let (mut client, mut server) = (BytesMut::new(), BytesMut::new());
+    for i in 0..1000 {
+        bind(
+            &mut client,
+            b"P_0",
+            format!("{}", i * 37 % 100_000).as_bytes(),
+        );
+        client.put_slice(b"E\0\0\0\x09\0\0\0\0\0");
+        encode::empty(&mut client, b'S');
+        encode::empty(&mut server, b'2');
+        let start = server.len();
+        server.put_u8(b'D');
+        server.put_i32(0);
+        server.put_i16(1);
+        server.put_i32(6);
+        server.put_slice(b"-12345");
+        encode::patch_len(&mut server, start);
+        encode::command_complete(&mut server, "SELECT 1");
+        encode::ready_for_query(&mut server, TxStatus::Idle);
+    }
+    (client, server)
+}
+
+fn framing(c: &mut Criterion) {
+    let (client, server) = recorded_exchange();
+    let mut g = c.benchmark_group("framing");
+    g.throughput(Throughput::Elements(1000));
+    for (name, bytes) in [("client_1000_tx", &client), ("server_1000_tx", &server)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut buf = bytes.clone();
+                let mut n = 0;
+                while let Ok(Some(f)) = split_frame(&mut buf, 1 << 20) {
+                    n += f.len();
+                }
+                n
+            })
+        });
+    }
+    g.finish();
+}
+
+fn reply_queue(c: &mut Criterion) {
+    let (_, server) = recorded_exchange();
+    let frames: Vec<Frame> = {
+        let mut buf = server.clone();
+        std::iter::from_fn(|| split_frame(&mut buf, 1 << 20).ok().flatten()).collect()
+    };
+    let mut g = c.benchmark_group("reply_queue");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("1000_tx", |b| {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        b.iter(|| {
+            let mut e: Expect<()> = Expect::default();
+            out.clear();
+            for chunk in frames.chunks(4) {
+                for req in [Req::Bind, Req::Execute, Req::Sync] {
+                    e.push(req, Reply::Forward, (), &mut out);
+                }
+                for f in chunk {
+                    let _ = e.on_server(f, &mut out);
+                }
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+fn prepared(c: &mut Criterion) {
+    let mut msg = BytesMut::new();
+    bind(&mut msg, b"sqlx_s_1", b"42");
+    let frame = split_frame(&mut msg, 1 << 20).unwrap().unwrap();
+    let registry = Registry::default();
+    let query =
+        b"SELECT id, title, body FROM posts WHERE author_id = $1 ORDER BY created_at DESC LIMIT 20";
+    let held = registry.get_or_insert(query, b"\0\x01\0\0\0\x17");
+    let mut g = c.benchmark_group("prepared");
+    g.bench_function("rewrite_bind", |b| {
+        let mut out = BytesMut::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            let (portal, _, at) = messages::bind(frame.body()).unwrap();
+            messages::write_bind(&mut out, portal, &held.name, &frame.body()[at..]);
+            out.len()
+        })
+    });
+    g.bench_function("registry_lookup", |b| {
+        b.iter(|| registry.get_or_insert(query, b"\0\x01\0\0\0\x17").id)
+    });
+    g.bench_function("sql_effect_plain_query", |b| {
+        b.iter(|| messages::sql_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = 42"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, framing, reply_queue, prepared);
+criterion_main!(benches);
