@@ -227,6 +227,19 @@ impl ServerConn {
         }
     }
 
+    /// Waits for the next complete message (pgmux's own exchanges only; a
+    /// client's traffic goes through the session loop).
+    pub async fn recv_frame(&mut self, max: usize) -> Result<Frame, ServerError> {
+        loop {
+            if let Some(frame) = self.next_frame(max)? {
+                return Ok(frame);
+            }
+            if self.read_more().await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
+
     /// Runs a query for pgmux's own purposes, swallowing its results. The
     /// first ErrorResponse is returned as an error once ReadyForQuery arrives.
     pub async fn run_internal(&mut self, sql: &str, max: usize) -> Result<TxStatus, ServerError> {
@@ -235,12 +248,7 @@ impl ServerConn {
         self.write_all(&out).await?;
         let mut failure = None;
         loop {
-            let Some(frame) = self.next_frame(max)? else {
-                if self.read_more().await? == 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-                }
-                continue;
-            };
+            let frame = self.recv_frame(max).await?;
             match frame.tag() {
                 be::ERROR_RESPONSE if failure.is_none() => {
                     failure = Some(ServerError::from_error_body(frame.body()));
@@ -293,12 +301,7 @@ impl ServerConn {
         let mut row = None;
         let mut failure = None;
         loop {
-            let Some(frame) = self.next_frame(max)? else {
-                if self.read_more().await? == 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-                }
-                continue;
-            };
+            let frame = self.recv_frame(max).await?;
             match frame.tag() {
                 b'D' if row.is_none() => row = Some(data_row_text(frame.body())),
                 be::ERROR_RESPONSE if failure.is_none() => {
