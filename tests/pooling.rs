@@ -516,3 +516,18 @@ fn check_reports_bad_key_with_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Idle-client memory: a session's task must stay small (the benchmark
+/// measures RSS per idle client; this guards the biggest part of it).
+#[tokio::test]
+async fn session_future_stays_small() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let cfg = pgmux::config::Config::parse("[pgmux]\n").unwrap();
+    let ctx = std::sync::Arc::new(pgmux::context::Context::new(cfg, None).unwrap());
+    let fut = pgmux::session::serve(pgmux::tls::Stream::Plain(s), ctx);
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 2048, "session future is {size} bytes");
+}

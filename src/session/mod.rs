@@ -74,10 +74,13 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
 pub async fn serve(mut stream: Stream, ctx: Arc<Context>) {
     let _live = ctx.shutdown.track();
     let login_timeout = ctx.config().pgmux.client_login_timeout;
-    let opened = tokio::time::timeout(login_timeout, startup::login(&mut stream, &ctx)).await;
+    let opened =
+        tokio::time::timeout(login_timeout, Box::pin(startup::login(&mut stream, &ctx))).await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
-        Ok(Ok(Opening::Admin(user))) => return crate::admin::run(stream, ctx, user).await,
+        Ok(Ok(Opening::Admin(user))) => {
+            return Box::pin(crate::admin::run(stream, ctx, user)).await
+        }
         Ok(Ok(Opening::Cancelled)) => return,
         Ok(Err(LoginError::Fatal(code, msg))) => {
             tracing::debug!(%msg, "login refused");
@@ -102,7 +105,7 @@ pub async fn serve(mut stream: Stream, ctx: Arc<Context>) {
     tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
     let mut session = Session::new(stream, ctx, login);
     let end = session.run().await;
-    session.finish(end).await;
+    Box::pin(session.finish(end)).await;
 }
 
 /// A logged-in client and the server it holds, if any.
@@ -321,6 +324,13 @@ impl Session {
         if self.server.is_some() {
             return Ok(());
         }
+        // Boxed: waiting for a pool and syncing parameters are the deepest
+        // futures of a session; inline, every idle client would carry their
+        // space for nothing.
+        Box::pin(self.acquire()).await
+    }
+
+    async fn acquire(&mut self) -> Result<(), End> {
         let info = &self.listed.info;
         info.set_state(ClientState::Waiting);
         let asked = Instant::now();
@@ -408,6 +418,11 @@ impl Session {
     /// sound; a client inside a transaction (or in session mode) loses its
     /// session state, so it is disconnected.
     async fn on_server_lost(&mut self, err: ServerError) -> Result<(), End> {
+        // Boxed: rare, and its future would otherwise sit in every session.
+        Box::pin(self.server_lost(err)).await
+    }
+
+    async fn server_lost(&mut self, err: ServerError) -> Result<(), End> {
         tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
         let info = &self.listed.info;
         self.ctx
