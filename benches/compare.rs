@@ -416,9 +416,10 @@ fn main() -> anyhow::Result<()> {
     if only.as_deref() == Some("statements") {
         return Ok(());
     }
+    let idle_only = only.as_deref() == Some("idle");
     for script in ["select-only", "tpcb-like"]
         .into_iter()
-        .filter(|s| only.as_deref().is_none_or(|o| o == *s))
+        .filter(|s| !idle_only && only.as_deref().is_none_or(|o| o == *s))
     {
         for mode in ["simple", "extended", "prepared"] {
             for c in clients {
@@ -440,6 +441,21 @@ fn main() -> anyhow::Result<()> {
                 rows.push((script, mode, *c, results, direct_run));
             }
         }
+    }
+    if idle_only {
+        for t in [&pgmux, &bouncer] {
+            let pid = t.pid().unwrap_or(0);
+            let before = rss_kib(pid);
+            let conns = idle_clients(t.port, idle_n);
+            std::thread::sleep(Duration::from_millis(500));
+            eprintln!(
+                "{}: {} idle clients, RSS {before} -> {} KiB",
+                t.name,
+                conns.len(),
+                rss_kib(pid)
+            );
+        }
+        return Ok(());
     }
     // Burst: a new connection per transaction.
     let burst_args = [
