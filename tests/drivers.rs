@@ -7,21 +7,14 @@ use common::*;
 
 fn run_python(script: &str, dsn: &str, connections: usize) {
     let path = format!("{}/tests/drivers/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("python3")
+    let (ok, text) = run(std::process::Command::new("python3")
         .arg(&path)
         .arg(dsn)
-        .arg(connections.to_string())
-        .output()
-        .expect("python3 runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(connections.to_string()));
     if text.contains("ModuleNotFoundError") {
         panic!("{script}: Python driver missing; run .ci/run (or pip install -r tests/drivers/requirements.txt)\n{text}");
     }
-    assert!(out.status.success(), "{script} failed:\n{text}");
+    assert!(ok, "{script} failed:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

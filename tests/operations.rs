@@ -231,50 +231,31 @@ async fn admin_console_show_pause_resume() {
 }
 
 fn pgmux_reload(path: &PathBuf) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pgmux"))
+    run(Command::new(env!("CARGO_BIN_EXE_pgmux"))
         .args(["reload", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .arg(path))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_shrinks_pool_under_load_without_failures() {
     let (p, path) = start("t_reload", 6).await;
-    let (ok, text) = tokio::task::block_in_place(|| {
-        let out = Command::new(cluster().bin_dir().join("pgbench"))
-            .args(["-i", "-q", "-s", "1"])
-            .arg(format!(
-                "host=127.0.0.1 port={} user=t_reload dbname=t_reload",
-                cluster().port()
-            ))
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    });
+    let direct = format!(
+        "host=127.0.0.1 port={} user=t_reload dbname=t_reload",
+        cluster().port()
+    );
+    let (ok, text) = tokio::task::block_in_place(|| pgbench(&["-i", "-q", "-s", "1"], &direct));
     assert!(ok, "{text}");
-    let port = p.addr().port();
+    let through = format!(
+        "host=127.0.0.1 port={} user=t_reload dbname=t_reload",
+        p.addr().port()
+    );
     let bench = tokio::task::spawn_blocking(move || {
-        Command::new(cluster().bin_dir().join("pgbench"))
-            .args([
+        pgbench(
+            &[
                 "-n", "-c", "16", "-j", "2", "-T", "4", "-M", "extended", "-S",
-            ])
-            .arg(format!(
-                "host=127.0.0.1 port={port} user=t_reload dbname=t_reload"
-            ))
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap()
+            ],
+            &through,
+        )
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let text = std::fs::read_to_string(&path)
@@ -291,13 +272,8 @@ async fn reload_shrinks_pool_under_load_without_failures() {
         !ok && out.contains("bogus_key") && out.contains("line"),
         "{out}"
     );
-    let bench = bench.await.unwrap();
-    let report = String::from_utf8_lossy(&bench.stdout);
-    assert!(
-        bench.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&bench.stderr)
-    );
+    let (bench_ok, report) = bench.await.unwrap();
+    assert!(bench_ok, "{report}");
     assert!(
         !report.contains("number of failed transactions: ")
             || report.contains("number of failed transactions: 0 "),

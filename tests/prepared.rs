@@ -3,27 +3,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::raw::{error_code, tags, Raw};
 use common::*;
 use futures_util::future::join_all;
-
-fn pgbench(args: &[&str], url: &str) -> (bool, String) {
-    let out = Command::new(cluster().bin_dir().join("pgbench"))
-        .args(args)
-        .arg(url)
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .expect("run pgbench");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 fn dsn(port: u16, name: &str) -> String {
     format!("host=127.0.0.1 port={port} user={name} dbname={name}")

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use common::{create_db, PASSWORD};
+use common::PASSWORD;
 use pgmux::app::Proxy;
 use pgmux::cluster::{Cluster, ClusterOptions};
 use pgmux::config::Config;
@@ -167,18 +167,12 @@ fn c_socket_dir(c: &Cluster) -> PathBuf {
 }
 
 fn psql(conninfo: &str) -> (bool, String) {
-    let out = Command::new(cluster().bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-c", "SELECT 'hello over ' || CASE WHEN ssl THEN 'tls' ELSE 'plain' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
-        .arg(conninfo)
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::run(
+        Command::new(cluster().bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-c", "SELECT 'hello over ' || CASE WHEN ssl THEN 'tls' ELSE 'plain' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+            .arg(conninfo)
+            .env("PGPASSWORD", PASSWORD),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,5 +292,4 @@ fn hostssl_server_refuses_plaintext_directly() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let _ = create_db;
 }

@@ -272,8 +272,8 @@ fn show_servers(ctx: &Context) -> Table {
     ];
     let mut rows = Vec::new();
     for (key, pool) in ctx.pools.all() {
-        for s in pool.servers() {
-            let state = if s.active { "active" } else { "idle" };
+        for (s, active) in pool.servers() {
+            let state = if active { "active" } else { "idle" };
             rows.push(vec![
                 text("S"),
                 text(&pool.target().user),

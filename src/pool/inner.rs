@@ -22,8 +22,6 @@ pub struct ServerRow {
     pub addr: SocketAddr,
     /// When it was opened.
     pub since: SystemTime,
-    /// Lent to a client now.
-    pub active: bool,
 }
 
 /// Counts and queues of one pool.
@@ -65,9 +63,6 @@ impl Inner {
     ) -> Take {
         while let Some(conn) = self.idle.pop_back() {
             if conn.age() < lifetime && conn.generation >= generation && conn.is_clean_idle() {
-                if let Some(row) = self.servers.get_mut(&conn.id) {
-                    row.active = true;
-                }
                 return Take::Ready(conn);
             }
             self.forget(conn.id);
@@ -112,7 +107,6 @@ impl Inner {
                 pid: conn.key.pid,
                 addr: conn.key.addr,
                 since: SystemTime::now(),
-                active: false,
             },
         );
     }
@@ -125,9 +119,6 @@ impl Inner {
                 Err(Ok(back)) => conn = back,
                 Err(Err(_)) => unreachable!("we sent Ok"),
             }
-        }
-        if let Some(row) = self.servers.get_mut(&conn.id) {
-            row.active = false;
         }
         conn.last_used = Instant::now();
         self.idle.push_back(conn);

@@ -210,25 +210,18 @@ impl Pool {
             }
         };
         match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(Ok(Ok(conn))) => Ok(self.lend(conn)),
+            Ok(Ok(Ok(conn))) => Ok(Checkout::new(self.clone(), conn)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(PoolError::Closed(s.name.clone())),
             Err(_) => {
                 // A connection may have been handed over just as time ran out.
                 rx.close();
                 if let Ok(Ok(conn)) = rx.try_recv() {
-                    return Ok(self.lend(conn));
+                    return Ok(Checkout::new(self.clone(), conn));
                 }
                 Err(timeout())
             }
         }
-    }
-
-    fn lend(&self, conn: ServerConn) -> Checkout {
-        if let Some(row) = self.shared.inner.lock().servers.get_mut(&conn.id) {
-            row.active = true;
-        }
-        Checkout::new(self.clone(), conn)
     }
 
     /// The ParameterStatus set a real server of this pool reports, opening
@@ -258,14 +251,17 @@ impl Pool {
         let stale = conn.age() >= st.lifetime
             || conn.generation < s.generation.load(Ordering::Relaxed)
             || s.retired.load(Ordering::Relaxed);
-        let over = {
-            let inner = s.inner.lock();
-            inner.total > st.size && inner.live_waiters() == 0
-        };
-        if stale || over {
+        if stale {
             return self.discard(conn);
         }
-        s.inner.lock().put(conn);
+        let mut inner = s.inner.lock();
+        // After a shrink, a connection beyond the new size closes unless
+        // someone is waiting for it.
+        if inner.total > st.size && inner.live_waiters() == 0 {
+            drop(inner);
+            return self.discard(conn);
+        }
+        inner.put(conn);
     }
 
     /// Closes a connection that must not be reused, and opens a replacement
@@ -394,8 +390,15 @@ impl Pool {
     }
 
     /// Open server connections.
-    pub fn servers(&self) -> Vec<ServerRow> {
-        self.shared.inner.lock().servers.values().cloned().collect()
+    /// Open server connections, each with whether it is lent out now
+    /// (derived: a connection not parked idle is lent to a client).
+    pub fn servers(&self) -> Vec<(ServerRow, bool)> {
+        let inner = self.shared.inner.lock();
+        inner
+            .servers
+            .iter()
+            .map(|(id, row)| (row.clone(), !inner.idle.iter().any(|c| c.id == *id)))
+            .collect()
     }
 
     /// Brings the exported metrics up to date.

@@ -159,7 +159,6 @@ impl Session {
         let addr = client
             .tcp()
             .and_then(|t| t.peer_addr().ok())
-            .ok_or(())
             .map(|a| a.to_string())
             .unwrap_or_default();
         let listed = ctx
@@ -239,10 +238,7 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    let info = &self.listed.info;
-                    self.ctx
-                        .metrics
-                        .error(ErrorReason::ProtocolError, &info.database, &info.user);
+                    self.count_error(ErrorReason::ProtocolError);
                     return Err(fatal(
                         SqlState::PROTOCOL_VIOLATION,
                         format!("invalid frontend message: {e}"),
@@ -336,13 +332,14 @@ impl Session {
         let asked = Instant::now();
         let got = self.pool.get().await;
         self.pool.metrics().observe_wait(asked.elapsed());
-        let mut server = got.map_err(|e| {
-            tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
-            self.ctx
-                .metrics
-                .error(pool_error_reason(&e), &info.database, &info.user);
-            fatal(pool_error_code(&e), e.to_string())
-        })?;
+        let mut server = match got {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
+                self.count_error(pool_error_reason(&e));
+                return Err(fatal(pool_error_code(&e), e.to_string()));
+            }
+        };
         info.set_state(ClientState::Active);
         if let Err(e) = self.params.sync(&mut server, self.max_msg).await {
             server.discard();
@@ -368,6 +365,7 @@ impl Session {
                         .await;
                 }
             };
+            let mut stale_plan = false;
             match frame.tag() {
                 be::PARAMETER_STATUS => {
                     if let Some((k, v)) = server.note_parameter_status(frame.body()) {
@@ -381,13 +379,13 @@ impl Session {
                     }
                     self.on_ready();
                 }
+                be::ERROR_RESPONSE => {
+                    let (stale, fatal) = classify_error(&frame);
+                    stale_plan = stale;
+                    fatal_from_server |= fatal;
+                }
                 _ => {}
             }
-            let (stale_plan, is_fatal) = match frame.tag() {
-                be::ERROR_RESPONSE => classify_error(&frame),
-                _ => (false, false),
-            };
-            fatal_from_server |= is_fatal;
             match self.expect.on_server(&frame, &mut self.cout) {
                 Outcome::Pending => {}
                 Outcome::Done(hook) => self.on_done(hook),
@@ -424,11 +422,8 @@ impl Session {
 
     async fn server_lost(&mut self, err: ServerError) -> Result<(), End> {
         tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
-        let info = &self.listed.info;
-        self.ctx
-            .metrics
-            .error(ErrorReason::ServerLost, &info.database, &info.user);
-        info.set_state(ClientState::Idle);
+        self.count_error(ErrorReason::ServerLost);
+        self.listed.info.set_state(ClientState::Idle);
         if let Some(s) = self.server.take() {
             s.discard();
         }
@@ -475,6 +470,12 @@ impl Session {
         self.tx = TxStatus::Idle;
         self.unsynced = false;
         self.flush_client().await
+    }
+
+    /// Counts an error this client got, under its database and user.
+    fn count_error(&self, reason: ErrorReason) {
+        let info = &self.listed.info;
+        self.ctx.metrics.error(reason, &info.database, &info.user);
     }
 
     fn release(&mut self) {

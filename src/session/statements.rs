@@ -215,36 +215,44 @@ impl Session {
         }
     }
 
-    /// The statement a client name stands for. `None` for an unknown name,
-    /// which is then sent as it is so the server reports the error exactly as
-    /// PostgreSQL does, unless it could name one of pgmux's own statements.
-    fn lookup(&mut self, req: Req, name: &[u8]) -> Result<Option<Arc<Statement>>, ()> {
-        if let Some(s) = self.stmts.as_ref().and_then(|m| m.get(name)) {
-            return Ok(Some(s.clone()));
-        }
-        if is_reserved(name) {
-            let msg = format!("prepared statement \"{}\" does not exist", lossy(name));
-            self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
-            return Err(());
-        }
-        Ok(None)
+    /// Bind or Describe('S') of a named statement: rewritten by `write` to
+    /// the registry name, with the Parse injected first when the held server
+    /// lacks it. An unknown name is sent as it is, so the server reports the
+    /// error exactly as PostgreSQL does, unless it could name one of pgmux's
+    /// own statements.
+    async fn use_named(
+        &mut self,
+        req: Req,
+        frame: &Frame,
+        name: &[u8],
+        write: impl FnOnce(&mut BytesMut, &[u8]),
+    ) -> Result<(), End> {
+        let Some(stmt) = self.stmts.as_ref().and_then(|m| m.get(name)).cloned() else {
+            if is_reserved(name) {
+                let msg = format!("prepared statement \"{}\" does not exist", lossy(name));
+                self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+                return Ok(());
+            }
+            return self.forward_needing_server(frame).await;
+        };
+        self.ensure_server().await?;
+        self.ensure_prepared(&stmt);
+        write(&mut self.sout, &stmt.name);
+        self.unsynced = true;
+        self.push(req, Reply::Forward, Hook::Uses(stmt));
+        Ok(())
     }
 
     async fn client_bind(&mut self, frame: &Frame) -> Result<(), End> {
         let body = frame.body();
         let (portal, name, at) = messages::bind(body).ok_or_else(|| malformed("Bind"))?;
-        let Ok(found) = self.lookup(Req::Bind, name) else {
-            return Ok(());
-        };
-        let Some(stmt) = found.filter(|_| !name.is_empty()) else {
+        if name.is_empty() {
             return self.forward_needing_server(frame).await;
-        };
-        self.ensure_server().await?;
-        self.ensure_prepared(&stmt);
-        messages::write_bind(&mut self.sout, portal, &stmt.name, &body[at..]);
-        self.unsynced = true;
-        self.push(Req::Bind, Reply::Forward, Hook::Uses(stmt));
-        Ok(())
+        }
+        self.use_named(Req::Bind, frame, name, |out, renamed| {
+            messages::write_bind(out, portal, renamed, &body[at..])
+        })
+        .await
     }
 
     async fn client_describe(&mut self, frame: &Frame) -> Result<(), End> {
@@ -252,18 +260,16 @@ impl Session {
         if kind != b'S' || name.is_empty() {
             return self.forward_needing_server(frame).await;
         }
-        let Ok(found) = self.lookup(Req::Describe, name) else {
-            return Ok(());
-        };
-        let Some(stmt) = found else {
-            return self.forward_needing_server(frame).await;
-        };
-        self.ensure_server().await?;
-        self.ensure_prepared(&stmt);
-        encode::close_or_describe(&mut self.sout, fe::DESCRIBE, b'S', &stmt.name);
-        self.unsynced = true;
-        self.push(Req::Describe, Reply::Forward, Hook::Uses(stmt));
-        Ok(())
+        self.use_named(Req::Describe, frame, name, |out, renamed| {
+            encode::close_or_describe(out, fe::DESCRIBE, b'S', renamed)
+        })
+        .await
+    }
+
+    /// Answers a Close with a synthetic CloseComplete, in request order.
+    fn close_here(&mut self, hook: Hook) {
+        let reply = Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE));
+        self.push(Req::Close, reply, hook);
     }
 
     async fn client_close(&mut self, frame: &Frame) -> Result<(), End> {
@@ -274,20 +280,12 @@ impl Session {
                 Some(stmt) => Hook::ClientClosed(frame.raw().slice_ref(name), stmt),
                 None => Hook::None,
             };
-            self.push(
-                Req::Close,
-                Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE)),
-                hook,
-            );
+            self.close_here(hook);
             return Ok(());
         }
         if self.server.is_none() {
             // No server held means no portal and no unnamed statement exist.
-            self.push(
-                Req::Close,
-                Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE)),
-                Hook::None,
-            );
+            self.close_here(Hook::None);
             return Ok(());
         }
         self.forward(frame, Hook::None);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use tokio_rustls::TlsConnector;
@@ -15,7 +16,9 @@ use super::{load_roots, provider, TlsMode};
 pub fn build(mode: TlsMode, ca: Option<&str>) -> Result<Option<TlsConnector>, String> {
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Disable => return Ok(None),
-        TlsMode::Allow | TlsMode::Prefer | TlsMode::Require => Arc::new(NoVerify),
+        TlsMode::Allow | TlsMode::Prefer | TlsMode::Require => {
+            Arc::new(NoVerify(provider().signature_verification_algorithms))
+        }
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let ca = ca.ok_or("server_tls_mode verify-ca/verify-full needs server_tls_ca")?;
             let inner = WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, provider())
@@ -42,35 +45,10 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("invalid server host {host:?}: {e}"))
 }
 
-fn verify_sig12(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls12_signature(
-        message,
-        cert,
-        dss,
-        &provider().signature_verification_algorithms,
-    )
-}
-
-fn verify_sig13(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider().signature_verification_algorithms,
-    )
-}
-
-/// `require`: encrypt, check nothing about the certificate (as libpq).
+/// `require`: encrypt, check nothing about the certificate (as libpq); the
+/// handshake signatures are still checked, with the provider's algorithms.
 #[derive(Debug)]
-struct NoVerify;
+struct NoVerify(WebPkiSupportedAlgorithms);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(
@@ -90,7 +68,7 @@ impl ServerCertVerifier for NoVerify {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig12(m, c, d)
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
     }
 
     fn verify_tls13_signature(
@@ -99,13 +77,11 @@ impl ServerCertVerifier for NoVerify {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_sig13(m, c, d)
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.supported_schemes()
     }
 }
 

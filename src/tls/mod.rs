@@ -20,7 +20,11 @@ use tokio::net::TcpStream;
 
 /// The crypto provider pgmux uses everywhere.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// How TLS is required or verified, as PostgreSQL's `sslmode`.

@@ -156,6 +156,26 @@ where
     false
 }
 
+/// Runs a command; returns whether it succeeded and its stdout then stderr.
+pub fn run(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().expect("command runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs the cluster's pgbench against `url` with the test password.
+pub fn pgbench(args: &[&str], url: &str) -> (bool, String) {
+    let bin = cluster().bin_dir().join("pgbench");
+    run(std::process::Command::new(bin)
+        .args(args)
+        .arg(url)
+        .env("PGPASSWORD", PASSWORD))
+}
+
 /// A free port on 127.0.0.1 (for configs that must name a fixed port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
