@@ -402,6 +402,38 @@ async fn terminated_server_gives_error_then_recovers() {
         .unwrap();
 }
 
+/// A pooled server that died while idle is noticed at checkout (from the
+/// runtime's readiness flag, without a system call) and never reaches a
+/// client: the next query just works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_server_terminated_is_replaced_unseen() {
+    let p = setup("t_idle_term", 1, "").await;
+    let c = client(&p, "t_idle_term").await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let su = superuser(cluster()).await;
+    let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                WHERE datname = 't_idle_term' AND state = 'idle'";
+    assert_eq!(su.query(kill, &[]).await.unwrap().len(), 1);
+    let gone = eventually(Duration::from_secs(10), || async {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 't_idle_term'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(gone, "the backend exited");
+    for _ in 0..3 {
+        c.simple_query("SELECT 1")
+            .await
+            .expect("a fresh server, with no error for the client");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_keeps_and_resets_state() {
     let p = setup("t_session", 1, "pool_mode = \"session\"").await;

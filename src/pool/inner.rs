@@ -61,16 +61,33 @@ impl Inner {
         generation: u64,
         dead: &mut Vec<ServerConn>,
     ) -> Take {
-        while let Some(conn) = self.idle.pop_back() {
-            if conn.age() < lifetime && conn.generation >= generation && conn.is_clean_idle() {
-                return Take::Ready(conn);
-            }
-            self.forget(conn.id);
-            dead.push(conn);
+        if let Some(conn) = self.take_idle(lifetime, generation, dead) {
+            return Take::Ready(conn);
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((Instant::now(), tx));
         Take::Wait(rx, self.reserve_open(size))
+    }
+
+    /// Takes the most recently used idle connection that is still good,
+    /// dropping bad or old ones on the way (into `dead`, to be closed
+    /// outside the lock).
+    pub fn take_idle(
+        &mut self,
+        lifetime: Duration,
+        generation: u64,
+        dead: &mut Vec<ServerConn>,
+    ) -> Option<ServerConn> {
+        let now = Instant::now();
+        while let Some(conn) = self.idle.pop_back() {
+            if conn.age(now) < lifetime && conn.generation >= generation && conn.is_clean_idle(now)
+            {
+                return Some(conn);
+            }
+            self.forget(conn.id);
+            dead.push(conn);
+        }
+        None
     }
 
     /// Waiting clients whose wait has not been abandoned.
@@ -112,7 +129,7 @@ impl Inner {
     }
 
     /// Hands a connection to the oldest waiter still waiting, or parks it idle.
-    pub fn put(&mut self, mut conn: ServerConn) {
+    pub fn put(&mut self, mut conn: ServerConn, now: Instant) {
         while let Some((_, w)) = self.waiters.pop_front() {
             match w.send(Ok(conn)) {
                 Ok(()) => return,
@@ -120,7 +137,7 @@ impl Inner {
                 Err(Err(_)) => unreachable!("we sent Ok"),
             }
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         self.idle.push_back(conn);
     }
 

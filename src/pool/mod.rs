@@ -12,7 +12,7 @@ mod set;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
@@ -174,6 +174,21 @@ impl Pool {
         PoolClient(self.clone())
     }
 
+    /// Takes an idle server at once, or `None` (paused, or none idle) without
+    /// queueing: the fast path of [`Pool::get`], needing no future.
+    pub fn try_get(&self) -> Option<Checkout> {
+        let s = &self.shared;
+        if *s.paused.borrow() {
+            return None;
+        }
+        let lifetime = s.settings.read().lifetime;
+        let generation = s.generation.load(Ordering::Relaxed);
+        let mut dead = Vec::new();
+        let conn = s.inner.lock().take_idle(lifetime, generation, &mut dead);
+        drop(dead);
+        conn.map(|c| Checkout::new(self.clone(), c))
+    }
+
     /// Gets a server connection, waiting in line up to `query_wait_timeout`
     /// (time spent paused counts too).
     pub async fn get(&self) -> Result<Checkout, PoolError> {
@@ -248,7 +263,8 @@ impl Pool {
     fn checkin(&self, conn: ServerConn) {
         let s = &self.shared;
         let st = self.settings();
-        let stale = conn.age() >= st.lifetime
+        let now = Instant::now();
+        let stale = conn.age(now) >= st.lifetime
             || conn.generation < s.generation.load(Ordering::Relaxed)
             || s.retired.load(Ordering::Relaxed);
         if stale {
@@ -261,7 +277,7 @@ impl Pool {
             drop(inner);
             return self.discard(conn);
         }
-        inner.put(conn);
+        inner.put(conn, now);
     }
 
     /// Closes a connection that must not be reused, and opens a replacement
@@ -299,7 +315,7 @@ impl Pool {
                     pool.note_startup_params(&conn);
                     let mut inner = s.inner.lock();
                     inner.opened(&conn);
-                    inner.put(conn);
+                    inner.put(conn, Instant::now());
                 }
                 Err(e) => {
                     tracing::warn!(pool = %s.name, error = %e, "server connection failed");
@@ -423,16 +439,17 @@ async fn maintain(pool: Weak<Shared>) {
         let Some(shared) = pool.upgrade() else { return };
         let st = shared.settings.read().clone();
         let retired = shared.retired.load(Ordering::Relaxed);
+        let now = Instant::now();
         let (expired, open) = {
             let mut inner = shared.inner.lock();
             let mut expired = Vec::new();
             let mut i = 0;
             while i < inner.idle.len() {
                 let c = &inner.idle[i];
-                let too_old = c.age() >= st.lifetime;
-                let too_idle =
-                    c.last_used.elapsed() >= st.idle_timeout && inner.total > st.min_size;
-                if too_old || too_idle || retired || !c.is_clean_idle() {
+                let too_old = c.age(now) >= st.lifetime;
+                let too_idle = now.saturating_duration_since(c.last_used) >= st.idle_timeout
+                    && inner.total > st.min_size;
+                if too_old || too_idle || retired || !c.is_clean_idle(now) {
                     if let Some(c) = inner.idle.remove(i) {
                         inner.forget(c.id);
                         expired.push(c);

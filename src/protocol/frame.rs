@@ -87,6 +87,18 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }))
 }
 
+/// Gives `buf` at least `min` bytes of room for the next read, reserving
+/// `grow` when it has less. Frames split off the front leave only the tail
+/// of the allocation: a read into a few bytes of room cuts the next message
+/// in two, and a read that fills its room exactly leaves the socket flagged
+/// readable, so both cost an extra system call. Once the frames split off
+/// earlier are dropped, `reserve` reuses the same allocation.
+pub fn make_room(buf: &mut BytesMut, min: usize, grow: usize) {
+    if buf.capacity() - buf.len() < min {
+        buf.reserve(grow.max(min));
+    }
+}
+
 /// Reads a NUL-terminated string from the front of `b`, returning it and the rest.
 pub fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = memchr::memchr(0, b)?;

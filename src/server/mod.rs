@@ -16,7 +16,7 @@ use crate::tls::Stream;
 
 pub use connect::{connect, ServerTarget};
 
-use crate::protocol::frame::{cstr, split_frame};
+use crate::protocol::frame::{cstr, make_room, split_frame};
 use crate::protocol::{be, encode, ErrorFields, Frame, FrameError, TxStatus};
 
 /// Why talking to a server failed.
@@ -159,12 +159,13 @@ impl Drop for ServerConn {
 
 impl ServerConn {
     /// Age of the connection.
-    pub fn age(&self) -> std::time::Duration {
-        self.created.elapsed()
+    pub fn age(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.created)
     }
 
     /// Reads more bytes from the server into `rbuf`; 0 means EOF.
     pub async fn read_more(&mut self) -> io::Result<usize> {
+        make_room(&mut self.rbuf, 1024, 8192);
         self.stream.read_buf(&mut self.rbuf).await
     }
 
@@ -180,8 +181,13 @@ impl ServerConn {
 
     /// True when an idle connection has nothing unexpected to say and is
     /// still open, checked without blocking.
-    pub fn is_clean_idle(&self) -> bool {
-        self.rbuf.is_empty() && self.stream.is_quiet()
+    pub fn is_clean_idle(&self, now: Instant) -> bool {
+        /// Past this much idle time the check makes a system call.
+        const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+        self.rbuf.is_empty()
+            && self
+                .stream
+                .is_quiet(now.saturating_duration_since(self.last_used), PROBE_AFTER)
     }
 
     /// ParameterStatus values to present to clients of this server's pool.

@@ -13,21 +13,24 @@ pub mod params;
 pub mod startup;
 pub mod statements;
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::tls::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, PoolMode};
-use crate::context::{ClientGuard, ClientState, Context};
+use crate::context::{ClientGuard, ClientInfo, ClientState, Context};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
 use crate::prepared::ClientStatements;
 use crate::protocol::error::{write_error, Severity};
-use crate::protocol::frame::split_frame;
+use crate::protocol::frame::{make_room, split_frame};
 use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
@@ -143,6 +146,31 @@ struct Session {
     max_msg: usize,
 }
 
+/// A signal from outside the connection.
+enum Outside {
+    /// The process moved to a new shutdown phase (the receiver watches on).
+    Phase(Phase, watch::Receiver<Phase>),
+    /// The admin console killed this client.
+    Kill,
+}
+
+/// Waits for the next shutdown phase or a KILL of this client. Boxed: it
+/// lives as long as the session, and idle sessions should stay small.
+fn next_outside(
+    mut watch: watch::Receiver<Phase>,
+    info: Arc<ClientInfo>,
+) -> Pin<Box<dyn Future<Output = Outside> + Send>> {
+    Box::pin(async move {
+        tokio::select! {
+            _ = info.kill.notified() => Outside::Kill,
+            Ok(()) = watch.changed() => {
+                let now = *watch.borrow_and_update();
+                Outside::Phase(now, watch)
+            }
+        }
+    })
+}
+
 /// Reads from the held server, or waits forever when there is none.
 async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
     match server {
@@ -192,24 +220,40 @@ impl Session {
 
     /// The main loop: client bytes, server bytes and shutdown, whichever comes first.
     async fn run(&mut self) -> End {
-        let mut phase = self.ctx.shutdown.watch();
+        let mut watch = self.ctx.shutdown.watch();
+        let mut phase = *watch.borrow_and_update();
         let listed = self.listed.info.clone();
+        // One future for the rare signals, kept across iterations: built
+        // afresh each time round, its two wait-list registrations cost more
+        // than the rest of a round trip's bookkeeping.
+        let mut outside = next_outside(watch, listed.clone());
         loop {
-            if let Some(end) = self.check_shutdown(*phase.borrow_and_update()) {
+            if let Some(end) = self.check_shutdown(phase) {
                 return end;
             }
+            // Small minimum: an idle client keeps its starting 512 bytes.
+            make_room(&mut self.cbuf, 128, 1024);
+            // Biased: replies first (they free the server soonest), the
+            // rare signals last, so a round trip polls only what woke it.
             let res = tokio::select! {
-                r = self.client.read_buf(&mut self.cbuf) => match r {
-                    Ok(0) | Err(_) => Err(End::ClientGone),
-                    Ok(_) => self.on_client_data().await,
-                },
+                biased;
                 r = read_server(&mut self.server) => match r {
                     Ok(0) => self.on_server_lost(ServerError::Protocol("server closed the connection unexpectedly".into())).await,
                     Err(e) => self.on_server_lost(e.into()).await,
                     Ok(_) => self.on_server_data().await,
                 },
-                _ = phase.changed() => Ok(()),
-                _ = listed.kill.notified() => Err(fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (KILL)")),
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => Err(End::ClientGone),
+                    Ok(_) => self.on_client_data().await,
+                },
+                signal = outside.as_mut() => match signal {
+                    Outside::Phase(now, watch) => {
+                        phase = now;
+                        outside = next_outside(watch, listed.clone());
+                        Ok(())
+                    }
+                    Outside::Kill => Err(fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (KILL)")),
+                },
             };
             if let Err(end) = res {
                 return end;
@@ -323,16 +367,31 @@ impl Session {
         // Boxed: waiting for a pool and syncing parameters are the deepest
         // futures of a session; inline, every idle client would carry their
         // space for nothing.
-        Box::pin(self.acquire()).await
+        match self.try_hold() {
+            Some(true) => Ok(()),
+            Some(false) => Box::pin(self.sync_held()).await,
+            None => Box::pin(self.acquire()).await,
+        }
+    }
+
+    /// The common case under load: an idle server taken with no waiting and
+    /// no future. `Some(in_sync)` when one was taken: `false` means its
+    /// parameters still need syncing. (Not inline in `ensure_server`: a
+    /// server held in a local there would add its size to every session.)
+    fn try_hold(&mut self) -> Option<bool> {
+        let server = self.pool.try_get()?;
+        self.pool.metrics().observe_wait(Duration::ZERO);
+        let in_sync = self.params.in_sync(&server);
+        self.hold(server);
+        Some(in_sync)
     }
 
     async fn acquire(&mut self) -> Result<(), End> {
-        let info = &self.listed.info;
-        info.set_state(ClientState::Waiting);
+        self.listed.info.set_state(ClientState::Waiting);
         let asked = Instant::now();
         let got = self.pool.get().await;
         self.pool.metrics().observe_wait(asked.elapsed());
-        let mut server = match got {
+        let server = match got {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
@@ -340,14 +399,31 @@ impl Session {
                 return Err(fatal(pool_error_code(&e), e.to_string()));
             }
         };
-        info.set_state(ClientState::Active);
-        if let Err(e) = self.params.sync(&mut server, self.max_msg).await {
+        self.hold(server);
+        self.sync_held().await
+    }
+
+    /// Makes the held server's parameters the client's; a server that fails
+    /// at it is closed.
+    async fn sync_held(&mut self) -> Result<(), End> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let Err(e) = self.params.sync(server, self.max_msg).await else {
+            return Ok(());
+        };
+        self.cancel.slot.set_target(None);
+        if let Some(server) = self.server.take() {
             server.discard();
-            return Err(server_error_end(e));
         }
+        Err(server_error_end(e))
+    }
+
+    /// Holds a server: the client's requests go there now.
+    fn hold(&mut self, server: Checkout) {
+        self.listed.info.set_state(ClientState::Active);
         self.cancel.slot.set_target(Some(server.key));
         self.server = Some(server);
-        Ok(())
     }
 
     async fn on_server_data(&mut self) -> Result<(), End> {

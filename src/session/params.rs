@@ -150,10 +150,15 @@ impl ClientParams {
         Some(sql)
     }
 
+    /// True when `server` was last synced to exactly these values.
+    pub fn in_sync(&self, server: &ServerConn) -> bool {
+        server.params_fingerprint == self.fingerprint
+    }
+
     /// Makes `server` match this client. Values the server normalizes
     /// (`utf8` → `UTF8`) are adopted so the next sync doesn't repeat them.
     pub async fn sync(&mut self, server: &mut ServerConn, max: usize) -> Result<(), ServerError> {
-        if server.params_fingerprint == self.fingerprint {
+        if self.in_sync(server) {
             return Ok(());
         }
         let Some(sql) = self.sync_sql(server) else {
