@@ -44,6 +44,30 @@ async fn pgbench_prepared_many_clients_few_servers() {
     }
 }
 
+/// `pgbench -M extended` (a Parse of the unnamed statement in every
+/// transaction) with the unnamed statement shared: 32 clients on 2 servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_with_shared_unnamed_statements() {
+    let p = setup("t_pgbench_unnamed", 2, "track_unnamed_statements = true").await;
+    let (ok, text) = pgbench(
+        &["-i", "-q", "-s", "1"],
+        &dsn(cluster().port(), "t_pgbench_unnamed"),
+    );
+    assert!(ok, "{text}");
+    let url = dsn(p.addr().port(), "t_pgbench_unnamed");
+    for script in ["select-only", "tpcb-like"] {
+        let args = [
+            "-n", "-M", "extended", "-c", "32", "-j", "2", "-t", "30", "-b", script,
+        ];
+        let (ok, text) = tokio::task::block_in_place(|| pgbench(&args, &url));
+        assert!(ok, "pgbench {args:?} failed:\n{text}");
+        assert!(
+            text.contains("number of transactions actually processed: 960/960"),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlx_with_statement_cache_many_tasks() {
     use sqlx::{Connection, Row};
@@ -380,11 +404,15 @@ const QUERIES: &[&str] = &[
 ];
 const ARGS: &[&str] = &["0", "7", "x"];
 
-/// One random batch of extended-protocol messages ending in Sync; returns
-/// a description for failure messages.
-fn random_batch(rng: &mut Lcg, c: &mut Raw) -> String {
-    let names = ["a", "b", "c"];
+/// One random batch of extended-protocol messages ending in Sync (or, with
+/// `simple`, sometimes one simple Query); returns a description for failure
+/// messages.
+fn random_batch(rng: &mut Lcg, c: &mut Raw, names: &[&str; 3], simple: bool) -> String {
     let mut desc = String::new();
+    if simple && rng.next(6) == 0 {
+        c.query("SELECT 1");
+        return "Q".into();
+    }
     for _ in 0..=rng.next(5) {
         let name = names[rng.next(3) as usize];
         match rng.next(5) {
@@ -414,7 +442,25 @@ fn random_batch(rng: &mut Lcg, c: &mut Raw) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_sequences_match_direct_postgres() {
-    let p = setup("t_random", 2, "").await;
+    randomized_against_direct("t_random", "", ["a", "b", "c"], false).await;
+}
+
+/// The same with the unnamed statement shared too: it must behave as
+/// PostgreSQL's own (replaced by the next Parse, destroyed by a simple
+/// Query, kept between transactions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_unnamed_statements_match_direct_postgres() {
+    let cfg = "track_unnamed_statements = true";
+    randomized_against_direct("t_random_unnamed", cfg, ["", "a", "b"], true).await;
+}
+
+async fn randomized_against_direct(
+    db: &'static str,
+    cfg: &str,
+    names: [&'static str; 3],
+    simple: bool,
+) {
+    let p = setup(db, 2, cfg).await;
     let pg_port = cluster().port();
     // PGMUX_SEED replays or varies the run; the default is fixed.
     let seed: u64 = std::env::var("PGMUX_SEED")
@@ -424,13 +470,13 @@ async fn randomized_sequences_match_direct_postgres() {
     let tasks = (0..6u64).map(|client| {
         let port = p.addr().port();
         tokio::spawn(async move {
-            let mut via = Raw::connect(port, "t_random", PASSWORD, "t_random").await;
-            let mut direct = Raw::connect(pg_port, "t_random", PASSWORD, "t_random").await;
+            let mut via = Raw::connect(port, db, PASSWORD, db).await;
+            let mut direct = Raw::connect(pg_port, db, PASSWORD, db).await;
             let (mut r1, mut r2) = (Lcg(seed * 1000 + client), Lcg(seed * 1000 + client));
             let mut history = Vec::new();
             for batch in 0..100 {
-                history.push(random_batch(&mut r1, &mut via));
-                random_batch(&mut r2, &mut direct);
+                history.push(random_batch(&mut r1, &mut via, &names, simple));
+                random_batch(&mut r2, &mut direct, &names, simple);
                 let got = via.round_trip().await;
                 let want = direct.round_trip().await;
                 let strip = |v: &[(u8, Vec<u8>)]| -> Vec<(u8, Vec<u8>)> {

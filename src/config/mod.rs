@@ -98,6 +98,14 @@ pub struct General {
     pub max_prepared_statements: usize,
     /// Prepared statement names one client may hold.
     pub max_client_prepared_statements: usize,
+    /// Also shares the extended protocol's unnamed statement (a Parse with
+    /// an empty name) as a server-side prepared statement, so the server
+    /// parses and plans a repeated query once instead of at every execution
+    /// and the statement survives between transactions. PostgreSQL may then
+    /// pick a generic plan after five executions, as for any prepared
+    /// statement, where the unnamed statement is always planned for its
+    /// actual parameters: so it is off by default.
+    pub track_unnamed_statements: bool,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// Role (from `[users]`) that looks up users missing from the config
@@ -141,6 +149,7 @@ impl Default for General {
             max_message_size: 64 << 20,
             max_prepared_statements: 256,
             max_client_prepared_statements: 10_000,
+            track_unnamed_statements: false,
             workers: 0,
             auth_user: None,
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),

@@ -354,7 +354,7 @@ impl Session {
     /// Notes an owed reply; undoes the hook at once if the server will skip it.
     fn push(&mut self, req: Req, reply: Reply, hook: Hook) {
         if let Some(skipped) = self.expect.push(req, reply, hook, &mut self.cout) {
-            self.undo(skipped, false);
+            self.undo(skipped, false, false);
         }
     }
 
@@ -466,8 +466,10 @@ impl Session {
                 Outcome::Pending => {}
                 Outcome::Done(hook) => self.on_done(hook),
                 Outcome::Failed(hooks) => {
-                    for h in hooks.into_iter().rev() {
-                        self.undo(h, stale_plan);
+                    // The first is the request the server rejected, the rest
+                    // were skipped.
+                    for (i, h) in hooks.into_iter().enumerate().rev() {
+                        self.undo(h, stale_plan, i == 0);
                     }
                 }
             }
@@ -515,7 +517,7 @@ impl Session {
             "answering requests the lost server owed"
         );
         for h in hooks.into_iter().rev() {
-            self.undo(h, false);
+            self.undo(h, false, false);
         }
         if self.mode == PoolMode::Session || (readies == 0 && !tail) {
             return Err(fatal(

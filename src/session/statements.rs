@@ -31,6 +31,9 @@ pub enum Hook {
         stmt: Arc<Statement>,
         /// The client name mapped to it.
         client: Option<Bytes>,
+        /// The statement that name meant before (only the unnamed statement
+        /// is ever replaced): back in place if this Parse is skipped.
+        replaced: Option<Arc<Statement>>,
         /// Whether the Parse went to the server.
         on_server: bool,
     },
@@ -76,14 +79,19 @@ impl Session {
 
     async fn client_parse(&mut self, frame: &Frame) -> Result<(), End> {
         let p = messages::parse(frame.body()).ok_or_else(|| malformed("Parse"))?;
-        if p.name.is_empty() {
+        if !self.tracks(p.name) {
             return self.forward_needing_server(frame).await;
         }
         let name = frame.raw().slice_ref(p.name);
         let stmts = self.stmts.as_mut().expect("tracking is on");
-        if stmts.get(&name).is_some() {
+        // A Parse into the unnamed statement replaces it, as in PostgreSQL.
+        let replaced = if name.is_empty() {
+            stmts.remove(b"")
+        } else if stmts.get(&name).is_some() {
             return self.duplicate_parse(&p, &name).await;
-        }
+        } else {
+            None
+        };
         if stmts.len() >= self.cfg.pgmux.max_client_prepared_statements {
             let msg = format!(
                 "too many prepared statements: this client holds {} (max_client_prepared_statements)",
@@ -102,13 +110,13 @@ impl Session {
             None => stmt.is_confirmed(),
         };
         if answer_here {
-            self.parse_answered_here(stmt, name);
+            self.parse_answered_here(stmt, name, replaced);
             return Ok(());
         }
         self.ensure_server().await?;
         let server = self.server.as_mut().expect("just acquired");
         if server.statements.touch(&stmt) {
-            self.parse_answered_here(stmt, name);
+            self.parse_answered_here(stmt, name, replaced);
             return Ok(());
         }
         self.ctx
@@ -116,13 +124,24 @@ impl Session {
             .counters
             .misses
             .fetch_add(1, Ordering::Relaxed);
-        self.send_parse(stmt, Reply::Forward, Some(name));
+        self.send_parse(stmt, Reply::Forward, Some(name), replaced);
         Ok(())
+    }
+
+    /// Whether statement `name` is mapped to a registry entry: every named
+    /// one, and the unnamed one with `track_unnamed_statements`.
+    fn tracks(&self, name: &[u8]) -> bool {
+        !name.is_empty() || self.cfg.pgmux.track_unnamed_statements
     }
 
     /// Answers a client's Parse with a synthetic ParseComplete: the held
     /// server already has the statement, or a server has accepted it before.
-    fn parse_answered_here(&mut self, stmt: Arc<Statement>, name: Bytes) {
+    fn parse_answered_here(
+        &mut self,
+        stmt: Arc<Statement>,
+        name: Bytes,
+        replaced: Option<Arc<Statement>>,
+    ) {
         self.ctx
             .statements
             .counters
@@ -131,6 +150,7 @@ impl Session {
         let hook = Hook::Parse {
             stmt,
             client: Some(name),
+            replaced,
             on_server: false,
         };
         self.push(
@@ -166,7 +186,13 @@ impl Session {
 
     /// Sends `stmt`'s Parse to the held server, closing a stale copy and
     /// evicting the least recently used statements first.
-    fn send_parse(&mut self, stmt: Arc<Statement>, reply: Reply, client: Option<Bytes>) {
+    fn send_parse(
+        &mut self,
+        stmt: Arc<Statement>,
+        reply: Reply,
+        client: Option<Bytes>,
+        replaced: Option<Arc<Statement>>,
+    ) {
         let max = self.cfg.pgmux.max_prepared_statements;
         let server = self.server.as_mut().expect("a server is held");
         let stale = server.statements.take_stale(&stmt);
@@ -196,6 +222,7 @@ impl Session {
         let hook = Hook::Parse {
             stmt,
             client,
+            replaced,
             on_server: true,
         };
         self.push(Req::Parse, reply, hook);
@@ -211,7 +238,7 @@ impl Session {
                 .counters
                 .reprepares
                 .fetch_add(1, Ordering::Relaxed);
-            self.send_parse(stmt.clone(), Reply::Swallow, None);
+            self.send_parse(stmt.clone(), Reply::Swallow, None, None);
         }
     }
 
@@ -228,6 +255,12 @@ impl Session {
         write: impl FnOnce(&mut BytesMut, &[u8]),
     ) -> Result<(), End> {
         let Some(stmt) = self.stmts.as_ref().and_then(|m| m.get(name)).cloned() else {
+            // The server's own unnamed statement may be another client's.
+            if name.is_empty() {
+                let msg = "unnamed prepared statement does not exist";
+                self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, msg);
+                return Ok(());
+            }
             if is_reserved(name) {
                 let msg = format!("prepared statement \"{}\" does not exist", lossy(name));
                 self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
@@ -246,7 +279,7 @@ impl Session {
     async fn client_bind(&mut self, frame: &Frame) -> Result<(), End> {
         let body = frame.body();
         let (portal, name, at) = messages::bind(body).ok_or_else(|| malformed("Bind"))?;
-        if name.is_empty() {
+        if !self.tracks(name) {
             return self.forward_needing_server(frame).await;
         }
         self.use_named(Req::Bind, frame, name, |out, renamed| {
@@ -257,7 +290,7 @@ impl Session {
 
     async fn client_describe(&mut self, frame: &Frame) -> Result<(), End> {
         let (kind, name) = messages::target(frame.body()).ok_or_else(|| malformed("Describe"))?;
-        if kind != b'S' || name.is_empty() {
+        if kind != b'S' || !self.tracks(name) {
             return self.forward_needing_server(frame).await;
         }
         self.use_named(Req::Describe, frame, name, |out, renamed| {
@@ -274,7 +307,7 @@ impl Session {
 
     async fn client_close(&mut self, frame: &Frame) -> Result<(), End> {
         let (kind, name) = messages::target(frame.body()).ok_or_else(|| malformed("Close"))?;
-        if kind == b'S' && !name.is_empty() {
+        if kind == b'S' && self.tracks(name) {
             // The server's copy is shared: only this client's name goes.
             let hook = match self.stmts.as_mut().and_then(|m| m.remove(name)) {
                 Some(stmt) => Hook::ClientClosed(frame.raw().slice_ref(name), stmt),
@@ -296,6 +329,12 @@ impl Session {
         let sql = cstr(frame.body())
             .map(|(s, _)| s)
             .ok_or_else(|| malformed("Query"))?;
+        if self.cfg.pgmux.track_unnamed_statements {
+            // A simple Query destroys the unnamed statement.
+            if let Some(m) = self.stmts.as_mut() {
+                m.remove(b"");
+            }
+        }
         match messages::sql_effect(sql) {
             SqlEffect::None => self.forward_needing_server(frame).await,
             SqlEffect::DropAll => {
@@ -351,18 +390,25 @@ impl Session {
         }
     }
 
-    /// A request failed or was skipped: undo its bookkeeping. A statement
-    /// whose cached plan went stale is retired on this server.
-    pub(super) fn undo(&mut self, hook: Hook, stale_plan: bool) {
+    /// A request failed (`failed`: it is the one the server rejected) or was
+    /// skipped: undo its bookkeeping. A statement whose cached plan went
+    /// stale is retired on this server.
+    pub(super) fn undo(&mut self, hook: Hook, stale_plan: bool, failed: bool) {
         match hook {
             Hook::None | Hook::DropAll => {}
             Hook::Parse {
                 stmt,
                 client,
+                replaced,
                 on_server,
             } => {
                 if let (Some(name), Some(m)) = (client, self.stmts.as_mut()) {
                     m.remove_if(&name, &stmt);
+                    // PostgreSQL drops the old unnamed statement before it
+                    // parses the new one: only a skipped Parse leaves it.
+                    if let (Some(old), false) = (replaced, failed) {
+                        m.insert(name, old);
+                    }
                 }
                 if let (true, Some(s)) = (on_server, self.server.as_mut()) {
                     s.statements.remove(&stmt);
