@@ -32,6 +32,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    crate::listener::tune(socket2::SockRef::from(&socket));
     socket
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::context::Context;
 use crate::protocol::SqlState;
@@ -15,12 +15,16 @@ use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
 use crate::tls::Stream;
 
-fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
+/// No Nagle delay, and keepalives that find a vanished client in about a
+/// minute. Set on the listening socket, whose options Linux copies to every
+/// accepted one (four system calls less per connection); elsewhere on each
+/// accepted socket too.
+pub fn tune(socket: SockRef<'_>) {
+    let _ = socket.set_tcp_nodelay(true);
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10));
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_keepalive(&keepalive);
 }
 
 /// Accepts clients until shutdown begins.
@@ -46,14 +50,16 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        tune(&tcp);
+        if cfg!(not(target_os = "linux")) {
+            tune(SockRef::from(&tcp));
+        }
         let mut stream = Stream::Plain(tcp);
         tracing::debug!(%peer, "client connected");
         let ctx = ctx.clone();
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 tokio::spawn(async move {
-                    session::serve(stream, ctx).await;
+                    session::serve(stream, peer, ctx).await;
                     drop(permit);
                 });
             }

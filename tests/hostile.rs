@@ -63,6 +63,16 @@ async fn malformed_startup_packets_get_clear_errors() {
             "08P01",
         ),
         ("length below 8", 3i32.to_be_bytes().to_vec(), "08P01"),
+        (
+            "data behind an SSLRequest",
+            [
+                &8i32.to_be_bytes()[..],
+                &80_877_103i32.to_be_bytes(),
+                &startup_packet(196_608, &[("user", "t_hostile1")]),
+            ]
+            .concat(),
+            "08P01",
+        ),
         ("negative length", (-5i32).to_be_bytes().to_vec(), "08P01"),
         (
             "HTTP instead of PostgreSQL",
@@ -152,6 +162,26 @@ async fn malformed_startup_packets_get_clear_errors() {
         .simple_query("SELECT 1")
         .await
         .unwrap();
+}
+
+/// A client may send its first query right behind its startup packet (with
+/// trust there is nothing to wait for): the bytes read together with the
+/// login are kept for the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_pipelined_behind_the_startup_packet_is_served() {
+    let p = setup("t_pipelined", 1, "auth_type = \"trust\"").await;
+    let mut bytes = startup_packet(
+        196_608,
+        &[("user", "t_pipelined"), ("database", "t_pipelined")],
+    );
+    bytes.extend_from_slice(b"Q\0\0\0\x0eSELECT 42\0X\0\0\0\x04");
+    let reply = answer_to(p.addr().port(), &bytes).await;
+    let msgs = split(&reply);
+    assert_eq!(error_code(&msgs), None, "{msgs:?}");
+    assert!(
+        msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"42")),
+        "{msgs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -559,7 +559,8 @@ async fn session_future_stays_small() {
         .unwrap();
     let cfg = pgmux::config::Config::parse("[pgmux]\n").unwrap();
     let ctx = std::sync::Arc::new(pgmux::context::Context::new(cfg, None).unwrap());
-    let fut = pgmux::session::serve(pgmux::tls::Stream::Plain(s), ctx);
+    let peer = s.peer_addr().unwrap();
+    let fut = pgmux::session::serve(pgmux::tls::Stream::Plain(s), peer, ctx);
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 2048, "session future is {size} bytes");
 }

@@ -112,9 +112,8 @@ fn write_reply(out: &mut BytesMut, reply: &Reply) {
 }
 
 /// Serves one admin console session.
-pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String) {
+pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String, mut buf: BytesMut) {
     tracing::info!(%user, "admin console session");
-    let mut buf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::new();
     loop {
         let frame = match split_frame(&mut buf, MAX_COMMAND) {

@@ -15,6 +15,7 @@ pub mod statements;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -74,15 +75,15 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: Stream, ctx: Arc<Context>) {
+pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
     let _live = ctx.shutdown.track();
     let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened =
         tokio::time::timeout(login_timeout, Box::pin(startup::login(&mut stream, &ctx))).await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
-        Ok(Ok(Opening::Admin(user))) => {
-            return Box::pin(crate::admin::run(stream, ctx, user)).await
+        Ok(Ok(Opening::Admin(user, pending))) => {
+            return Box::pin(crate::admin::run(stream, ctx, user, pending)).await
         }
         Ok(Ok(Opening::Cancelled)) => return,
         Ok(Err(LoginError::Fatal(code, msg))) => {
@@ -106,7 +107,7 @@ pub async fn serve(mut stream: Stream, ctx: Arc<Context>) {
         }
     };
     tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
-    let mut session = Session::new(stream, ctx, login);
+    let mut session = Session::new(stream, peer, ctx, login);
     let end = session.run().await;
     Box::pin(session.finish(end)).await;
 }
@@ -139,6 +140,8 @@ struct Session {
     /// An error ended the current extended-protocol batch (a local error, or
     /// the server died): drop the client's messages up to its Sync.
     skip_to_sync: bool,
+    /// The client said goodbye with replies still owed: deliver them, then end.
+    terminated: bool,
     /// Named statements (transaction mode with tracking on).
     stmts: Option<ClientStatements>,
     params: ClientParams,
@@ -180,18 +183,13 @@ async fn read_server(server: &mut Option<Checkout>) -> io::Result<usize> {
 }
 
 impl Session {
-    fn new(client: Stream, ctx: Arc<Context>, login: Login) -> Self {
+    fn new(client: Stream, peer: SocketAddr, ctx: Arc<Context>, login: Login) -> Self {
         let cfg = ctx.config();
         let max_msg = cfg.pgmux.max_message_size;
         let tracking = login.mode == PoolMode::Transaction && cfg.pgmux.max_prepared_statements > 0;
-        let addr = client
-            .tcp()
-            .and_then(|t| t.peer_addr().ok())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let listed = ctx
             .clients
-            .register(&login.key.database, &login.key.user, addr);
+            .register(&login.key.database, &login.key.user, peer.to_string());
         Self {
             cfg,
             listed,
@@ -200,9 +198,9 @@ impl Session {
             stmts: tracking.then(ClientStatements::default),
             ctx,
             client,
-            // Small to start: idle clients are the common case, and the
-            // buffers grow to whatever a client actually sends.
-            cbuf: BytesMut::with_capacity(512),
+            // The login's buffer (512 bytes to start): idle clients are the
+            // common case, and buffers grow to whatever a client sends.
+            cbuf: login.pending,
             cout: BytesMut::new(),
             sout: BytesMut::new(),
             pool: login.pool,
@@ -212,6 +210,7 @@ impl Session {
             unsynced: false,
             tx: TxStatus::Idle,
             skip_to_sync: false,
+            terminated: false,
             params: login.params,
             cancel: login.cancel,
             max_msg,
@@ -227,9 +226,18 @@ impl Session {
         // afresh each time round, its two wait-list registrations cost more
         // than the rest of a round trip's bookkeeping.
         let mut outside = next_outside(watch, listed.clone());
+        // Messages that arrived together with the login.
+        if !self.cbuf.is_empty() {
+            if let Err(end) = self.on_client_data().await {
+                return end;
+            }
+        }
         loop {
             if let Some(end) = self.check_shutdown(phase) {
                 return end;
+            }
+            if self.terminated && self.expect.is_empty() {
+                return End::ClientGone;
             }
             // Small minimum: an idle client keeps its starting 512 bytes.
             make_room(&mut self.cbuf, 128, 1024);
@@ -242,7 +250,7 @@ impl Session {
                     Err(e) => self.on_server_lost(e.into()).await,
                     Ok(_) => self.on_server_data().await,
                 },
-                r = self.client.read_buf(&mut self.cbuf) => match r {
+                r = self.client.read_buf(&mut self.cbuf), if !self.terminated => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_data().await,
                 },
@@ -292,7 +300,14 @@ impl Session {
             match frame.tag() {
                 fe::TERMINATE => {
                     self.flush_server().await?;
-                    return Err(End::ClientGone);
+                    if self.expect.is_empty() {
+                        return Err(End::ClientGone);
+                    }
+                    // Replies still owed are delivered first, as PostgreSQL
+                    // finishes what came before a Terminate.
+                    self.terminated = true;
+                    self.cbuf.clear();
+                    break;
                 }
                 fe::PASSWORD => {
                     return Err(fatal(

@@ -13,7 +13,7 @@ use crate::config::{AuthType, PoolMode};
 use crate::context::{Context, UserAuth};
 use crate::pool::{Pool, PoolKey};
 use crate::protocol::error::{write_error, Severity};
-use crate::protocol::frame::{cstr, read_i32, split_frame};
+use crate::protocol::frame::{cstr, make_room, read_i32, split_frame};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
 use crate::stats::ErrorReason;
@@ -48,6 +48,8 @@ pub struct Login {
     pub params: ClientParams,
     /// Its cancel key.
     pub cancel: CancelHandle,
+    /// Bytes the client sent behind its login, not read yet.
+    pub pending: BytesMut,
 }
 
 /// The name of the admin console's virtual database.
@@ -57,8 +59,9 @@ pub const ADMIN_DATABASE: &str = "pgmux";
 pub enum Opening {
     /// A session to serve.
     Session(Login),
-    /// An admin console session for this user.
-    Admin(String),
+    /// An admin console session for this user, and the bytes it sent
+    /// behind its login.
+    Admin(String, BytesMut),
     /// A cancel request, already handled; close the socket.
     Cancelled,
 }
@@ -88,15 +91,43 @@ async fn upgrade(
     Ok(())
 }
 
-/// Reads one untagged startup-phase packet.
-async fn read_startup(stream: &mut Stream) -> Result<StartupPacket, LoginError> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let n =
-        startup::body_len(len).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
-    let mut body = vec![0u8; n];
-    stream.read_exact(&mut body).await?;
-    startup::parse(&body).map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
+/// Reads one untagged startup-phase packet through `buf`, which keeps
+/// whatever the client sent behind it. One read usually brings the whole
+/// packet (reading the length first would take two).
+async fn read_startup(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, LoginError> {
+    let bad = |e: startup::StartupError| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
+    loop {
+        if let Some(len) = buf.get(..4) {
+            let n = 4 + startup::body_len([len[0], len[1], len[2], len[3]]).map_err(bad)?;
+            if buf.len() >= n {
+                let packet = buf.split_to(n);
+                return startup::parse(&packet[4..]).map_err(bad);
+            }
+            make_room(buf, n - buf.len(), 0);
+        } else {
+            make_room(buf, 64, 512);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+/// A client must wait for the answer to an SSLRequest or GSSENCRequest
+/// before it sends more: bytes already behind one would bypass the
+/// encryption it asked for, so they end the connection (as in PostgreSQL).
+fn nothing_behind(buf: &BytesMut) -> Result<(), LoginError> {
+    if buf.is_empty() {
+        Ok(())
+    } else {
+        Err(fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        ))
+    }
 }
 
 /// Reads one tagged message of the authentication exchange: must be `p`.
@@ -119,6 +150,7 @@ async fn read_password(
             Ok(None) => {}
             Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
         }
+        make_room(buf, 64, 512);
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
@@ -135,16 +167,25 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
             upgrade(stream, acceptor, true).await?;
         }
     }
+    // Starts as the session's read buffer: bytes a client sent behind its
+    // login messages are kept for it.
+    let mut buf = BytesMut::with_capacity(512);
     let (minor, params) = loop {
-        match read_startup(stream).await? {
-            StartupPacket::SslRequest => match &tls.acceptor {
-                Some(acceptor) if !stream.is_tls() => {
-                    stream.write_all(b"S").await?;
-                    upgrade(stream, acceptor, false).await?;
+        match read_startup(stream, &mut buf).await? {
+            StartupPacket::SslRequest => {
+                nothing_behind(&buf)?;
+                match &tls.acceptor {
+                    Some(acceptor) if !stream.is_tls() => {
+                        stream.write_all(b"S").await?;
+                        upgrade(stream, acceptor, false).await?;
+                    }
+                    _ => stream.write_all(b"N").await?,
                 }
-                _ => stream.write_all(b"N").await?,
-            },
-            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            }
+            StartupPacket::GssEncRequest => {
+                nothing_behind(&buf)?;
+                stream.write_all(b"N").await?
+            }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancels.cancel(pid, secret).await;
                 return Ok(Opening::Cancelled);
@@ -236,7 +277,8 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
             format!("role \"{user}\" does not exist"),
         ));
     };
-    let client_key = match authenticate(stream, &mut out, cfg.pgmux.auth_type, &user, &auth).await {
+    let method = cfg.pgmux.auth_type;
+    let client_key = match authenticate(stream, &mut buf, &mut out, method, &user, &auth).await {
         Ok(k) => k,
         Err(e) => {
             if matches!(e, LoginError::Fatal(..)) {
@@ -254,7 +296,7 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         }
         crate::admin::welcome(&mut out);
         stream.write_all(&out).await?;
-        return Ok(Opening::Admin(user));
+        return Ok(Opening::Admin(user, buf));
     }
     // A looked-up user logs in to the server with what its own login gave:
     // the ClientKey its SCRAM proof revealed (pass-through), or the md5 hash.
@@ -289,13 +331,16 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         mode,
         params,
         cancel,
+        pending: buf,
     }))
 }
 
-/// Runs the configured authentication exchange. `out` holds messages to
-/// send before the first request and is flushed with it.
+/// Runs the configured authentication exchange, reading through `buf`.
+/// `out` holds messages to send before the first request and is flushed
+/// with it.
 async fn authenticate(
     stream: &mut Stream,
+    buf: &mut BytesMut,
     out: &mut BytesMut,
     method: AuthType,
     user: &str,
@@ -307,7 +352,6 @@ async fn authenticate(
             format!("password authentication failed for user \"{user}\""),
         )
     };
-    let mut buf = BytesMut::new();
     let use_scram = match method {
         AuthType::Trust => return Ok(None),
         AuthType::ScramSha256 => true,
@@ -320,7 +364,7 @@ async fn authenticate(
         encode::authentication(out, 5, &salt);
         stream.write_all(out).await?;
         out.clear();
-        let answer = read_password(stream, &mut buf).await?;
+        let answer = read_password(stream, buf).await?;
         let answer = cstr(&answer).map(|(a, _)| a).unwrap_or(&answer);
         return match md5::verify(&auth.secret, user, salt, answer) {
             Some(true) => Ok(None),
@@ -338,7 +382,7 @@ async fn authenticate(
     encode::authentication_sasl(out, &["SCRAM-SHA-256"]);
     stream.write_all(out).await?;
     out.clear();
-    let initial = read_password(stream, &mut buf).await?;
+    let initial = read_password(stream, buf).await?;
     let malformed = |what: &str| {
         fatal(
             SqlState::PROTOCOL_VIOLATION,
@@ -357,7 +401,7 @@ async fn authenticate(
     encode::authentication(out, 11, first.as_bytes());
     stream.write_all(out).await?;
     out.clear();
-    let fin = read_password(stream, &mut buf).await?;
+    let fin = read_password(stream, buf).await?;
     let (last, client_key) = server.finish(&fin).map_err(|_| failed())?;
     encode::authentication(out, 12, last.as_bytes());
     Ok(Some(client_key))
@@ -375,8 +419,9 @@ pub async fn send_fatal(stream: &mut Stream, code: SqlState, msg: &str) {
 /// still honours a cancel request, then sends `msg` as FATAL.
 pub async fn refuse(stream: &mut Stream, ctx: &Context, code: SqlState, msg: &str) {
     let read = async {
+        let mut buf = BytesMut::new();
         loop {
-            match read_startup(stream).await? {
+            match read_startup(stream, &mut buf).await? {
                 StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                     stream.write_all(b"N").await?
                 }
