@@ -347,6 +347,39 @@ async fn clients_never_see_each_others_statements() {
     assert_eq!(error_code(&r).as_deref(), Some("26000"));
 }
 
+/// The unnamed statement is not shared by default: a client reaches the
+/// server's unnamed statement only if it parsed it there during its current
+/// hold of that server, never one another client left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_of_one_client_is_never_another_clients() {
+    let p = setup("t_unnamed_iso", 1, "").await;
+    let mut a = raw(&p, "t_unnamed_iso").await;
+    let mut b = raw(&p, "t_unnamed_iso").await;
+    a.parse("", "SELECT 'secret of a'")
+        .bind("", "", &[])
+        .execute("")
+        .sync();
+    assert_eq!(tags(&a.round_trip().await), "12DCZ");
+    // Same server (pool of 1), which still has a's unnamed statement.
+    b.bind("", "", &[]).execute("").sync();
+    let got = b.round_trip().await;
+    assert_eq!(error_code(&got).as_deref(), Some("26000"), "{}", tags(&got));
+    // Inside a transaction the server stays held, and the unnamed
+    // statement with it.
+    a.query("BEGIN");
+    assert_eq!(tags(&a.round_trip().await), "CZ");
+    a.parse("", "SELECT 'still a'").sync();
+    assert_eq!(tags(&a.round_trip().await), "1Z");
+    a.bind("", "", &[]).execute("").sync();
+    let got = a.round_trip().await;
+    assert_eq!(tags(&got), "2DCZ");
+    assert!(got
+        .iter()
+        .any(|(t, b)| *t == b'D' && b.ends_with(b"still a")));
+    a.query("COMMIT");
+    assert_eq!(tags(&a.round_trip().await), "CZ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_keeps_statements_working() {
     let p = setup("t_evict", 1, "max_prepared_statements = 3").await;

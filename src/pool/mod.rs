@@ -405,7 +405,6 @@ impl Pool {
         self.shared.inner.lock().max_wait()
     }
 
-    /// Open server connections.
     /// Open server connections, each with whether it is lent out now
     /// (derived: a connection not parked idle is lent to a client).
     pub fn servers(&self) -> Vec<(ServerRow, bool)> {

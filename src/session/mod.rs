@@ -144,6 +144,11 @@ struct Session {
     terminated: bool,
     /// Named statements (transaction mode with tracking on).
     stmts: Option<ClientStatements>,
+    /// This client put an unnamed statement on the server it holds now
+    /// (tracking on, unnamed statements not shared): only then may it use
+    /// the server's unnamed statement, which may otherwise be another
+    /// client's.
+    unnamed_here: bool,
     params: ClientParams,
     cancel: CancelHandle,
     max_msg: usize,
@@ -196,6 +201,7 @@ impl Session {
             _counted: login.pool.client(),
             tx_started: None,
             stmts: tracking.then(ClientStatements::default),
+            unnamed_here: false,
             ctx,
             client,
             // The login's buffer (512 bytes to start): idle clients are the
@@ -436,6 +442,7 @@ impl Session {
 
     /// Holds a server: the client's requests go there now.
     fn hold(&mut self, server: Checkout) {
+        self.unnamed_here = false;
         self.listed.info.set_state(ClientState::Active);
         self.cancel.slot.set_target(Some(server.key));
         self.server = Some(server);

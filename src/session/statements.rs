@@ -80,7 +80,9 @@ impl Session {
     async fn client_parse(&mut self, frame: &Frame) -> Result<(), End> {
         let p = messages::parse(frame.body()).ok_or_else(|| malformed("Parse"))?;
         if !self.tracks(p.name) {
-            return self.forward_needing_server(frame).await;
+            self.forward_needing_server(frame).await?;
+            self.unnamed_here = true;
+            return Ok(());
         }
         let name = frame.raw().slice_ref(p.name);
         let stmts = self.stmts.as_mut().expect("tracking is on");
@@ -161,15 +163,19 @@ impl Session {
     }
 
     /// A Parse reusing a name: PostgreSQL reports syntax and analysis errors
-    /// before the duplicate name, so the server checks the query (as the
-    /// unnamed statement) and only its success becomes the 42P05 error.
+    /// before the duplicate name, so the server checks the query (under a
+    /// name of pgmux's own, closed right after, so the client's unnamed
+    /// statement stays as it was) and only its success becomes the 42P05
+    /// error.
     async fn duplicate_parse(
         &mut self,
         p: &messages::ParseRef<'_>,
         name: &[u8],
     ) -> Result<(), End> {
+        const CHECK: &[u8] = b"pgmux_check";
         self.ensure_server().await?;
-        encode::parse(&mut self.sout, b"", p.query, p.types);
+        encode::parse(&mut self.sout, CHECK, p.query, p.types);
+        encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', CHECK);
         self.unsynced = true;
         let mut err = BytesMut::new();
         let msg = format!("prepared statement \"{}\" already exists", lossy(name));
@@ -180,6 +186,7 @@ impl Session {
             &msg,
         );
         self.push(Req::Parse, Reply::Replace(err.freeze()), Hook::None);
+        self.push(Req::Close, Reply::Swallow, Hook::None);
         self.skip_to_sync = true;
         Ok(())
     }
@@ -280,7 +287,7 @@ impl Session {
         let body = frame.body();
         let (portal, name, at) = messages::bind(body).ok_or_else(|| malformed("Bind"))?;
         if !self.tracks(name) {
-            return self.forward_needing_server(frame).await;
+            return self.use_unnamed(Req::Bind, frame).await;
         }
         self.use_named(Req::Bind, frame, name, |out, renamed| {
             messages::write_bind(out, portal, renamed, &body[at..])
@@ -290,13 +297,29 @@ impl Session {
 
     async fn client_describe(&mut self, frame: &Frame) -> Result<(), End> {
         let (kind, name) = messages::target(frame.body()).ok_or_else(|| malformed("Describe"))?;
-        if kind != b'S' || !self.tracks(name) {
+        if kind == b'S' && !self.tracks(name) {
+            return self.use_unnamed(Req::Describe, frame).await;
+        }
+        if kind != b'S' {
             return self.forward_needing_server(frame).await;
         }
         self.use_named(Req::Describe, frame, name, |out, renamed| {
             encode::close_or_describe(out, fe::DESCRIBE, b'S', renamed)
         })
         .await
+    }
+
+    /// Bind or Describe of the unnamed statement when it is not shared: it
+    /// goes to the server only if this client put it there during this
+    /// hold. Otherwise the server's unnamed statement is someone else's (or
+    /// none), and the client gets PostgreSQL's 26000 instead.
+    async fn use_unnamed(&mut self, req: Req, frame: &Frame) -> Result<(), End> {
+        if self.unnamed_here && self.server.is_some() {
+            return self.forward_needing_server(frame).await;
+        }
+        let msg = "unnamed prepared statement does not exist";
+        self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, msg);
+        Ok(())
     }
 
     /// Answers a Close with a synthetic CloseComplete, in request order.
@@ -329,8 +352,9 @@ impl Session {
         let sql = cstr(frame.body())
             .map(|(s, _)| s)
             .ok_or_else(|| malformed("Query"))?;
+        // A simple Query destroys the unnamed statement.
+        self.unnamed_here = false;
         if self.cfg.pgmux.track_unnamed_statements {
-            // A simple Query destroys the unnamed statement.
             if let Some(m) = self.stmts.as_mut() {
                 m.remove(b"");
             }
