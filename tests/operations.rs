@@ -222,12 +222,8 @@ async fn admin_console_show_pause_resume() {
     // Errors: unknown command 42601; a non-admin user 42501.
     let err = a.simple_query("FROB").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
-    let err = connect(&format!(
-        "host=127.0.0.1 port={port} user=t_admin password={PASSWORD} dbname=pgmux"
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
+    let dsn = format!("host=127.0.0.1 port={port} user=t_admin password={PASSWORD} dbname=pgmux");
+    assert_eq!(refused(&dsn).await.as_deref(), Some("42501"));
 }
 
 fn pgmux_reload(path: &PathBuf) -> (bool, String) {
@@ -457,16 +453,9 @@ password = "lookup-secret"
         .unwrap()
         .get(0);
     assert_eq!(who, "t_aq_app");
-    let err = connect(&format!(
-        "host=127.0.0.1 port={port} user=t_aq_app password=wrong dbname=t_aq"
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
-    let err = connect(&format!(
-        "host=127.0.0.1 port={port} user=t_aq_nobody password=x dbname=t_aq"
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
+    let base = format!("host=127.0.0.1 port={port} dbname=t_aq");
+    let wrong = refused(&format!("{base} user=t_aq_app password=wrong")).await;
+    assert_eq!(wrong.as_deref(), Some("28P01"));
+    let nobody = refused(&format!("{base} user=t_aq_nobody password=x")).await;
+    assert_eq!(nobody.as_deref(), Some("28000"));
 }

@@ -193,13 +193,11 @@ async fn md5_and_trust_client_auth() {
         .simple_query("SELECT 1")
         .await
         .unwrap();
-    let err = connect(&format!(
+    let dsn = format!(
         "host=127.0.0.1 port={} user=t_md5 password=bad dbname=t_md5",
         p.addr().port()
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    );
+    assert_eq!(refused(&dsn).await.as_deref(), Some("28P01"));
     let p = setup("t_trust", 1, "auth_type = \"trust\"").await;
     connect(&format!(
         "host=127.0.0.1 port={} user=t_trust dbname=t_trust",

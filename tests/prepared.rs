@@ -13,15 +13,18 @@ fn dsn(port: u16, name: &str) -> String {
     format!("host=127.0.0.1 port={port} user={name} dbname={name}")
 }
 
+/// pgmux in front of a fresh pgbench database; returns it and its dsn.
+async fn pgbench_db(name: &str, size: u32, extra: &str) -> (pgmux::app::Proxy, String) {
+    let p = setup(name, size, extra).await;
+    let (ok, text) = pgbench(&["-i", "-q", "-s", "1"], &dsn(cluster().port(), name));
+    assert!(ok, "{text}");
+    let url = dsn(p.addr().port(), name);
+    (p, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_many_clients_few_servers() {
-    let p = setup("t_pgbench", 4, "").await;
-    let (ok, text) = pgbench(
-        &["-i", "-q", "-s", "1"],
-        &dsn(cluster().port(), "t_pgbench"),
-    );
-    assert!(ok, "{text}");
-    let url = dsn(p.addr().port(), "t_pgbench");
+    let (_p, url) = pgbench_db("t_pgbench", 4, "").await;
     for (script, jobs) in [("-S", "2"), ("-S", "64"), ("-b", "2"), ("-b", "64")] {
         let script_arg = if script == "-b" {
             vec!["-b", "tpcb-like"]
@@ -48,13 +51,8 @@ async fn pgbench_prepared_many_clients_few_servers() {
 /// transaction) with the unnamed statement shared: 32 clients on 2 servers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_extended_with_shared_unnamed_statements() {
-    let p = setup("t_pgbench_unnamed", 2, "track_unnamed_statements = true").await;
-    let (ok, text) = pgbench(
-        &["-i", "-q", "-s", "1"],
-        &dsn(cluster().port(), "t_pgbench_unnamed"),
-    );
-    assert!(ok, "{text}");
-    let url = dsn(p.addr().port(), "t_pgbench_unnamed");
+    let cfg = "track_unnamed_statements = true";
+    let (_p, url) = pgbench_db("t_pgbench_unnamed", 2, cfg).await;
     for script in ["select-only", "tpcb-like"] {
         let args = [
             "-n", "-M", "extended", "-c", "32", "-j", "2", "-t", "30", "-b", script,

@@ -433,11 +433,18 @@ impl Session {
         let Err(e) = self.params.sync(server, self.max_msg).await else {
             return Ok(());
         };
-        self.cancel.slot.set_target(None);
-        if let Some(server) = self.server.take() {
-            server.discard();
-        }
+        self.close_server();
         Err(server_error_end(e))
+    }
+
+    /// Closes the held server (its state is unknown) and stops routing
+    /// cancels to it.
+    fn close_server(&mut self) {
+        self.cancel.slot.set_target(None);
+        self.listed.info.set_state(ClientState::Idle);
+        if let Some(s) = self.server.take() {
+            s.discard();
+        }
     }
 
     /// Holds a server: the client's requests go there now.
@@ -523,11 +530,7 @@ impl Session {
     async fn server_lost(&mut self, err: ServerError) -> Result<(), End> {
         tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
         self.count_error(ErrorReason::ServerLost);
-        self.listed.info.set_state(ClientState::Idle);
-        if let Some(s) = self.server.take() {
-            s.discard();
-        }
-        self.cancel.slot.set_target(None);
+        self.close_server();
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
         let (readies, tail, hooks) = self.expect.abandon();

@@ -263,14 +263,8 @@ impl Session {
     ) -> Result<(), End> {
         let Some(stmt) = self.stmts.as_ref().and_then(|m| m.get(name)).cloned() else {
             // The server's own unnamed statement may be another client's.
-            if name.is_empty() {
-                let msg = "unnamed prepared statement does not exist";
-                self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, msg);
-                return Ok(());
-            }
-            if is_reserved(name) {
-                let msg = format!("prepared statement \"{}\" does not exist", lossy(name));
-                self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+            if name.is_empty() || is_reserved(name) {
+                self.no_such_statement(req, name);
                 return Ok(());
             }
             return self.forward_needing_server(frame).await;
@@ -317,9 +311,18 @@ impl Session {
         if self.unnamed_here && self.server.is_some() {
             return self.forward_needing_server(frame).await;
         }
-        let msg = "unnamed prepared statement does not exist";
-        self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, msg);
+        self.no_such_statement(req, b"");
         Ok(())
+    }
+
+    /// PostgreSQL's 26000 for a statement this client may not reach.
+    fn no_such_statement(&mut self, req: Req, name: &[u8]) {
+        let msg = if name.is_empty() {
+            "unnamed prepared statement does not exist".to_owned()
+        } else {
+            format!("prepared statement \"{}\" does not exist", lossy(name))
+        };
+        self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
     }
 
     /// Answers a Close with a synthetic CloseComplete, in request order.

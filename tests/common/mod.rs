@@ -136,6 +136,14 @@ pub async fn server_states_with(su: &tokio_postgres::Client, name: &str) -> Vec<
 }
 
 /// The SQLSTATE of a tokio-postgres error, if the server (or pgmux) sent one.
+/// The SQLSTATE of a login that must be refused (panics if it succeeds).
+pub async fn refused(dsn: &str) -> Option<String> {
+    match connect(dsn).await {
+        Ok(_) => panic!("login with {dsn:?} was accepted"),
+        Err(e) => sqlstate(&e),
+    }
+}
+
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
 }
