@@ -8,7 +8,8 @@
 //!   [`session::expect`] and parameters with [`session::params`].
 //! - [`prepared`] makes named statements follow clients across servers.
 //! - [`pool`] keeps the [`server`] connections of one (database, user).
-//! - [`protocol`] frames and encodes messages; it does no I/O.
+//! - [`protocol`] frames and encodes messages; it does no I/O. [`sql`]
+//!   reads just enough SQL to see which statements change session state.
 //! - [`admin`] is the `pgmux` admin database, [`stats`] the counters and
 //!   Prometheus endpoint, [`reload`] the live configuration change.
 //! - [`config`], [`context`], [`shutdown`] and [`app`] wire it together;
@@ -33,5 +34,6 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod sql;
 pub mod stats;
 pub mod tls;

@@ -30,6 +30,10 @@ pub struct Statement {
     /// Some server has answered this statement's Parse with ParseComplete,
     /// so it is known to be valid SQL.
     confirmed: AtomicBool,
+    /// Executing it may change the session's identity
+    /// ([`crate::sql::changes_identity`]), read once here rather than at
+    /// every Bind.
+    pub changes_identity: bool,
 }
 
 impl Statement {
@@ -44,6 +48,7 @@ impl Statement {
             parse: parse.freeze(),
             query_at: (start, start + query.len()),
             confirmed: AtomicBool::new(false),
+            changes_identity: crate::sql::changes_identity(query),
         }
     }
 

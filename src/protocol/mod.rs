@@ -78,6 +78,8 @@ pub mod be {
     pub const NO_DATA: u8 = b'n';
     /// CommandComplete.
     pub const COMMAND_COMPLETE: u8 = b'C';
+    /// DataRow.
+    pub const DATA_ROW: u8 = b'D';
     /// EmptyQueryResponse.
     pub const EMPTY_QUERY: u8 = b'I';
     /// PortalSuspended.

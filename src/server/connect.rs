@@ -104,6 +104,9 @@ pub async fn connect(
         statements: Default::default(),
         generation: 0,
         params_fingerprint: 0,
+        login: Default::default(),
+        identity_changed: false,
+        identity_sticky: false,
     };
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
@@ -136,7 +139,10 @@ pub async fn connect(
                 conn.key.secret = secret;
             }
             be::ERROR_RESPONSE => return Err(ServerError::from_error_body(body)),
-            be::READY_FOR_QUERY => return Ok(conn),
+            be::READY_FOR_QUERY => {
+                conn.note_login_identity(&t.user);
+                return Ok(conn);
+            }
             be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
             t => {
                 return Err(ServerError::Protocol(format!(

@@ -3,6 +3,7 @@
 //! between clients (parameter sync and reset).
 
 mod connect;
+mod identity;
 
 use std::collections::HashMap;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::tls::Stream;
 
 pub use connect::{connect, ServerTarget};
+pub use identity::{Restored, SessionIdentity};
 
 use crate::protocol::frame::{cstr, make_room, split_frame};
 use crate::protocol::{be, encode, ErrorFields, Frame, FrameError, TxStatus};
@@ -112,6 +114,17 @@ pub struct ServerConn {
     /// Fingerprint of the client parameters this server was last synced to
     /// (0: unknown).
     pub params_fingerprint: u64,
+    /// Who the connection logged in as: the identity it must have whenever
+    /// it is lent to a client.
+    login: identity::Login,
+    /// The connection may run as someone other than `login` (a reported
+    /// `session_authorization` / `is_superuser` changed, or pgmux set a
+    /// client's identity on it).
+    identity_changed: bool,
+    /// A statement that can change identity is prepared on this connection
+    /// under a name any later client may execute (statement tracking off):
+    /// every hold ends with a check.
+    identity_sticky: bool,
 }
 
 /// The columns of a DataRow as text (`None` for NULL or malformed).
@@ -211,6 +224,7 @@ impl ServerConn {
         let (v, _) = cstr(rest)?;
         let k = String::from_utf8_lossy(k).into_owned();
         let v = String::from_utf8_lossy(v).into_owned();
+        self.identity_changed |= self.login.differs(&k, &v);
         self.current.insert(k.to_ascii_lowercase(), v.clone());
         match self.reported.iter_mut().find(|(n, _)| *n == k) {
             Some(slot) => slot.1 = v.clone(),
@@ -249,6 +263,17 @@ impl ServerConn {
     /// Runs a query for pgmux's own purposes, swallowing its results. The
     /// first ErrorResponse is returned as an error once ReadyForQuery arrives.
     pub async fn run_internal(&mut self, sql: &str, max: usize) -> Result<TxStatus, ServerError> {
+        self.run_internal_rows(sql, max, &mut Vec::new()).await
+    }
+
+    /// [`ServerConn::run_internal`], keeping every DataRow's columns as text
+    /// in `rows` (also the rows that came before an error).
+    pub async fn run_internal_rows(
+        &mut self,
+        sql: &str,
+        max: usize,
+        rows: &mut Vec<Vec<Option<String>>>,
+    ) -> Result<TxStatus, ServerError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         self.write_all(&out).await?;
@@ -256,6 +281,7 @@ impl ServerConn {
         loop {
             let frame = self.recv_frame(max).await?;
             match frame.tag() {
+                be::DATA_ROW => rows.push(data_row_text(frame.body())),
                 be::ERROR_RESPONSE if failure.is_none() => {
                     failure = Some(ServerError::from_error_body(frame.body()));
                 }
@@ -309,7 +335,7 @@ impl ServerConn {
         loop {
             let frame = self.recv_frame(max).await?;
             match frame.tag() {
-                b'D' if row.is_none() => row = Some(data_row_text(frame.body())),
+                be::DATA_ROW if row.is_none() => row = Some(data_row_text(frame.body())),
                 be::ERROR_RESPONSE if failure.is_none() => {
                     failure = Some(ServerError::from_error_body(frame.body()))
                 }

@@ -9,6 +9,7 @@
 pub mod auth_query;
 pub mod cancel;
 pub mod expect;
+pub mod identity;
 pub mod params;
 pub mod startup;
 pub mod statements;
@@ -38,6 +39,7 @@ use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
 use cancel::CancelHandle;
 use expect::{Expect, Outcome, Reply, Req};
+use identity::ClientIdentity;
 use params::ClientParams;
 use startup::{Login, LoginError, Opening};
 use statements::Hook;
@@ -150,6 +152,11 @@ struct Session {
     /// client's.
     unnamed_here: bool,
     params: ClientParams,
+    /// The role / session authorization this client set, if not its login's.
+    identity: Option<Box<ClientIdentity>>,
+    /// Something that may change identity ran during this hold: the server
+    /// is restored before it goes back.
+    identity_touched: bool,
     cancel: CancelHandle,
     max_msg: usize,
 }
@@ -218,6 +225,8 @@ impl Session {
             skip_to_sync: false,
             terminated: false,
             params: login.params,
+            identity: None,
+            identity_touched: false,
             cancel: login.cancel,
             max_msg,
         }
@@ -335,7 +344,17 @@ impl Session {
             return Ok(());
         }
         self.skip_to_sync = false;
-        if self.stmts.is_some() && self.route_tracked(&frame).await? {
+        let changes_identity = identity::message_changes_identity(&frame);
+        self.route_client_frame(&frame).await?;
+        if changes_identity {
+            self.note_identity_change(&frame);
+        }
+        Ok(())
+    }
+
+    async fn route_client_frame(&mut self, frame: &Frame) -> Result<(), End> {
+        let tag = frame.tag();
+        if self.stmts.is_some() && self.route_tracked(frame).await? {
             return Ok(());
         }
         match tag {
@@ -345,7 +364,7 @@ impl Session {
                 Ok(())
             }
             fe::FLUSH if self.server.is_none() => Ok(()),
-            _ => self.forward_needing_server(&frame).await,
+            _ => self.forward_needing_server(frame).await,
         }
     }
 
@@ -402,7 +421,7 @@ impl Session {
     fn try_hold(&mut self) -> Option<bool> {
         let server = self.pool.try_get()?;
         self.pool.metrics().observe_wait(Duration::ZERO);
-        let in_sync = self.params.in_sync(&server);
+        let in_sync = self.params.in_sync(&server) && self.identity.is_none();
         self.hold(server);
         Some(in_sync)
     }
@@ -424,22 +443,23 @@ impl Session {
         self.sync_held().await
     }
 
-    /// Makes the held server's parameters the client's; a server that fails
-    /// at it is closed.
+    /// Makes the held server's parameters and identity the client's; a
+    /// server that fails at it is closed.
     async fn sync_held(&mut self) -> Result<(), End> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        let Err(e) = self.params.sync(server, self.max_msg).await else {
-            return Ok(());
-        };
-        self.close_server();
-        Err(server_error_end(e))
+        if let Err(e) = self.params.sync(server, self.max_msg).await {
+            self.close_server();
+            return Err(server_error_end(e));
+        }
+        self.apply_identity().await
     }
 
     /// Closes the held server (its state is unknown) and stops routing
     /// cancels to it.
     fn close_server(&mut self) {
+        self.identity_touched = false;
         self.cancel.slot.set_target(None);
         self.listed.info.set_state(ClientState::Idle);
         if let Some(s) = self.server.take() {
@@ -513,6 +533,9 @@ impl Session {
                 .await;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {
+            if self.identity_needs_restore() {
+                Box::pin(self.restore_identity()).await?;
+            }
             self.release();
         }
         Ok(())
@@ -645,24 +668,29 @@ impl Session {
             write_error(&mut out, Severity::Fatal, code, msg);
             let _ = self.client.write_all(&out).await;
         }
-        let Some(mut server) = self.server.take() else {
+        let idle = self.is_idle();
+        let Some(server) = self.server.as_mut() else {
             return;
         };
         self.cancel.slot.set_target(None);
-        let clean = self.is_idle() && server.rbuf.is_empty();
+        let clean = idle && server.rbuf.is_empty();
         if !clean {
             tracing::debug!(pool = %self.pool.name(), "closing server left mid-transaction by its client");
-            server.discard();
+            self.close_server();
             return;
         }
         if self.mode == PoolMode::Session {
             let reset = self.pool.settings().reset_query.clone();
             if server.reset(&reset, self.max_msg).await.is_err() {
-                server.discard();
+                self.close_server();
                 return;
             }
         }
-        server.release();
+        if self.identity_needs_restore() {
+            // The client is gone: only whether the server came back matters.
+            let _ = self.restore_identity().await;
+        }
+        self.release();
     }
 }
 

@@ -38,7 +38,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Quotes a value as an escape-string literal, which reads the same whatever
 /// the server's `standard_conforming_strings`.
-fn literal(v: &str) -> String {
+pub(crate) fn literal(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 3);
     s.push_str("E'");
     for c in v.chars() {

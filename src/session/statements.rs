@@ -271,6 +271,7 @@ impl Session {
         };
         self.ensure_server().await?;
         self.ensure_prepared(&stmt);
+        self.identity_touched |= stmt.changes_identity;
         write(&mut self.sout, &stmt.name);
         self.unsynced = true;
         self.push(req, Reply::Forward, Hook::Uses(stmt));

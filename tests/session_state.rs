@@ -1,0 +1,298 @@
+//! Session state in transaction mode: a client's state follows it from
+//! server to server and never reaches another client. Every scenario runs
+//! the same steps on direct PostgreSQL connections (the model) and through
+//! pgmux, and compares every answer.
+
+mod common;
+
+use common::*;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// One step of a scenario: which client runs what.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A simple Query (may hold several statements).
+    Simple(usize, &'static str),
+    /// An extended-protocol query with text parameters.
+    Extended(usize, &'static str, &'static [&'static str]),
+}
+
+/// What a step answered: its rows as text, or its SQLSTATE.
+async fn answer(clients: &[Client], step: Step) -> String {
+    match step {
+        Step::Simple(i, sql) => match clients[i].simple_query(sql).await {
+            Ok(msgs) => {
+                let rows: Vec<Vec<Option<&str>>> = msgs
+                    .iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|c| r.get(c)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                format!("{rows:?}")
+            }
+            Err(e) => format!("ERROR {:?}", sqlstate(&e)),
+        },
+        Step::Extended(i, sql, params) => {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            match clients[i].query(sql, &params).await {
+                Ok(rows) => {
+                    let rows: Vec<Vec<Option<String>>> = rows
+                        .iter()
+                        .map(|r| (0..r.len()).map(|c| r.get(c)).collect())
+                        .collect();
+                    format!("{rows:?}")
+                }
+                Err(e) => format!("ERROR {:?}", sqlstate(&e)),
+            }
+        }
+    }
+}
+
+/// Runs `steps` on `n` direct connections and on `n` connections through
+/// pgmux with each pool size in `sizes`, and asserts that every answer is
+/// the same.
+async fn same_as_direct(name: &str, n: usize, sizes: &[u32], steps: &[Step]) {
+    let direct_url = format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    );
+    let mut model = Vec::new();
+    let mut direct = Vec::new();
+    for _ in 0..n {
+        direct.push(connect(&direct_url).await.expect("direct connection"));
+    }
+    for s in steps {
+        model.push(answer(&direct, *s).await);
+    }
+    drop(direct);
+    for &size in sizes {
+        let p = pgmux::app::Proxy::start(config(cluster(), name, size, ""))
+            .await
+            .expect("start pgmux");
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(client(&p, name).await);
+        }
+        for (i, s) in steps.iter().enumerate() {
+            let got = answer(&clients, *s).await;
+            assert_eq!(
+                got, model[i],
+                "pool of {size}, step {i} {s:?}: pgmux answered {got}, PostgreSQL {}",
+                model[i]
+            );
+        }
+        drop(clients);
+        p.shutdown().await;
+    }
+}
+
+/// Creates the test's database with a superuser login role `name`, and the
+/// plain roles `<name>_low` and `<name>_reader` (the first a member of the
+/// second).
+async fn superuser_db(name: &str) {
+    create_db(cluster(), name).await;
+    let su = superuser(cluster()).await;
+    su.batch_execute(&format!(
+        "ALTER ROLE {name} SUPERUSER; CREATE ROLE {name}_low; CREATE ROLE {name}_reader; \
+         GRANT {name}_reader TO {name}_low"
+    ))
+    .await
+    .expect("roles");
+}
+
+const WHO: &str = "SELECT session_user, current_user, current_setting('is_superuser')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_authorization_follows_its_client() {
+    use Step::*;
+    superuser_db("t_ident_sa").await;
+    let steps = [
+        Simple(0, "SET SESSION AUTHORIZATION t_ident_sa_low"),
+        Simple(0, WHO),
+        // Another client: its own login identity, whichever server it gets.
+        Simple(1, WHO),
+        Simple(2, WHO),
+        // The first keeps the identity it chose in its next transactions.
+        Simple(0, WHO),
+        // Lowered privileges stay lowered: no superuser-only catalog.
+        Simple(0, "SELECT count(*) FROM pg_authid"),
+        Simple(0, "RESET SESSION AUTHORIZATION"),
+        Simple(0, WHO),
+        Simple(1, "SET SESSION AUTHORIZATION t_ident_sa_low; SELECT 1"),
+        Simple(2, WHO),
+        Simple(1, "SET SESSION AUTHORIZATION DEFAULT"),
+        Simple(1, WHO),
+    ];
+    same_as_direct("t_ident_sa", 3, &[1, 3], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_privileges_stay_lowered_on_another_server() {
+    use Step::*;
+    superuser_db("t_ident_move").await;
+    // Client 1 keeps the server client 0 lowered its privileges on, so
+    // client 0's next transactions run on other servers.
+    let steps = [
+        Simple(0, "SET SESSION AUTHORIZATION t_ident_move_low"),
+        Simple(1, "BEGIN"),
+        Simple(1, WHO),
+        Simple(0, WHO),
+        Simple(0, "SELECT count(*) FROM pg_authid"),
+        Simple(2, "BEGIN"),
+        Simple(2, "SET LOCAL ROLE t_ident_move_reader"),
+        Simple(0, WHO),
+        Simple(2, "COMMIT"),
+        Simple(1, "COMMIT"),
+        Simple(0, "SET ROLE t_ident_move_reader"),
+        Simple(1, "BEGIN"),
+        Simple(0, WHO),
+        Simple(2, WHO),
+        Simple(1, "ROLLBACK"),
+        Simple(0, WHO),
+    ];
+    same_as_direct("t_ident_move", 3, &[3], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_follows_its_client() {
+    use Step::*;
+    superuser_db("t_ident_role").await;
+    let steps = [
+        Simple(0, "SET ROLE t_ident_role_reader"),
+        Simple(0, WHO),
+        Simple(1, WHO),
+        Simple(0, "SHOW role"),
+        Simple(1, "SHOW role"),
+        // Rolled back, and transaction-local: PostgreSQL's rules.
+        Simple(1, "BEGIN; SET ROLE t_ident_role_low; ROLLBACK"),
+        Simple(1, WHO),
+        Simple(1, "BEGIN"),
+        Simple(1, "SET LOCAL ROLE t_ident_role_low"),
+        Simple(1, WHO),
+        Simple(1, "COMMIT"),
+        Simple(1, WHO),
+        Simple(
+            1,
+            "BEGIN; SET ROLE t_ident_role_low; SAVEPOINT a; RESET ROLE; ROLLBACK TO a; COMMIT",
+        ),
+        Simple(1, WHO),
+        Simple(0, WHO),
+        // A failing statement in a transaction with a role change.
+        Simple(2, "BEGIN; SET ROLE t_ident_role_low; SELECT 1/0"),
+        Simple(2, "ROLLBACK"),
+        Simple(2, WHO),
+        // set_config in the extended protocol, name and value as parameters.
+        Extended(
+            2,
+            "SELECT set_config($1, $2, false)",
+            &["role", "t_ident_role_reader"],
+        ),
+        Simple(2, WHO),
+        Simple(0, "RESET ROLE"),
+        Simple(0, WHO),
+        Simple(1, "RESET ROLE"),
+        Simple(2, "SET ROLE NONE"),
+        Simple(0, WHO),
+        Simple(1, WHO),
+        Simple(2, WHO),
+    ];
+    same_as_direct("t_ident_role", 3, &[1, 3], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_changed_inside_a_function_is_seen() {
+    use Step::*;
+    superuser_db("t_ident_fn").await;
+    let su = connect(&format!(
+        "host=127.0.0.1 port={} user=t_ident_fn password={PASSWORD} dbname=t_ident_fn",
+        cluster().port()
+    ))
+    .await
+    .unwrap();
+    // Neither statement text names a role: only the server's own
+    // ParameterStatus reports (session_authorization, is_superuser) tell.
+    su.batch_execute(
+        "CREATE FUNCTION lower_me() RETURNS void LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM set_config('session_' || 'authorization', 't_ident_fn_low', false); END $$; \
+         CREATE FUNCTION become_reader() RETURNS void LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM set_config('ro' || 'le', 't_ident_fn_reader', false); END $$",
+    )
+    .await
+    .unwrap();
+    drop(su);
+    let steps = [
+        Simple(0, "SELECT lower_me()"),
+        Simple(1, WHO),
+        Simple(0, WHO),
+        Simple(1, "SELECT become_reader()"),
+        Simple(0, WHO),
+        Simple(2, WHO),
+        Simple(1, WHO),
+    ];
+    same_as_direct("t_ident_fn", 3, &[1], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_identity_statements_follow_their_client() {
+    use Step::*;
+    superuser_db("t_ident_prep").await;
+    // tokio-postgres prepares a named statement for every extended query;
+    // the same text from another client shares pgmux's server statement.
+    let steps = [
+        Extended(
+            0,
+            "SELECT set_config('role', $1, false)",
+            &["t_ident_prep_reader"],
+        ),
+        Extended(1, "SELECT session_user::text, current_user::text", &[]),
+        Extended(0, "SELECT session_user::text, current_user::text", &[]),
+        Extended(
+            1,
+            "SELECT set_config('role', $1, false)",
+            &["t_ident_prep_low"],
+        ),
+        Extended(2, "SELECT session_user::text, current_user::text", &[]),
+        Extended(1, "SELECT session_user::text, current_user::text", &[]),
+        Extended(0, "SELECT session_user::text, current_user::text", &[]),
+    ];
+    same_as_direct("t_ident_prep", 3, &[1, 2], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_never_passes_on_an_identity() {
+    superuser_db("t_ident_sess").await;
+    // A reset query that does not touch identity: pgmux restores it anyway.
+    let p = setup_existing(
+        "t_ident_sess",
+        1,
+        "pool_mode = \"session\"\nserver_reset_query = \"SELECT 1\"",
+    )
+    .await;
+    let a = client(&p, "t_ident_sess").await;
+    a.batch_execute("SET SESSION AUTHORIZATION t_ident_sess_low")
+        .await
+        .unwrap();
+    drop(a);
+    let b = client(&p, "t_ident_sess").await;
+    let row = b
+        .query_one("SELECT session_user::text, current_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("t_ident_sess".to_owned(), "t_ident_sess".to_owned())
+    );
+}
+
+/// Starts pgmux in front of a database the test already created.
+async fn setup_existing(name: &str, size: u32, extra: &str) -> pgmux::app::Proxy {
+    pgmux::app::Proxy::start(config(cluster(), name, size, extra))
+        .await
+        .expect("start pgmux")
+}
