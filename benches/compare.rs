@@ -446,8 +446,7 @@ fn main() -> anyhow::Result<()> {
     if !ok {
         bail!("pgbench -i failed: {text}");
     }
-    let dir = std::env::temp_dir().join(format!("pgmux-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = pgmux::cluster::scratch_dir("bench")?;
     let pgmux = start_pgmux(&dir, cluster.port()).context("starting pgmux")?;
     let bouncer = start_pgbouncer(&dir, cluster.port()).context("starting pgbouncer")?;
     let mut rows = Vec::new();

@@ -6,6 +6,9 @@
 //! runs as the `postgres` user in a directory that user owns. The server is
 //! started with a parent-death signal from a thread that never exits, so it
 //! goes away with the process even when no destructor runs (test binaries).
+//! Every directory it (or a test) makes lives under one per-process
+//! [`scratch_dir`] root, which a small watcher process removes once this
+//! process has exited, after a panic or a kill too.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -139,36 +142,67 @@ fn spawn_detached(cmd: Command) -> anyhow::Result<Child> {
     Ok(rrx.recv()??)
 }
 
-/// Removes directories of clusters whose process is gone (test binaries
-/// exit without running destructors).
+/// Removes what the watcher could not: roots of processes that are gone
+/// (a machine restarted before the watcher ran, say).
 fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("pgmux-pg-"))
-            .and_then(|r| r.split('-').next())
-        else {
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("pgmux-")) else {
             continue;
         };
-        if !Path::new("/proc").join(pid).exists() {
+        if pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Waits for the process (`$1`) to exit, then for the clusters under the
+/// root (`$2`) to finish shutting down (bounded), then removes the root.
+const WATCHER: &str = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+i=0
+while [ $i -lt 60 ] && ls "$2"/*/data/postmaster.pid >/dev/null 2>&1; do sleep 0.5; i=$((i+1)); done
+rm -rf "$2""#;
+
+/// This process's scratch root, created (with its watcher) on first use.
+fn scratch_root() -> anyhow::Result<&'static Path> {
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        remove_stale_dirs();
+        let root = std::env::temp_dir().join(format!("pgmux-{}", std::process::id()));
+        std::fs::create_dir_all(&root).map_err(|e| format!("creating {root:?}: {e}"))?;
+        Command::new("setsid")
+            .args(["sh", "-c", WATCHER, "pgmux-scratch-watcher"])
+            .arg(std::process::id().to_string())
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the scratch watcher: {e}"))?;
+        Ok(root)
+    });
+    root.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A new directory `name` (made unique) under this process's scratch root,
+/// removed with the root once the process has exited.
+pub fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch_root()?.join(format!("{name}-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 impl Cluster {
     /// Initializes and starts a new cluster.
     pub fn start(opts: &ClusterOptions) -> anyhow::Result<Self> {
         let bin = find_bin_dir()?;
-        remove_stale_dirs();
         let run_as = is_root().then(|| SUPERUSER.to_string());
-        let dir =
-            std::env::temp_dir().join(format!("pgmux-pg-{}-{}", std::process::id(), free_port()?));
-        std::fs::create_dir_all(&dir)?;
+        let dir = scratch_dir("pg")?;
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
         if let Some(u) = &run_as {

@@ -173,13 +173,9 @@ pub struct Context {
     client_limit: AtomicUsize,
     /// Serializes reloads.
     pub(crate) reload_lock: Mutex<()>,
-    /// Users found by `auth_query` (or found missing), by (database, user),
-    /// with when they were looked up.
-    pub auth_cache: Mutex<AuthCache>,
+    /// Users found by `auth_query` (or found missing).
+    pub auth_cache: crate::session::auth_query::AuthCache,
 }
-
-/// Results of `auth_query` lookups.
-pub type AuthCache = HashMap<(String, String), (Option<Arc<UserAuth>>, std::time::Instant)>;
 
 impl Context {
     /// Builds the context for a validated configuration (fails when the
@@ -202,7 +198,7 @@ impl Context {
             client_slots: Arc::new(Semaphore::new(limit)),
             client_limit: AtomicUsize::new(limit),
             reload_lock: Mutex::new(()),
-            auth_cache: Mutex::new(HashMap::new()),
+            auth_cache: Default::default(),
         })
     }
 

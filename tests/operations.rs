@@ -44,8 +44,7 @@ password = "{ADMIN_PASSWORD}"
 }
 
 fn temp_config(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgmux-ops-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = pgmux::cluster::scratch_dir(name).unwrap();
     dir.join("pgmux.toml")
 }
 

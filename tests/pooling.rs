@@ -509,8 +509,7 @@ async fn graceful_shutdown_lets_open_transaction_commit() {
 
 #[test]
 fn check_reports_bad_key_with_line() {
-    let dir = std::env::temp_dir().join(format!("pgmux-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = pgmux::cluster::scratch_dir("check").unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,

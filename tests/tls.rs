@@ -54,8 +54,7 @@ fn leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> (String, String) {
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pgmux-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = pgmux::cluster::scratch_dir("tls").unwrap();
         let (ca_cert, issuer) = ca("pgmux test CA");
         let (other_ca, _) = ca("some other CA");
         let (proxy_cert, proxy_key) = leaf(&issuer, &["localhost", "127.0.0.1"]);

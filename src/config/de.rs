@@ -5,45 +5,26 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-/// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"` (or `"0"`).
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1h 30m"` (or `"0"`), with
+/// humantime's grammar. A bare number is refused: its unit would be a guess.
+/// Values too large for a `Duration` are an error, never a panic.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
+    if s.bytes().all(|b| b.is_ascii_digit()) && s.bytes().any(|b| b != b'0') {
+        return Err(format!("duration {s:?} needs a unit: ms, s, m or h"));
     }
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s, m or h"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number then ms, s, m or h"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => {
-            return Err(format!(
-                "invalid duration unit {u:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 /// Writes a duration back in the config's own format.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    if d.is_zero() {
+        return "0".into();
     }
+    // Whole milliseconds: the config's finest unit, and humantime would
+    // otherwise spell out nanoseconds.
+    let ms = Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64);
+    humantime::format_duration(ms).to_string().replace(' ', "")
 }
 
 /// Replaces every `${VAR}` in `s` by that environment variable.
@@ -116,8 +97,14 @@ mod tests {
             assert_eq!(parse_duration(s).unwrap(), d);
             assert_eq!(format_duration(d), s);
         }
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert!(parse_duration("30").is_err());
-        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("3 lightyears").is_err());
+        // Used to panic in Duration::from_secs_f64.
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn bad_duration_and_unset_env() {
-        let err = Config::parse("[pgmux]\nquery_wait_timeout = \"3 weeks\"\n")
+        let err = Config::parse("[pgmux]\nquery_wait_timeout = \"3 fortnights\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");

@@ -1,9 +1,15 @@
 //! `auth_query`: users missing from the config are looked up on the server
 //! (as `auth_user`, in the database the client asked for), and cached for
 //! `auth_query_cache`, misses included, so a burst of logins costs one query.
+//! Only configured databases are looked up, and the cache is bounded: the
+//! names come from clients that have not authenticated yet.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use super::startup::LoginError;
 use crate::auth::Secret;
@@ -11,6 +17,48 @@ use crate::config::Config;
 use crate::context::{Context, UserAuth};
 use crate::pool::PoolKey;
 use crate::protocol::SqlState;
+
+/// Most (database, user) pairs remembered; the least recently used go first.
+const CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
+
+type Found = Option<Arc<UserAuth>>;
+
+/// Results of `auth_query` lookups by (database, user), with when each was
+/// made; bounded in size and in age.
+pub struct AuthCache(Mutex<LruCache<(String, String), (Found, Instant)>>);
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        Self(Mutex::new(LruCache::new(CACHE_ENTRIES)))
+    }
+}
+
+impl AuthCache {
+    /// A result younger than `ttl`; an older one is dropped.
+    fn get(&self, key: &(String, String), ttl: Duration) -> Option<Found> {
+        let mut cache = self.0.lock();
+        let (found, at) = cache.get(key)?;
+        if at.elapsed() < ttl {
+            return Some(found.clone());
+        }
+        cache.pop(key);
+        None
+    }
+
+    fn insert(&self, key: (String, String), found: Found) {
+        self.0.lock().put(key, (found, Instant::now()));
+    }
+
+    /// Number of results held.
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// Whether no result is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 fn unavailable(e: impl std::fmt::Display) -> LoginError {
     LoginError::Fatal(SqlState::CANNOT_CONNECT, format!("auth_query failed: {e}"))
@@ -25,10 +73,8 @@ pub async fn lookup(
     user: &str,
 ) -> Result<Option<Arc<UserAuth>>, LoginError> {
     let key = (database.to_owned(), user.to_owned());
-    if let Some((auth, at)) = ctx.auth_cache.lock().get(&key).cloned() {
-        if at.elapsed() < cfg.pgmux.auth_query_cache {
-            return Ok(auth);
-        }
+    if let Some(auth) = ctx.auth_cache.get(&key, cfg.pgmux.auth_query_cache) {
+        return Ok(auth);
     }
     let Some(auth_user) = cfg.pgmux.auth_user.clone() else {
         return Ok(None);
@@ -62,8 +108,27 @@ pub async fn lookup(
             let scram = secret.scram_verifier();
             Arc::new(UserAuth { secret, scram })
         });
-    ctx.auth_cache
-        .lock()
-        .insert(key, (auth.clone(), Instant::now()));
+    ctx.auth_cache.insert(key, auth.clone());
     Ok(auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_aged() {
+        let cache = AuthCache::default();
+        for i in 0..CACHE_ENTRIES.get() + 500 {
+            cache.insert(("db".into(), format!("u{i}")), None);
+        }
+        assert_eq!(cache.len(), CACHE_ENTRIES.get());
+        let key = ("db".to_owned(), "u10499".to_owned());
+        assert!(cache.get(&key, Duration::from_secs(60)).is_some());
+        assert!(cache
+            .get(&("db".into(), "u0".into()), Duration::from_secs(60))
+            .is_none());
+        assert!(cache.get(&key, Duration::ZERO).is_none());
+        assert_eq!(cache.len(), CACHE_ENTRIES.get() - 1);
+    }
 }
