@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgmux::cluster::{Cluster, ClusterOptions, SUPERUSER_PASSWORD};
+use postgres_protocol::message::frontend;
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-secret";
@@ -321,8 +322,8 @@ fn idle_clients(port: u16, n: usize) -> Vec<TcpStream> {
             break;
         };
         let mut pkt = bytes::BytesMut::new();
-        pgmux::protocol::encode::startup(&mut pkt, &[("user", USER), ("database", "bench")]);
-        if s.write_all(&pkt).is_err() {
+        let packet = frontend::startup_message([("user", USER), ("database", "bench")], &mut pkt);
+        if packet.is_err() || s.write_all(&pkt).is_err() {
             break;
         }
         let mut buf = vec![0u8; 4096];
@@ -333,11 +334,9 @@ fn idle_clients(port: u16, n: usize) -> Vec<TcpStream> {
                     b'R' if f.body().get(..4) == Some(&[0, 0, 0, 5]) => {
                         let salt: [u8; 4] = f.body()[4..8].try_into().unwrap();
                         let stored = pgmux::auth::md5::stored_hash(USER, PASSWORD);
-                        let mut answer =
-                            pgmux::auth::md5::salted_answer(&stored, salt).into_bytes();
-                        answer.push(0);
+                        let answer = pgmux::auth::md5::salted_answer(&stored, salt);
                         let mut msg = bytes::BytesMut::new();
-                        pgmux::protocol::encode::password(&mut msg, &answer);
+                        let _ = frontend::password_message(answer.as_bytes(), &mut msg);
                         let _ = s.write_all(&msg);
                     }
                     b'Z' => break 'login true,
@@ -371,14 +370,9 @@ fn statement_memory(t: &Target, n: usize) -> Option<(usize, u64, u64)> {
         out.clear();
         for i in chunk {
             let q = format!("SELECT {i} AS n, 'statement number {i}'::text AS label");
-            pgmux::protocol::encode::parse(
-                &mut out,
-                format!("s{i}").as_bytes(),
-                q.as_bytes(),
-                &[0, 0],
-            );
+            frontend::parse(&format!("s{i}"), &q, [], &mut out).ok()?;
         }
-        pgmux::protocol::encode::empty(&mut out, b'S');
+        frontend::sync(&mut out);
         s.write_all(&out).ok()?;
         // Read until ReadyForQuery.
         let mut got = bytes::BytesMut::new();

@@ -41,8 +41,8 @@ fn recorded_exchange() -> (BytesMut, BytesMut) {
             format!("{}", i * 37 % 100_000).as_bytes(),
         );
         client.put_slice(b"E\0\0\0\x09\0\0\0\0\0");
-        encode::empty(&mut client, b'S');
-        encode::empty(&mut server, b'2');
+        postgres_protocol::message::frontend::sync(&mut client);
+        server.put_slice(b"2\0\0\0\x04");
         let start = server.len();
         server.put_u8(b'D');
         server.put_i32(0);

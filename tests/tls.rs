@@ -258,10 +258,11 @@ async fn direct_tls_requires_alpn() {
             continue;
         };
         let mut startup = bytes::BytesMut::new();
-        pgmux::protocol::encode::startup(
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "t_tls3"), ("database", "no_such_db")],
             &mut startup,
-            &[("user", "t_tls3"), ("database", "no_such_db")],
-        );
+        )
+        .unwrap();
         let _ = tls.write_all(&startup).await;
         let mut reply = vec![0u8; 256];
         let n = tls.read(&mut reply).await.unwrap_or(0);

@@ -7,7 +7,7 @@ mod commands;
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use commands::Command;
@@ -43,7 +43,7 @@ pub enum Reply {
 
 /// Writes the ParameterStatus set of the admin console after AuthenticationOk.
 pub fn welcome(out: &mut BytesMut) {
-    encode::authentication(out, 0, &[]);
+    encode::auth_ok(out);
     for (k, v) in [
         ("server_version", crate::protocol::SERVER_VERSION),
         ("server_encoding", "UTF8"),
@@ -60,36 +60,9 @@ pub fn welcome(out: &mut BytesMut) {
 }
 
 fn write_table(out: &mut BytesMut, t: &Table) {
-    let start = out.len();
-    out.put_u8(b'T');
-    out.put_i32(0);
-    out.put_i16(t.columns.len() as i16);
-    for c in &t.columns {
-        out.put_slice(c.as_bytes());
-        out.put_u8(0);
-        out.put_i32(0); // table oid
-        out.put_i16(0); // column number
-        out.put_i32(25); // text
-        out.put_i16(-1);
-        out.put_i32(-1);
-        out.put_i16(0);
-    }
-    encode::patch_len(out, start);
+    encode::row_description(out, &t.columns);
     for row in &t.rows {
-        let start = out.len();
-        out.put_u8(b'D');
-        out.put_i32(0);
-        out.put_i16(row.len() as i16);
-        for v in row {
-            match v {
-                Some(v) => {
-                    out.put_i32(v.len() as i32);
-                    out.put_slice(v.as_bytes());
-                }
-                None => out.put_i32(-1),
-            }
-        }
-        encode::patch_len(out, start);
+        encode::data_row(out, row);
     }
 }
 

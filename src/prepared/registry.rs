@@ -40,7 +40,7 @@ impl Statement {
     fn new(id: u64, query: &[u8], types: &[u8]) -> Self {
         let name = Bytes::from(format!("pgmux_{id}"));
         let mut parse = BytesMut::with_capacity(query.len() + types.len() + name.len() + 8);
-        encode::parse(&mut parse, &name, query, types);
+        encode::parse_raw(&mut parse, &name, query, types);
         let start = 5 + name.len() + 1;
         Self {
             id,

@@ -1,158 +1,277 @@
-//! Encoders for the messages pgmux writes itself. Each appends one complete
-//! message to the caller's buffer, so a whole reply can be written at once.
+//! Every message pgmux originates, in one place. Each function appends one
+//! complete message to the caller's buffer, so a whole reply can be written
+//! at once.
+//!
+//! Toward clients the messages are pgwire's types; toward servers,
+//! postgres-protocol's frontend encoders (the code tokio-postgres sends
+//! with). Neither decodes anything here: untrusted bytes are framed by
+//! pgmux's own checked code ([`super::frame`]), and forwarded messages are
+//! passed on as the raw frames they arrived as.
 
-use bytes::{BufMut, BytesMut};
+use std::io;
+use std::sync::LazyLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::extendedquery::{CloseComplete, ParseComplete};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+use pgwire::messages::Message;
+use postgres_protocol::message::frontend;
 
 use super::TxStatus;
 
-/// Back-patches the length field of the message that starts at `start`.
-pub fn patch_len(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+/// The OID of type `text`, the type of every admin console column.
+const TEXT_OID: u32 = 25;
+
+// === To the client (pgwire) ===
+
+/// Appends `msg`. pgwire refuses only messages over its size limits, which
+/// nothing pgmux writes comes near (the longest text is a client-given
+/// name inside an error message, bounded by `max_message_size`); should it
+/// happen, the buffer is left as it was rather than holding half a message.
+fn put(out: &mut BytesMut, msg: impl Message) {
+    let mark = out.len();
+    if let Err(e) = msg.encode(out) {
+        out.truncate(mark);
+        tracing::error!(error = %e, "a message pgmux wrote was refused by its encoder");
+    }
 }
 
-/// Starts a tagged message; finish it with [`patch_len`].
-fn begin(out: &mut BytesMut, tag: u8) -> usize {
-    let start = out.len();
-    out.put_u8(tag);
-    out.put_i32(0);
-    start
+/// Text for a C-string field: an embedded NUL would end it early, and the
+/// bytes after it would be read as the next field.
+fn text(s: &str) -> String {
+    match memchr::memchr(0, s.as_bytes()) {
+        None => s.to_owned(),
+        Some(_) => s.replace('\0', ""),
+    }
 }
 
-fn put_cstr(out: &mut BytesMut, s: &[u8]) {
-    out.extend(s.iter().copied().filter(|b| *b != 0));
-    out.put_u8(0);
+/// AuthenticationOk.
+pub fn auth_ok(out: &mut BytesMut) {
+    put(out, Authentication::Ok);
 }
 
-/// A message with an empty body (ParseComplete, Sync, ...).
-pub fn empty(out: &mut BytesMut, tag: u8) {
-    out.put_u8(tag);
-    out.put_i32(4);
-}
-
-/// ReadyForQuery.
-pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
-    out.put_u8(b'Z');
-    out.put_i32(5);
-    out.put_u8(status.as_byte());
-}
-
-/// An Authentication message: `code` followed by `data`.
-pub fn authentication(out: &mut BytesMut, code: i32, data: &[u8]) {
-    let start = begin(out, b'R');
-    out.put_i32(code);
-    out.extend_from_slice(data);
-    patch_len(out, start);
+/// AuthenticationMD5Password with its salt.
+pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    put(out, Authentication::MD5Password(salt.to_vec()));
 }
 
 /// AuthenticationSASL offering the given mechanisms.
-pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
-    let start = begin(out, b'R');
-    out.put_i32(10);
-    for m in mechanisms {
-        put_cstr(out, m.as_bytes());
-    }
-    out.put_u8(0);
-    patch_len(out, start);
+pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    put(
+        out,
+        Authentication::SASL(mechanisms.iter().map(|m| text(m)).collect()),
+    );
+}
+
+/// AuthenticationSASLContinue (the server-first-message).
+pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    put(
+        out,
+        Authentication::SASLContinue(Bytes::copy_from_slice(data)),
+    );
+}
+
+/// AuthenticationSASLFinal (the server-final-message).
+pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    put(out, Authentication::SASLFinal(Bytes::copy_from_slice(data)));
 }
 
 /// ParameterStatus.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    let start = begin(out, b'S');
-    put_cstr(out, name.as_bytes());
-    put_cstr(out, value.as_bytes());
-    patch_len(out, start);
+    put(out, ParameterStatus::new(text(name), text(value)));
 }
 
 /// BackendKeyData for protocol 3.0.
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
-    out.put_u8(b'K');
-    out.put_i32(12);
-    out.put_i32(pid);
-    out.put_i32(secret);
+    put(out, BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
+    let status = match status {
+        TxStatus::Idle => TransactionStatus::Idle,
+        TxStatus::InTransaction => TransactionStatus::Transaction,
+        TxStatus::Failed => TransactionStatus::Error,
+    };
+    put(out, ReadyForQuery::new(status));
 }
 
 /// NegotiateProtocolVersion: the newest minor version supported and the
 /// protocol options that were not recognized.
 pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unknown: &[String]) {
-    let start = begin(out, b'v');
-    out.put_i32(minor);
-    out.put_i32(unknown.len() as i32);
-    for o in unknown {
-        put_cstr(out, o.as_bytes());
-    }
-    patch_len(out, start);
+    let unknown = unknown.iter().map(|o| text(o)).collect();
+    put(out, NegotiateProtocolVersion::new(minor, unknown));
 }
 
-/// CommandComplete with the given tag (`DEALLOCATE`, ...).
+/// CommandComplete with the given tag (`DEALLOCATE`, `SHOW`, ...).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    let start = begin(out, b'C');
-    put_cstr(out, tag.as_bytes());
-    patch_len(out, start);
+    put(out, CommandComplete::new(text(tag)));
+}
+
+/// RowDescription of text columns (the admin console's result sets).
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    let fields = columns
+        .iter()
+        .map(|c| FieldDescription::new(text(c), 0, 0, TEXT_OID, -1, -1, 0))
+        .collect();
+    put(out, RowDescription::new(fields));
+}
+
+/// DataRow of text values (`None`: NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
+    let mut data = BytesMut::new();
+    for v in values {
+        match v {
+            Some(v) => {
+                data.put_i32(v.len() as i32);
+                data.put_slice(v.as_bytes());
+            }
+            None => data.put_i32(-1),
+        }
+    }
+    put(out, DataRow::new(data, values.len() as i16));
+}
+
+/// ErrorResponse with the given (field type, value) pairs.
+pub fn error_response(out: &mut BytesMut, fields: &[(u8, &str)]) {
+    let fields = fields.iter().map(|(k, v)| (*k, text(v))).collect();
+    put(out, ErrorResponse::new(fields));
+}
+
+fn encoded(msg: impl Message) -> Bytes {
+    let mut out = BytesMut::new();
+    put(&mut out, msg);
+    out.freeze()
+}
+
+/// ParseComplete, encoded once (pgmux answers many Parses itself).
+pub fn parse_complete() -> Bytes {
+    static MSG: LazyLock<Bytes> = LazyLock::new(|| encoded(ParseComplete::new()));
+    MSG.clone()
+}
+
+/// CloseComplete, encoded once.
+pub fn close_complete() -> Bytes {
+    static MSG: LazyLock<Bytes> = LazyLock::new(|| encoded(CloseComplete::new()));
+    MSG.clone()
+}
+
+// === To the server (postgres-protocol) ===
+
+/// StartupMessage (protocol 3.0) with the given parameters.
+pub fn startup(out: &mut BytesMut, params: &[(&str, &str)]) -> io::Result<()> {
+    frontend::startup_message(params.iter().copied(), out)
+}
+
+/// SSLRequest.
+pub fn ssl_request(out: &mut BytesMut) {
+    frontend::ssl_request(out);
+}
+
+/// PasswordMessage with a cleartext password or an md5 answer.
+pub fn password(out: &mut BytesMut, password: &[u8]) -> io::Result<()> {
+    frontend::password_message(password, out)
+}
+
+/// SASLInitialResponse: mechanism name and the client-first-message.
+pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) -> io::Result<()> {
+    frontend::sasl_initial_response(mechanism, data, out)
+}
+
+/// SASLResponse (the client-final-message).
+pub fn sasl_response(out: &mut BytesMut, data: &[u8]) -> io::Result<()> {
+    frontend::sasl_response(data, out)
 }
 
 /// Simple Query.
-pub fn query(out: &mut BytesMut, sql: &str) {
-    let start = begin(out, b'Q');
-    put_cstr(out, sql.as_bytes());
-    patch_len(out, start);
+pub fn query(out: &mut BytesMut, sql: &str) -> io::Result<()> {
+    frontend::query(sql, out)
 }
 
-/// Parse with the given statement name, query text and parameter type OIDs
-/// (`types` is the raw count-prefixed OID list as the client sent it).
-pub fn parse(out: &mut BytesMut, name: &[u8], query: &[u8], types: &[u8]) {
-    let start = begin(out, b'P');
-    put_cstr(out, name);
+/// Close of a statement pgmux named (`pgmux_<n>`, `pgmux_check`).
+pub fn close_statement(out: &mut BytesMut, name: &[u8]) {
+    own_name(name, |name| frontend::close(b'S', name, out));
+}
+
+/// Describe of a statement pgmux named.
+pub fn describe_statement(out: &mut BytesMut, name: &[u8]) {
+    own_name(name, |name| frontend::describe(b'S', name, out));
+}
+
+/// Encodes a message naming one of pgmux's own statements. The encoders
+/// fail only on a NUL inside the name, which pgmux's ASCII names never
+/// hold: they are checked in debug builds, and NULs are dropped regardless.
+fn own_name(name: &[u8], encode: impl FnOnce(&str) -> io::Result<()>) {
+    debug_assert!(name.is_ascii() && !name.contains(&0), "{name:?}");
+    let name = String::from_utf8_lossy(name).replace('\0', "");
+    let res = encode(&name);
+    debug_assert!(res.is_ok());
+}
+
+/// Sync.
+pub fn sync(out: &mut BytesMut) {
+    frontend::sync(out);
+}
+
+/// CancelRequest (protocol 3.0 key).
+pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
+    frontend::cancel_request(pid, secret, out);
+}
+
+/// One extended-protocol round trip of pgmux's own: Parse (unnamed), Bind
+/// with text parameters, Execute, Sync. Used for `auth_query`.
+pub fn query_with_params(out: &mut BytesMut, sql: &str, params: &[&str]) -> io::Result<()> {
+    frontend::parse("", sql, std::iter::empty(), out)?;
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty(),
+        params.iter(),
+        |p, buf| {
+            buf.put_slice(p.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty(),
+        out,
+    )
+    .map_err(|e| match e {
+        frontend::BindError::Conversion(e) => io::Error::other(e),
+        frontend::BindError::Serialization(e) => e,
+    })?;
+    frontend::execute("", 0, out)?;
+    frontend::sync(out);
+    Ok(())
+}
+
+/// Parse of a client's statement text under a name of pgmux's, with the
+/// parameter types as the client sent them (count-prefixed OIDs).
+///
+/// Hand-written on purpose: the text is the client's bytes, which need not
+/// be UTF-8 (`client_encoding` LATIN1, SQL_ASCII), and the frontend
+/// encoders take `&str`; decoding and re-encoding would corrupt it.
+pub fn parse_raw(out: &mut BytesMut, name: &[u8], query: &[u8], types: &[u8]) {
+    let start = out.len();
+    out.put_u8(b'P');
+    out.put_i32(0);
+    out.extend(name.iter().copied().filter(|b| *b != 0));
+    out.put_u8(0);
     out.extend_from_slice(query);
     out.put_u8(0);
     out.extend_from_slice(types);
     patch_len(out, start);
 }
 
-/// Close or Describe of a statement (`kind` `S`) or portal (`P`).
-pub fn close_or_describe(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
-    let start = begin(out, tag);
-    out.put_u8(kind);
-    put_cstr(out, name);
-    patch_len(out, start);
-}
-
-/// StartupMessage (protocol 3.0) with the given parameters.
-pub fn startup(out: &mut BytesMut, params: &[(&str, &str)]) {
-    let start = out.len();
-    out.put_i32(0);
-    out.put_i32(196_608);
-    for (k, v) in params {
-        put_cstr(out, k.as_bytes());
-        put_cstr(out, v.as_bytes());
-    }
-    out.put_u8(0);
-    let len = (out.len() - start) as i32;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-/// PasswordMessage / SASL response: `p` with a raw body.
-pub fn password(out: &mut BytesMut, body: &[u8]) {
-    let start = begin(out, b'p');
-    out.extend_from_slice(body);
-    patch_len(out, start);
-}
-
-/// SASLInitialResponse: mechanism name then a length-prefixed payload.
-pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
-    let start = begin(out, b'p');
-    put_cstr(out, mechanism.as_bytes());
-    out.put_i32(data.len() as i32);
-    out.extend_from_slice(data);
-    patch_len(out, start);
-}
-
-/// CancelRequest (protocol 3.0 key).
-pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
-    out.put_i32(16);
-    out.put_i32(80_877_102);
-    out.put_i32(pid);
-    out.put_i32(secret);
+/// Back-patches the length field of the tagged message that starts at
+/// `start` (for the messages pgmux rewrites from a client's raw bytes).
+pub fn patch_len(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -163,13 +282,32 @@ mod tests {
     #[test]
     fn encoded_messages_split_back() {
         let mut out = BytesMut::new();
-        query(&mut out, "select 1");
-        parse(&mut out, b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
-        close_or_describe(&mut out, b'C', b'S', b"s1");
+        query(&mut out, "select 1").unwrap();
+        parse_raw(&mut out, b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
+        close_statement(&mut out, b"s1");
         ready_for_query(&mut out, TxStatus::Idle);
+        error_response(&mut out, &[(b'S', "ERROR"), (b'M', "a\0b")]);
+        row_description(&mut out, &["a", "b"]);
+        data_row(&mut out, &[Some("x".into()), None]);
+        out.extend_from_slice(&parse_complete());
         let tags: Vec<u8> = std::iter::from_fn(|| split_frame(&mut out, 1 << 20).unwrap())
             .map(|f| f.tag())
             .collect();
-        assert_eq!(tags, b"QPCZ");
+        assert_eq!(tags, b"QPCZETD1");
+    }
+
+    #[test]
+    fn same_bytes_as_the_protocol_says() {
+        let mut out = BytesMut::new();
+        ready_for_query(&mut out, TxStatus::InTransaction);
+        assert_eq!(&out[..], b"Z\0\0\0\x05T");
+        assert_eq!(&parse_complete()[..], b"1\0\0\0\x04");
+        assert_eq!(&close_complete()[..], b"3\0\0\0\x04");
+        out.clear();
+        backend_key_data(&mut out, 7, 9);
+        assert_eq!(&out[..], b"K\0\0\0\x0c\0\0\0\x07\0\0\0\x09");
+        out.clear();
+        auth_ok(&mut out);
+        assert_eq!(&out[..], b"R\0\0\0\x08\0\0\0\0");
     }
 }

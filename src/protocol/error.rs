@@ -1,7 +1,7 @@
 //! ErrorResponse: the SQLSTATE codes pgmux answers with, a builder for the
 //! errors it writes itself, and a reader for the fields of a server's error.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::frame::cstr;
 
@@ -77,24 +77,12 @@ pub fn write_error_fields(
     message: &str,
     detail: Option<&str>,
 ) {
-    let start = out.len();
-    out.put_u8(b'E');
-    out.put_i32(0);
     let sev = severity.as_str();
-    for (field, value) in [(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)] {
-        put_field(out, field, value);
-    }
+    let mut fields = vec![(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)];
     if let Some(d) = detail {
-        put_field(out, b'D', d);
+        fields.push((b'D', d));
     }
-    out.put_u8(0);
-    super::encode::patch_len(out, start);
-}
-
-fn put_field(out: &mut BytesMut, field: u8, value: &str) {
-    out.put_u8(field);
-    out.extend(value.bytes().filter(|b| *b != 0));
-    out.put_u8(0);
+    super::encode::error_response(out, &fields);
 }
 
 /// The fields of an ErrorResponse or NoticeResponse body, borrowed.

@@ -48,6 +48,22 @@ pub mod fe {
     pub const PASSWORD: u8 = b'p';
 }
 
+/// Codes of the Authentication message family (tag `R`).
+pub mod auth_code {
+    /// AuthenticationOk.
+    pub const OK: i32 = 0;
+    /// AuthenticationCleartextPassword.
+    pub const CLEARTEXT: i32 = 3;
+    /// AuthenticationMD5Password.
+    pub const MD5: i32 = 5;
+    /// AuthenticationSASL.
+    pub const SASL: i32 = 10;
+    /// AuthenticationSASLContinue.
+    pub const SASL_CONTINUE: i32 = 11;
+    /// AuthenticationSASLFinal.
+    pub const SASL_FINAL: i32 = 12;
+}
+
 /// Message tags sent by the server (backend).
 pub mod be {
     /// Authentication request family.

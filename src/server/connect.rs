@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::BufMut;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,8 +52,7 @@ async fn negotiate_tls(
         return Ok(Stream::Plain(tcp));
     };
     let mut req = BytesMut::new();
-    req.put_i32(8);
-    req.put_i32(crate::protocol::startup::SSL_REQUEST);
+    encode::ssl_request(&mut req);
     tcp.write_all(&req).await?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
@@ -109,7 +107,7 @@ pub async fn connect(
         identity_sticky: false,
     };
     let mut out = BytesMut::new();
-    encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
+    encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)])?;
     conn.stream.write_all(&out).await?;
     let mut scram: Option<Scram> = None;
     loop {
@@ -185,23 +183,20 @@ fn auth_step(
     body: &[u8],
     scram: &mut Option<Scram>,
 ) -> Result<Vec<u8>, ServerError> {
+    use crate::protocol::auth_code;
     let (code, data) = read_i32(body).ok_or_else(|| bad("Authentication"))?;
     let mut out = BytesMut::new();
     match code {
-        0 => {}
-        3 => match password(t)? {
-            Secret::Plain(p) => {
-                let mut b = p.as_bytes().to_vec();
-                b.push(0);
-                encode::password(&mut out, &b);
-            }
+        auth_code::OK => {}
+        auth_code::CLEARTEXT => match password(t)? {
+            Secret::Plain(p) => encode::password(&mut out, p.as_bytes())?,
             _ => {
                 return Err(ServerError::Auth(
                     "the server asks for a cleartext password and pgmux only has a hash".into(),
                 ))
             }
         },
-        5 => {
+        auth_code::MD5 => {
             let salt: [u8; 4] = data
                 .get(..4)
                 .and_then(|s| s.try_into().ok())
@@ -215,11 +210,10 @@ fn auth_step(
                     ))
                 }
             };
-            let mut b = crate::auth::md5::salted_answer(&stored, salt).into_bytes();
-            b.push(0);
-            encode::password(&mut out, &b);
+            let answer = crate::auth::md5::salted_answer(&stored, salt);
+            encode::password(&mut out, answer.as_bytes())?;
         }
-        10 => {
+        auth_code::SASL => {
             let mut offered = data;
             let mut has_scram = false;
             while let Some((m, rest)) = cstr(offered) {
@@ -237,7 +231,7 @@ fn auth_step(
             match password(t)? {
                 Secret::Plain(p) => {
                     let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-                    encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
+                    encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message())?;
                     *scram = Some(Scram::Password(s));
                 }
                 Secret::ScramKeys(v, key) => {
@@ -246,7 +240,7 @@ fn auth_step(
                         &mut out,
                         SCRAM_SHA_256,
                         s.client_first().as_bytes(),
-                    );
+                    )?;
                     *scram = Some(Scram::Passthrough(s));
                 }
                 _ => return Err(ServerError::Auth(
@@ -255,17 +249,17 @@ fn auth_step(
                 )),
             }
         }
-        11 => match scram.as_mut().ok_or_else(|| bad("SASLContinue"))? {
+        auth_code::SASL_CONTINUE => match scram.as_mut().ok_or_else(|| bad("SASLContinue"))? {
             Scram::Password(s) => {
                 s.update(data).map_err(scram_err)?;
-                encode::password(&mut out, s.message());
+                encode::sasl_response(&mut out, s.message())?;
             }
             Scram::Passthrough(s) => {
                 let fin = s.client_final(data).map_err(scram_err)?;
-                encode::password(&mut out, fin.as_bytes());
+                encode::sasl_response(&mut out, fin.as_bytes())?;
             }
         },
-        12 => match scram.as_mut().ok_or_else(|| bad("SASLFinal"))? {
+        auth_code::SASL_FINAL => match scram.as_mut().ok_or_else(|| bad("SASLFinal"))? {
             Scram::Password(s) => s.finish(data).map_err(scram_err)?,
             Scram::Passthrough(s) => s.verify_server_final(data).map_err(scram_err)?,
         },

@@ -275,8 +275,35 @@ impl ServerConn {
         rows: &mut Vec<Vec<Option<String>>>,
     ) -> Result<TxStatus, ServerError> {
         let mut out = BytesMut::new();
-        encode::query(&mut out, sql);
-        self.write_all(&out).await?;
+        encode::query(&mut out, sql)?;
+        self.exchange(&out, max, rows).await
+    }
+
+    /// Runs one query with text parameters (extended protocol) and returns
+    /// the first row's columns as text. Used for `auth_query`.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        max: usize,
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        encode::query_with_params(&mut out, sql, params)?;
+        let mut rows = Vec::new();
+        self.exchange(&out, max, &mut rows).await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Sends pgmux's own request and reads the replies up to ReadyForQuery:
+    /// rows into `rows`, ParameterStatus noted, the first ErrorResponse
+    /// returned as the error once ReadyForQuery arrives.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        max: usize,
+        rows: &mut Vec<Vec<Option<String>>>,
+    ) -> Result<TxStatus, ServerError> {
+        self.write_all(request).await?;
         let mut failure = None;
         loop {
             let frame = self.recv_frame(max).await?;
@@ -298,55 +325,6 @@ impl ServerConn {
                         Some(e) => Err(e),
                         None => Ok(status),
                     };
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs one query with text parameters (extended protocol) and returns
-    /// the first row's columns as text. Used for `auth_query`.
-    pub async fn query_row(
-        &mut self,
-        sql: &str,
-        params: &[&str],
-        max: usize,
-    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
-        use bytes::BufMut;
-        let mut out = BytesMut::new();
-        encode::parse(&mut out, b"", sql.as_bytes(), &[0, 0]);
-        let start = out.len();
-        out.put_u8(b'B');
-        out.put_i32(0);
-        out.put_slice(b"\0\0");
-        out.put_i16(0);
-        out.put_i16(params.len() as i16);
-        for p in params {
-            out.put_i32(p.len() as i32);
-            out.put_slice(p.as_bytes());
-        }
-        out.put_i16(0);
-        encode::patch_len(&mut out, start);
-        out.put_slice(b"E\0\0\0\x09\0\0\0\0\0");
-        encode::empty(&mut out, b'S');
-        self.write_all(&out).await?;
-        let mut row = None;
-        let mut failure = None;
-        loop {
-            let frame = self.recv_frame(max).await?;
-            match frame.tag() {
-                be::DATA_ROW if row.is_none() => row = Some(data_row_text(frame.body())),
-                be::ERROR_RESPONSE if failure.is_none() => {
-                    failure = Some(ServerError::from_error_body(frame.body()))
-                }
-                be::PARAMETER_STATUS => {
-                    self.note_parameter_status(frame.body());
-                }
-                be::READY_FOR_QUERY => {
-                    return match failure {
-                        Some(e) => Err(e),
-                        None => Ok(row),
-                    }
                 }
                 _ => {}
             }

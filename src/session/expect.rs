@@ -87,11 +87,6 @@ pub enum Reply {
     Replace(Bytes),
 }
 
-/// ParseComplete, as pgmux synthesizes it.
-pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
-/// CloseComplete, as pgmux synthesizes it.
-pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
-
 /// One outstanding request and what its completion should trigger.
 #[derive(Debug)]
 pub struct Entry<H> {
@@ -312,9 +307,7 @@ mod tests {
     use crate::protocol::encode;
 
     fn frame(tag: u8) -> Frame {
-        let mut b = BytesMut::new();
-        encode::empty(&mut b, tag);
-        Frame::from_raw(b.freeze())
+        Frame::from_raw(Bytes::copy_from_slice(&[tag, 0, 0, 0, 4]))
     }
 
     fn z() -> Frame {
@@ -330,7 +323,7 @@ mod tests {
         e.push(Req::Bind, Reply::Forward, 1, &mut out);
         e.push(
             Req::Parse,
-            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+            Reply::Synthetic(encode::parse_complete()),
             2,
             &mut out,
         );
@@ -354,7 +347,7 @@ mod tests {
         e.push(Req::Bind, Reply::Forward, 2, &mut out);
         e.push(
             Req::Parse,
-            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
+            Reply::Synthetic(encode::parse_complete()),
             3,
             &mut out,
         );

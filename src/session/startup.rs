@@ -318,7 +318,7 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     let params = ClientParams::new(&pool_params, &settings)
         .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
     let cancel = ctx.cancels.register();
-    encode::authentication(&mut out, 0, &[]);
+    encode::auth_ok(&mut out);
     for (k, v) in params.welcome(&pool_params) {
         encode::parameter_status(&mut out, &k, &v);
     }
@@ -361,7 +361,7 @@ async fn authenticate(
     if !use_scram {
         let mut salt = [0u8; 4];
         rand::rng().fill_bytes(&mut salt);
-        encode::authentication(out, 5, &salt);
+        encode::auth_md5(out, salt);
         stream.write_all(out).await?;
         out.clear();
         let answer = read_password(stream, buf).await?;
@@ -379,7 +379,7 @@ async fn authenticate(
             ),
         )
     })?;
-    encode::authentication_sasl(out, &["SCRAM-SHA-256"]);
+    encode::auth_sasl(out, &["SCRAM-SHA-256"]);
     stream.write_all(out).await?;
     out.clear();
     let initial = read_password(stream, buf).await?;
@@ -398,12 +398,12 @@ async fn authenticate(
         return Err(malformed("bad length"));
     }
     let (server, first) = ScramServer::start(verifier, data).map_err(|_| failed())?;
-    encode::authentication(out, 11, first.as_bytes());
+    encode::auth_sasl_continue(out, first.as_bytes());
     stream.write_all(out).await?;
     out.clear();
     let fin = read_password(stream, buf).await?;
     let (last, client_key) = server.finish(&fin).map_err(|_| failed())?;
-    encode::authentication(out, 12, last.as_bytes());
+    encode::auth_sasl_final(out, last.as_bytes());
     Ok(Some(client_key))
 }
 

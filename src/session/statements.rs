@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::expect::{Reply, Req, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::expect::{Reply, Req};
 use super::{fatal, End, Session};
 use crate::prepared::messages::{self, SqlEffect};
 use crate::prepared::Statement;
@@ -155,11 +155,7 @@ impl Session {
             replaced,
             on_server: false,
         };
-        self.push(
-            Req::Parse,
-            Reply::Synthetic(Bytes::from_static(PARSE_COMPLETE)),
-            hook,
-        );
+        self.push(Req::Parse, Reply::Synthetic(encode::parse_complete()), hook);
     }
 
     /// A Parse reusing a name: PostgreSQL reports syntax and analysis errors
@@ -174,8 +170,8 @@ impl Session {
     ) -> Result<(), End> {
         const CHECK: &[u8] = b"pgmux_check";
         self.ensure_server().await?;
-        encode::parse(&mut self.sout, CHECK, p.query, p.types);
-        encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', CHECK);
+        encode::parse_raw(&mut self.sout, CHECK, p.query, p.types);
+        encode::close_statement(&mut self.sout, CHECK);
         self.unsynced = true;
         let mut err = BytesMut::new();
         let msg = format!("prepared statement \"{}\" already exists", lossy(name));
@@ -212,7 +208,7 @@ impl Session {
         }
         server.statements.add(stmt.clone());
         if stale {
-            encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', &stmt.name);
+            encode::close_statement(&mut self.sout, &stmt.name);
             self.push(Req::Close, Reply::Swallow, Hook::None);
         }
         for old in evicted {
@@ -221,7 +217,7 @@ impl Session {
                 .counters
                 .evictions
                 .fetch_add(1, Ordering::Relaxed);
-            encode::close_or_describe(&mut self.sout, fe::CLOSE, b'S', &old.name);
+            encode::close_statement(&mut self.sout, &old.name);
             self.push(Req::Close, Reply::Swallow, Hook::Evicted(old));
         }
         self.sout.extend_from_slice(&stmt.parse);
@@ -299,7 +295,7 @@ impl Session {
             return self.forward_needing_server(frame).await;
         }
         self.use_named(Req::Describe, frame, name, |out, renamed| {
-            encode::close_or_describe(out, fe::DESCRIBE, b'S', renamed)
+            encode::describe_statement(out, renamed)
         })
         .await
     }
@@ -328,7 +324,7 @@ impl Session {
 
     /// Answers a Close with a synthetic CloseComplete, in request order.
     fn close_here(&mut self, hook: Hook) {
-        let reply = Reply::Synthetic(Bytes::from_static(CLOSE_COMPLETE));
+        let reply = Reply::Synthetic(encode::close_complete());
         self.push(Req::Close, reply, hook);
     }
 

@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 use pgmux::protocol::encode;
 use pgmux::protocol::frame::split_frame;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -32,7 +33,7 @@ impl Raw {
             buf: BytesMut::new(),
             out: BytesMut::new(),
         };
-        encode::startup(&mut raw.out, &[("user", user), ("database", db)]);
+        frontend::startup_message([("user", user), ("database", db)], &mut raw.out).unwrap();
         raw.flush().await;
         let mut scram = None;
         loop {
@@ -43,37 +44,34 @@ impl Raw {
                     match code {
                         0 => {}
                         3 => {
-                            let mut p = password.as_bytes().to_vec();
-                            p.push(0);
-                            encode::password(&mut raw.out, &p);
+                            frontend::password_message(password.as_bytes(), &mut raw.out).unwrap();
                         }
                         5 => {
                             let salt = body[4..8].try_into().unwrap();
-                            let mut p = postgres_protocol::authentication::md5_hash(
+                            let p = postgres_protocol::authentication::md5_hash(
                                 user.as_bytes(),
                                 password.as_bytes(),
                                 salt,
-                            )
-                            .into_bytes();
-                            p.push(0);
-                            encode::password(&mut raw.out, &p);
+                            );
+                            frontend::password_message(p.as_bytes(), &mut raw.out).unwrap();
                         }
                         10 => {
                             let s = ScramSha256::new(
                                 password.as_bytes(),
                                 ChannelBinding::unsupported(),
                             );
-                            encode::sasl_initial_response(
-                                &mut raw.out,
+                            frontend::sasl_initial_response(
                                 "SCRAM-SHA-256",
                                 s.message(),
-                            );
+                                &mut raw.out,
+                            )
+                            .unwrap();
                             scram = Some(s);
                         }
                         11 => {
                             let s = scram.as_mut().unwrap();
                             s.update(&body[4..]).unwrap();
-                            encode::password(&mut raw.out, s.message());
+                            frontend::sasl_response(s.message(), &mut raw.out).unwrap();
                         }
                         12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
                         c => panic!("unexpected auth request {c}"),
@@ -128,7 +126,7 @@ impl Raw {
 
     /// Queues Parse.
     pub fn parse(&mut self, name: &str, query: &str) -> &mut Self {
-        encode::parse(&mut self.out, name.as_bytes(), query.as_bytes(), &[0, 0]);
+        frontend::parse(name, query, [], &mut self.out).unwrap();
         self
     }
 
@@ -166,31 +164,31 @@ impl Raw {
 
     /// Queues Describe of a statement.
     pub fn describe(&mut self, stmt: &str) -> &mut Self {
-        encode::close_or_describe(&mut self.out, b'D', b'S', stmt.as_bytes());
+        frontend::describe(b'S', stmt, &mut self.out).unwrap();
         self
     }
 
     /// Queues Close of a statement.
     pub fn close(&mut self, stmt: &str) -> &mut Self {
-        encode::close_or_describe(&mut self.out, b'C', b'S', stmt.as_bytes());
+        frontend::close(b'S', stmt, &mut self.out).unwrap();
         self
     }
 
     /// Queues Sync.
     pub fn sync(&mut self) -> &mut Self {
-        encode::empty(&mut self.out, b'S');
+        frontend::sync(&mut self.out);
         self
     }
 
     /// Queues Flush.
     pub fn flush_msg(&mut self) -> &mut Self {
-        encode::empty(&mut self.out, b'H');
+        frontend::flush(&mut self.out);
         self
     }
 
     /// Queues a simple Query.
     pub fn query(&mut self, sql: &str) -> &mut Self {
-        encode::query(&mut self.out, sql);
+        frontend::query(sql, &mut self.out).unwrap();
         self
     }
 
