@@ -64,7 +64,9 @@ impl Proxy {
         let metrics_addr = match metrics_listener {
             Some(l) => {
                 let a = l.local_addr()?;
-                tokio::spawn(crate::stats::http::serve(l, ctx.clone()));
+                let scrape = ctx.clone();
+                let render: crate::stats::http::Render = Arc::new(move || scrape.render_metrics());
+                tokio::spawn(crate::stats::http::serve(l, render, ctx.shutdown.watch()));
                 tracing::info!(addr = %a, "metrics on /metrics");
                 Some(a)
             }

@@ -12,23 +12,14 @@ use std::time::SystemTime;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::auth::{ScramVerifier, Secret};
+use crate::auth::{Secret, UserAuth};
+use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::PoolSet;
 use crate::prepared::Registry;
-use crate::session::cancel::CancelRegistry;
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
 use crate::tls::acceptor::ClientTls;
-
-/// How one configured user is authenticated.
-#[derive(Debug)]
-pub struct UserAuth {
-    /// The secret as configured.
-    pub secret: Secret,
-    /// Verifier used for SCRAM logins (derived once for plaintext passwords).
-    pub scram: Option<ScramVerifier>,
-}
 
 /// Users by name, built from one config.
 pub type Users = HashMap<String, Arc<UserAuth>>;
@@ -45,10 +36,7 @@ pub fn build_users(config: &Config, previous: Option<&Users>) -> Users {
                 .and_then(|p| p.get(name))
                 .filter(|old| old.secret == secret)
                 .cloned();
-            let auth = kept.unwrap_or_else(|| {
-                let scram = secret.scram_verifier();
-                Arc::new(UserAuth { secret, scram })
-            });
+            let auth = kept.unwrap_or_else(|| Arc::new(UserAuth::new(secret)));
             (name.clone(), auth)
         })
         .collect()
@@ -174,7 +162,7 @@ pub struct Context {
     /// Serializes reloads.
     pub(crate) reload_lock: Mutex<()>,
     /// Users found by `auth_query` (or found missing).
-    pub auth_cache: crate::session::auth_query::AuthCache,
+    pub auth_cache: crate::auth::AuthCache,
 }
 
 impl Context {

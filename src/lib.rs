@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cancel;
 pub mod cli;
 pub mod cluster;
 pub mod config;

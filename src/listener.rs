@@ -67,13 +67,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 ctx.metrics.error(ErrorReason::MaxClientConn, "", "");
                 tokio::spawn(async move {
                     let msg = "no more connections allowed (max_client_conn)";
-                    session::startup::refuse(
-                        &mut stream,
-                        &ctx,
-                        SqlState::TOO_MANY_CONNECTIONS,
-                        msg,
-                    )
-                    .await;
+                    session::login::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg)
+                        .await;
                 });
             }
         }

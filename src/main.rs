@@ -58,7 +58,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config, user } => {
-            runtime()?.block_on(pgmux::reload::cli(&config, user.as_deref()))
+            runtime()?.block_on(pgmux::admin::client::cli(&config, user.as_deref()))
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {

@@ -3,6 +3,7 @@
 //! an ordinary result set, with PgBouncer's column names where a column means
 //! the same thing, so existing scripts keep working.
 
+pub mod client;
 mod commands;
 
 use std::sync::Arc;
@@ -17,6 +18,12 @@ use crate::protocol::error::{write_error, Severity};
 use crate::protocol::frame::{cstr, split_frame};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
 use crate::tls::Stream;
+
+/// The server_version the admin console reports.
+pub const SERVER_VERSION: &str = "15.0 (pgmux admin)";
+
+/// The name of the admin console's virtual database.
+pub const ADMIN_DATABASE: &str = "pgmux";
 
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
@@ -45,7 +52,7 @@ pub enum Reply {
 pub fn welcome(out: &mut BytesMut) {
     encode::auth_ok(out);
     for (k, v) in [
-        ("server_version", crate::protocol::SERVER_VERSION),
+        ("server_version", SERVER_VERSION),
         ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
         ("DateStyle", "ISO, MDY"),

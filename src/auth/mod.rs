@@ -2,12 +2,32 @@
 //! server exchange, and MD5 verification. The session drives these with the
 //! client's messages; nothing here touches a socket.
 
+pub mod cache;
 pub mod md5;
 pub mod scram;
 
 use std::fmt;
 
+pub use cache::AuthCache;
 pub use scram::ScramVerifier;
+
+/// How one user is authenticated: a configured user, or one `auth_query`
+/// found on the server.
+#[derive(Debug)]
+pub struct UserAuth {
+    /// The secret as stored.
+    pub secret: Secret,
+    /// Verifier used for SCRAM logins (derived once for plaintext passwords).
+    pub scram: Option<ScramVerifier>,
+}
+
+impl UserAuth {
+    /// Derives what logins need from a stored secret.
+    pub fn new(secret: Secret) -> Self {
+        let scram = secret.scram_verifier();
+        Self { secret, scram }
+    }
+}
 
 /// A user's password as written in the config.
 #[derive(Clone, PartialEq, Eq)]

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::tls::TlsMode;
-
 /// How long a client keeps a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -394,6 +392,32 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errs))
         }
+    }
+}
+
+/// How TLS is required or verified, as PostgreSQL's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Never.
+    Disable,
+    /// Client side: accept TLS when the client asks.
+    Allow,
+    /// Use TLS when the peer supports it.
+    #[default]
+    Prefer,
+    /// Always; no certificate check.
+    Require,
+    /// Always; the certificate must chain to the configured CA.
+    VerifyCa,
+    /// Always; chain and host name (server side) are checked.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// TLS is mandatory.
+    pub fn required(self) -> bool {
+        self >= Self::Require
     }
 }
 

@@ -12,8 +12,6 @@ pub mod startup;
 
 pub use error::{ErrorFields, SqlState};
 
-/// `server_version` reported by the admin console, which is not a server.
-pub const SERVER_VERSION: &str = "15.0 (pgmux admin)";
 pub use frame::{Frame, FrameError};
 
 /// Message tags sent by the client (frontend).

@@ -6,12 +6,10 @@
 //! transaction mode the server goes back to the pool as soon as the queue is
 //! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
 
-pub mod auth_query;
-pub mod cancel;
 pub mod expect;
 pub mod identity;
+pub mod login;
 pub mod params;
-pub mod startup;
 pub mod statements;
 
 use std::future::Future;
@@ -27,6 +25,7 @@ use tokio::sync::watch;
 
 use std::time::{Duration, Instant};
 
+use crate::cancel::CancelHandle;
 use crate::config::{Config, PoolMode};
 use crate::context::{ClientGuard, ClientInfo, ClientState, Context};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
@@ -37,11 +36,10 @@ use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
-use cancel::CancelHandle;
 use expect::{Expect, Outcome, Reply, Req};
 use identity::ClientIdentity;
+use login::{Login, LoginError, Opening};
 use params::ClientParams;
-use startup::{Login, LoginError, Opening};
 use statements::Hook;
 
 /// How a session ended.
@@ -81,7 +79,7 @@ pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
     let _live = ctx.shutdown.track();
     let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened =
-        tokio::time::timeout(login_timeout, Box::pin(startup::login(&mut stream, &ctx))).await;
+        tokio::time::timeout(login_timeout, Box::pin(login::login(&mut stream, &ctx))).await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
         Ok(Ok(Opening::Admin(user, pending))) => {
@@ -90,7 +88,7 @@ pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
         Ok(Ok(Opening::Cancelled)) => return,
         Ok(Err(LoginError::Fatal(code, msg))) => {
             tracing::debug!(%msg, "login refused");
-            startup::send_fatal(&mut stream, code, &msg).await;
+            login::send_fatal(&mut stream, code, &msg).await;
             return;
         }
         Ok(Err(LoginError::Io(e))) => {
@@ -99,7 +97,7 @@ pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
         }
         Err(_) => {
             ctx.metrics.error(ErrorReason::LoginTimeout, "", "");
-            startup::send_fatal(
+            login::send_fatal(
                 &mut stream,
                 SqlState::PROTOCOL_VIOLATION,
                 "canceling authentication due to timeout",

@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use crate::context::Context;
 use crate::shutdown::Phase;
 
-/// Serves scrapes until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    let mut phase = ctx.shutdown.watch();
+/// Renders the Prometheus text for one scrape (refreshing what is read from
+/// live state first).
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves scrapes until the shutdown phase reaches `Terminating`.
+pub async fn serve(listener: TcpListener, render: Render, mut phase: watch::Receiver<Phase>) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -24,15 +27,19 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             }
         };
         if let Ok((stream, _)) = accepted {
-            let ctx = ctx.clone();
+            let render = render.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &ctx)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), respond(stream, &*render)).await;
             });
         }
     }
 }
 
-async fn respond(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
@@ -50,7 +57,7 @@ async fn respond(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
     );
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", ctx.render_metrics()),
+        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -27,31 +26,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
-/// How TLS is required or verified, as PostgreSQL's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Never.
-    Disable,
-    /// Client side: accept TLS when the client asks.
-    Allow,
-    /// Use TLS when the peer supports it.
-    #[default]
-    Prefer,
-    /// Always; no certificate check.
-    Require,
-    /// Always; the certificate must chain to the configured CA.
-    VerifyCa,
-    /// Always; chain and host name (server side) are checked.
-    VerifyFull,
-}
-
-impl TlsMode {
-    /// TLS is mandatory.
-    pub fn required(self) -> bool {
-        self >= Self::Require
-    }
-}
+pub use crate::config::TlsMode;
 
 /// A socket, plaintext or TLS.
 // The TLS state is large; boxing it keeps plaintext streams small.

@@ -1,0 +1,147 @@
+//! Client authentication: md5 or SCRAM-SHA-256 against the stored secret
+//! (or trust), over the login's read buffer.
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{fatal, LoginError};
+use crate::auth::{md5, scram::ScramServer, Secret, UserAuth};
+use crate::config::AuthType;
+use crate::protocol::frame::{cstr, make_room, read_i32, split_frame};
+use crate::protocol::{encode, fe, SqlState};
+use crate::tls::Stream;
+
+/// Largest authentication message accepted from a client.
+const MAX_AUTH_MESSAGE: usize = 10_000;
+
+/// The client's end of the exchange: its socket, the login's read buffer,
+/// and messages queued for it (flushed with the next request).
+pub struct Exchange<'a> {
+    /// The client socket.
+    pub stream: &'a mut Stream,
+    /// Bytes read and not yet used.
+    pub buf: &'a mut BytesMut,
+    /// Messages to send.
+    pub out: &'a mut BytesMut,
+}
+
+impl Exchange<'_> {
+    /// Sends what is queued and reads the client's answer.
+    async fn ask(&mut self) -> Result<bytes::Bytes, LoginError> {
+        self.stream.write_all(self.out).await?;
+        self.out.clear();
+        read_password(self.stream, self.buf).await
+    }
+}
+
+fn failed(user: &str) -> LoginError {
+    fatal(
+        SqlState::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+/// Runs the configured authentication exchange. Returns the ClientKey a
+/// SCRAM proof revealed (for pass-through to the server).
+pub async fn authenticate(
+    ex: &mut Exchange<'_>,
+    method: AuthType,
+    user: &str,
+    auth: &UserAuth,
+) -> Result<Option<[u8; 32]>, LoginError> {
+    match method {
+        AuthType::Trust => Ok(None),
+        // As in PostgreSQL, md5 falls back to SCRAM for users stored as a SCRAM verifier.
+        AuthType::Md5 if !matches!(auth.secret, Secret::Scram(_)) => {
+            md5_exchange(ex, user, auth).await
+        }
+        AuthType::Md5 | AuthType::ScramSha256 => scram_exchange(ex, user, auth).await.map(Some),
+    }
+}
+
+async fn md5_exchange(
+    ex: &mut Exchange<'_>,
+    user: &str,
+    auth: &UserAuth,
+) -> Result<Option<[u8; 32]>, LoginError> {
+    let mut salt = [0u8; 4];
+    rand::rng().fill_bytes(&mut salt);
+    encode::auth_md5(ex.out, salt);
+    let answer = ex.ask().await?;
+    let answer = cstr(&answer).map(|(a, _)| a).unwrap_or(&answer);
+    match md5::verify(&auth.secret, user, salt, answer) {
+        Some(true) => Ok(None),
+        _ => Err(failed(user)),
+    }
+}
+
+async fn scram_exchange(
+    ex: &mut Exchange<'_>,
+    user: &str,
+    auth: &UserAuth,
+) -> Result<[u8; 32], LoginError> {
+    let verifier = auth.scram.as_ref().ok_or_else(|| {
+        fatal(
+            SqlState::INVALID_PASSWORD,
+            format!(
+                "password authentication failed for user \"{user}\": no SCRAM secret is configured"
+            ),
+        )
+    })?;
+    encode::auth_sasl(ex.out, &["SCRAM-SHA-256"]);
+    let initial = ex.ask().await?;
+    let data = sasl_initial_data(&initial)?;
+    let (server, first) = ScramServer::start(verifier, data).map_err(|_| failed(user))?;
+    encode::auth_sasl_continue(ex.out, first.as_bytes());
+    let fin = ex.ask().await?;
+    let (last, client_key) = server.finish(&fin).map_err(|_| failed(user))?;
+    encode::auth_sasl_final(ex.out, last.as_bytes());
+    Ok(client_key)
+}
+
+/// The client-first-message inside a SASLInitialResponse body.
+fn sasl_initial_data(body: &[u8]) -> Result<&[u8], LoginError> {
+    let malformed = |what: &str| {
+        fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("malformed SASL message: {what}"),
+        )
+    };
+    let (mechanism, rest) = cstr(body).ok_or_else(|| malformed("no mechanism"))?;
+    if mechanism != b"SCRAM-SHA-256" {
+        return Err(malformed("unsupported mechanism"));
+    }
+    let (len, data) = read_i32(rest).ok_or_else(|| malformed("no length"))?;
+    if len < 0 || len as usize != data.len() {
+        return Err(malformed("bad length"));
+    }
+    Ok(data)
+}
+
+/// Reads one tagged message of the authentication exchange: must be `p`.
+async fn read_password(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, LoginError> {
+    loop {
+        match split_frame(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some(f)) if f.tag() == fe::PASSWORD => return Ok(f.raw().slice(5..)),
+            Ok(Some(f)) => {
+                return Err(fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!(
+                        "expected password response, got message type {:?}",
+                        f.tag() as char
+                    ),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
+        }
+        make_room(buf, 64, 512);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}

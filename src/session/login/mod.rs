@@ -1,0 +1,312 @@
+//! Login, in the order a client goes through it:
+//!
+//! 1. [`negotiate`]: TLS, GSS refusal and cancel requests, up to the
+//!    StartupMessage;
+//! 2. [`Request::read`]: the startup parameters (user, database, settings);
+//! 3. [`resolve`]: which database and which secret (configured, or found by
+//!    [`auth_query`]);
+//! 4. [`authenticate::authenticate`]: md5 or SCRAM against that secret;
+//! 5. [`open_session`] (a pool, the client's parameters, the welcome a real
+//!    server would send) or the admin console.
+
+mod auth_query;
+mod authenticate;
+mod negotiate;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::params::ClientParams;
+use crate::admin::ADMIN_DATABASE;
+use crate::auth::{Secret, UserAuth};
+use crate::cancel::CancelHandle;
+use crate::config::{Config, PoolMode};
+use crate::context::Context;
+use crate::pool::{Pool, PoolKey};
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::startup;
+use crate::protocol::{encode, SqlState, TxStatus};
+use crate::stats::ErrorReason;
+use crate::tls::Stream;
+use authenticate::Exchange;
+use negotiate::Negotiated;
+
+pub use negotiate::refuse;
+
+/// Why a login ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Tell the client this FATAL error, then close.
+    #[error("{1}")]
+    Fatal(SqlState, String),
+    /// The socket failed; nothing to tell.
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn fatal(code: SqlState, msg: impl Into<String>) -> LoginError {
+    LoginError::Fatal(code, msg.into())
+}
+
+/// A logged-in client.
+pub struct Login {
+    /// Which pool serves it.
+    pub key: PoolKey,
+    /// The pool.
+    pub pool: Pool,
+    /// Transaction or session mode.
+    pub mode: PoolMode,
+    /// Its parameters.
+    pub params: ClientParams,
+    /// Its cancel key.
+    pub cancel: CancelHandle,
+    /// Bytes the client sent behind its login, not read yet.
+    pub pending: BytesMut,
+}
+
+/// What the first packets asked for.
+pub enum Opening {
+    /// A session to serve.
+    Session(Login),
+    /// An admin console session for this user, and the bytes it sent
+    /// behind its login.
+    Admin(String, BytesMut),
+    /// A cancel request, already handled; close the socket.
+    Cancelled,
+}
+
+/// What a StartupMessage asks for.
+struct Request {
+    user: String,
+    database: String,
+    /// Settings to apply (startup parameters and `options`).
+    settings: Vec<(String, String)>,
+    /// `_pq_.` protocol options, none of which pgmux knows.
+    protocol_options: Vec<String>,
+    minor: u16,
+}
+
+impl Request {
+    /// Reads the startup parameters: the database defaults to the user, a
+    /// replication connection is refused, `options` become settings.
+    fn read(minor: u16, params: Vec<(String, String)>) -> Result<Self, LoginError> {
+        let (mut user, mut database) = (None, None);
+        let mut settings = Vec::new();
+        let mut protocol_options = Vec::new();
+        for (k, v) in params {
+            match k.as_str() {
+                "user" => user = Some(v),
+                "database" => database = Some(v),
+                "replication" => refuse_replication(&v)?,
+                "options" => settings.extend(options(&v)?),
+                k if k.starts_with("_pq_.") => protocol_options.push(k.to_owned()),
+                _ => settings.push((k, v)),
+            }
+        }
+        let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+            fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?;
+        let database = database
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        Ok(Self {
+            user,
+            database,
+            settings,
+            protocol_options,
+            minor,
+        })
+    }
+}
+
+fn refuse_replication(value: &str) -> Result<(), LoginError> {
+    if matches!(value, "false" | "off" | "no" | "0") {
+        return Ok(());
+    }
+    Err(fatal(
+        SqlState::FEATURE_NOT_SUPPORTED,
+        "replication connections are not supported by pgmux",
+    ))
+}
+
+fn options(value: &str) -> Result<Vec<(String, String)>, LoginError> {
+    startup::parse_options(value).ok_or_else(|| {
+        fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("unsupported startup options {value:?}: only -c name=value and --name=value"),
+        )
+    })
+}
+
+/// Where a client is going and how it proves who it is.
+struct Target {
+    /// The admin console rather than a database.
+    admin: bool,
+    auth: Arc<UserAuth>,
+    /// The user was found by `auth_query`, not configured.
+    looked_up: bool,
+}
+
+/// Finds the database and the user's secret. An unknown database is 3D000
+/// and an unknown user 28000, as PostgreSQL says them.
+async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, LoginError> {
+    let (user, database) = (&req.user, &req.database);
+    let db = cfg.databases.contains_key(database);
+    let admin = database == ADMIN_DATABASE;
+    let configured = ctx.user(user);
+    let looked_up = configured.is_none() && !admin && db && cfg.pgmux.auth_user.is_some();
+    let auth = match configured {
+        Some(a) => Some(a),
+        None if looked_up => auth_query::lookup(ctx, cfg, database, user)
+            .await
+            .map_err(|e| fatal(SqlState::CANNOT_CONNECT, e.to_string()))?,
+        None => None,
+    };
+    match auth {
+        Some(auth) if admin || db => Ok(Target {
+            admin,
+            auth,
+            looked_up,
+        }),
+        _ => {
+            ctx.metrics
+                .error(ErrorReason::UnknownTarget, database, user);
+            Err(if !admin && !db {
+                fatal(
+                    SqlState::INVALID_CATALOG_NAME,
+                    format!("database \"{database}\" does not exist"),
+                )
+            } else {
+                fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    format!("role \"{user}\" does not exist"),
+                )
+            })
+        }
+    }
+}
+
+/// Runs the startup phase up to ReadyForQuery.
+pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginError> {
+    // Starts as the session's read buffer: bytes a client sent behind its
+    // login messages are kept for it.
+    let mut buf = BytesMut::with_capacity(512);
+    let (minor, params) = match negotiate::negotiate(stream, ctx, &mut buf).await? {
+        Negotiated::Startup { minor, params } => (minor, params),
+        Negotiated::Cancelled => return Ok(Opening::Cancelled),
+    };
+    if ctx.client_tls().mode.required() && !stream.is_tls() {
+        return Err(fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "pgmux requires TLS: connect with sslmode=require or stronger",
+        ));
+    }
+    let req = Request::read(minor, params)?;
+    let mut out = BytesMut::new();
+    if req.minor > 0 || !req.protocol_options.is_empty() {
+        encode::negotiate_protocol_version(&mut out, 0, &req.protocol_options);
+    }
+    let cfg = ctx.config();
+    let target = resolve(ctx, &cfg, &req).await?;
+    let mut ex = Exchange {
+        stream,
+        buf: &mut buf,
+        out: &mut out,
+    };
+    let client_key =
+        authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, LoginError::Fatal(..)) {
+                    ctx.metrics
+                        .error(ErrorReason::AuthFailed, &req.database, &req.user);
+                }
+            })?;
+    if target.admin {
+        return open_admin(stream, &cfg, req.user, out, buf).await;
+    }
+    // A looked-up user logs in to the server with what its own login gave:
+    // the ClientKey its SCRAM proof revealed (pass-through), or the md5 hash.
+    let server_secret = target
+        .looked_up
+        .then(|| match (&target.auth.secret, client_key) {
+            (Secret::Scram(v), Some(k)) => Secret::ScramKeys(v.clone(), k),
+            (s, _) => s.clone(),
+        });
+    let login = open_session(ctx, &cfg, req, server_secret, &mut out, buf).await?;
+    stream.write_all(&out).await?;
+    Ok(Opening::Session(login))
+}
+
+/// Welcomes an admin user to the console.
+async fn open_admin(
+    stream: &mut Stream,
+    cfg: &Config,
+    user: String,
+    mut out: BytesMut,
+    buf: BytesMut,
+) -> Result<Opening, LoginError> {
+    if !cfg.admin.users.contains(&user) {
+        return Err(fatal(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!("permission denied: user \"{user}\" may not use the admin console"),
+        ));
+    }
+    crate::admin::welcome(&mut out);
+    stream.write_all(&out).await?;
+    Ok(Opening::Admin(user, buf))
+}
+
+/// Takes the client's pool, builds its parameters and writes the welcome
+/// a real server of that pool would send.
+async fn open_session(
+    ctx: &Context,
+    cfg: &Config,
+    req: Request,
+    server_secret: Option<Secret>,
+    out: &mut BytesMut,
+    pending: BytesMut,
+) -> Result<Login, LoginError> {
+    let key = PoolKey {
+        database: req.database,
+        user: req.user,
+    };
+    let pool = ctx
+        .pools
+        .get_with(cfg, &ctx.metrics, &key, server_secret)
+        .map_err(|e| fatal(SqlState::CANNOT_CONNECT, e))?;
+    let pool_params = pool.startup_params().await.map_err(|e| {
+        ctx.metrics
+            .error(super::pool_error_reason(&e), &key.database, &key.user);
+        fatal(super::pool_error_code(&e), e.to_string())
+    })?;
+    let params = ClientParams::new(&pool_params, &req.settings)
+        .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
+    let cancel = ctx.cancels.register();
+    encode::auth_ok(out);
+    for (k, v) in params.welcome(&pool_params) {
+        encode::parameter_status(out, &k, &v);
+    }
+    encode::backend_key_data(out, cancel.slot.pid, cancel.slot.secret);
+    encode::ready_for_query(out, TxStatus::Idle);
+    Ok(Login {
+        mode: pool.settings().mode,
+        key,
+        pool,
+        params,
+        cancel,
+        pending,
+    })
+}
+
+/// Sends a FATAL error to a client that is about to be closed.
+pub async fn send_fatal(stream: &mut Stream, code: SqlState, msg: &str) {
+    let mut out = BytesMut::new();
+    write_error(&mut out, Severity::Fatal, code.0, msg);
+    let _ = stream.write_all(&out).await;
+}
