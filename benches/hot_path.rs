@@ -12,9 +12,9 @@
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgmux::prepared::{messages, Registry};
+use pgmux::protocol::expect::{Expect, Reply, Req};
 use pgmux::protocol::frame::split_frame;
 use pgmux::protocol::{encode, Frame, TxStatus};
-use pgmux::session::expect::{Expect, Reply, Req};
 
 fn bind(out: &mut BytesMut, stmt: &[u8], param: &[u8]) {
     let start = out.len();

@@ -13,7 +13,9 @@ pub mod client;
 pub mod messages;
 pub mod registry;
 pub mod server;
+pub mod tracker;
 
 pub use client::ClientStatements;
 pub use registry::{Counters, Registry, Statement};
 pub use server::ServerStatements;
+pub use tracker::{Hook, Limits, Outbox, Routed, Tracker};

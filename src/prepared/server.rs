@@ -29,6 +29,11 @@ impl ServerStatements {
         }
     }
 
+    /// Whether the server has `stmt` (without marking it used).
+    pub fn has(&self, stmt: &Statement) -> bool {
+        self.held.contains_key(&stmt.id)
+    }
+
     /// Records `stmt` as prepared.
     pub fn add(&mut self, stmt: Arc<Statement>) {
         self.clock += 1;

@@ -7,6 +7,7 @@
 
 pub mod encode;
 pub mod error;
+pub mod expect;
 pub mod frame;
 pub mod startup;
 

@@ -2,15 +2,13 @@
 //!
 //! The session reads whole messages from the client, takes a server from
 //! its pool when a request needs one, forwards the raw frames, and passes
-//! the server's replies back through the [`expect::Expect`] queue. In
+//! the server's replies back through the [`Expect`] queue. In
 //! transaction mode the server goes back to the pool as soon as the queue is
 //! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
 
-pub mod expect;
 pub mod identity;
 pub mod login;
 pub mod params;
-pub mod statements;
 
 use std::future::Future;
 use std::io;
@@ -26,21 +24,20 @@ use tokio::sync::watch;
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelHandle;
-use crate::config::{Config, PoolMode};
+use crate::config::PoolMode;
 use crate::context::{ClientGuard, ClientInfo, ClientState, Context};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
-use crate::prepared::ClientStatements;
+use crate::prepared::{Hook, Limits, Outbox, Routed, Tracker};
 use crate::protocol::error::{write_error, Severity};
+use crate::protocol::expect::{Expect, Outcome, Reply, Req};
 use crate::protocol::frame::{make_room, split_frame};
 use crate::protocol::{be, encode, fe, ErrorFields, Frame, SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
-use expect::{Expect, Outcome, Reply, Req};
 use identity::ClientIdentity;
 use login::{Login, LoginError, Opening};
 use params::ClientParams;
-use statements::Hook;
 
 /// How a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +112,6 @@ pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
 /// A logged-in client and the server it holds, if any.
 struct Session {
     ctx: Arc<Context>,
-    /// The configuration as of login.
-    cfg: Arc<Config>,
     /// This client in the registry (SHOW CLIENTS, KILL).
     listed: ClientGuard,
     _counted: PoolClient,
@@ -142,13 +137,10 @@ struct Session {
     skip_to_sync: bool,
     /// The client said goodbye with replies still owed: deliver them, then end.
     terminated: bool,
-    /// Named statements (transaction mode with tracking on).
-    stmts: Option<ClientStatements>,
-    /// This client put an unnamed statement on the server it holds now
-    /// (tracking on, unnamed statements not shared): only then may it use
-    /// the server's unnamed statement, which may otherwise be another
-    /// client's.
-    unnamed_here: bool,
+    /// Prepared statements (transaction mode with tracking on).
+    stmts: Option<Tracker>,
+    /// Replies owed by what the tracker routed, kept to reuse its space.
+    routed: Vec<(Req, Reply, Hook)>,
     params: ClientParams,
     /// The role / session authorization this client set, if not its login's.
     identity: Option<Box<ClientIdentity>>,
@@ -197,16 +189,20 @@ impl Session {
         let cfg = ctx.config();
         let max_msg = cfg.pgmux.max_message_size;
         let tracking = login.mode == PoolMode::Transaction && cfg.pgmux.max_prepared_statements > 0;
+        let limits = Limits {
+            per_client: cfg.pgmux.max_client_prepared_statements,
+            per_server: cfg.pgmux.max_prepared_statements,
+            track_unnamed: cfg.pgmux.track_unnamed_statements,
+        };
         let listed = ctx
             .clients
             .register(&login.key.database, &login.key.user, peer.to_string());
         Self {
-            cfg,
             listed,
             _counted: login.pool.client(),
             tx_started: None,
-            stmts: tracking.then(ClientStatements::default),
-            unnamed_here: false,
+            stmts: tracking.then(|| Tracker::new(limits)),
+            routed: Vec::new(),
             ctx,
             client,
             // The login's buffer (512 bytes to start): idle clients are the
@@ -352,7 +348,7 @@ impl Session {
 
     async fn route_client_frame(&mut self, frame: &Frame) -> Result<(), End> {
         let tag = frame.tag();
-        if self.stmts.is_some() && self.route_tracked(frame).await? {
+        if self.route_tracked(frame).await? {
             return Ok(());
         }
         match tag {
@@ -363,6 +359,59 @@ impl Session {
             }
             fe::FLUSH if self.server.is_none() => Ok(()),
             _ => self.forward_needing_server(frame).await,
+        }
+    }
+
+    /// Lets the prepared-statement tracker route a message, taking a server
+    /// when it needs one; `false` when the message is not a tracked one.
+    async fn route_tracked(&mut self, frame: &Frame) -> Result<bool, End> {
+        loop {
+            let Some(tracker) = self.stmts.as_mut() else {
+                return Ok(false);
+            };
+            let mut out = Outbox::new(&mut self.sout, &mut self.routed);
+            let server = self.server.as_mut().map(|s| &mut s.statements);
+            let routed = tracker.route(frame, server, &self.ctx.statements, self.tx, &mut out);
+            let (forward, skip, unsynced, identity) = (
+                out.forward,
+                out.skip_to_sync,
+                out.unsynced,
+                out.changes_identity,
+            );
+            match routed {
+                Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
+                Ok(Routed::Untracked) => return Ok(false),
+                Ok(Routed::NeedServer) => self.ensure_server().await?,
+                Ok(Routed::Done) => {
+                    if forward {
+                        self.sout.extend_from_slice(frame.raw());
+                    }
+                    let mut routed = std::mem::take(&mut self.routed);
+                    for (req, reply, hook) in routed.drain(..) {
+                        self.push(req, reply, hook);
+                    }
+                    self.routed = routed;
+                    self.unsynced |= unsynced;
+                    self.skip_to_sync |= skip;
+                    self.identity_touched |= identity;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// A request completed: the tracker learns what the server now holds.
+    fn on_done(&mut self, hook: Hook) {
+        if let Some(t) = self.stmts.as_mut() {
+            t.on_done(hook, self.server.as_mut().map(|s| &mut s.statements));
+        }
+    }
+
+    /// A request failed or was skipped: the tracker undoes what it recorded.
+    fn undo(&mut self, hook: Hook, stale_plan: bool, failed: bool) {
+        if let Some(t) = self.stmts.as_mut() {
+            let server = self.server.as_mut().map(|s| &mut s.statements);
+            t.undo(hook, server, stale_plan, failed);
         }
     }
 
@@ -467,7 +516,9 @@ impl Session {
 
     /// Holds a server: the client's requests go there now.
     fn hold(&mut self, server: Checkout) {
-        self.unnamed_here = false;
+        if let Some(t) = self.stmts.as_mut() {
+            t.on_new_server();
+        }
         self.listed.info.set_state(ClientState::Active);
         self.cancel.slot.set_target(Some(server.key));
         self.server = Some(server);
