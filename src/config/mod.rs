@@ -3,6 +3,9 @@
 //! of pgmux can trust.
 
 pub mod de;
+mod modes;
+
+pub use modes::{AuthType, PoolMode, TlsMode};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,30 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// How long a client keeps a server connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// One transaction at a time; the server goes back at ReadyForQuery `I`.
-    Transaction,
-    /// From login to logout.
-    Session,
-}
-
-/// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum AuthType {
-    /// SCRAM-SHA-256 (the default, as in PostgreSQL).
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// MD5 challenge.
-    #[serde(rename = "md5")]
-    Md5,
-    /// No password.
-    #[serde(rename = "trust")]
-    Trust,
-}
 
 /// A configuration error: what is wrong and where.
 #[derive(Debug, thiserror::Error)]
@@ -392,32 +371,6 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errs))
         }
-    }
-}
-
-/// How TLS is required or verified, as PostgreSQL's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Never.
-    Disable,
-    /// Client side: accept TLS when the client asks.
-    Allow,
-    /// Use TLS when the peer supports it.
-    #[default]
-    Prefer,
-    /// Always; no certificate check.
-    Require,
-    /// Always; the certificate must chain to the configured CA.
-    VerifyCa,
-    /// Always; chain and host name (server side) are checked.
-    VerifyFull,
-}
-
-impl TlsMode {
-    /// TLS is mandatory.
-    pub fn required(self) -> bool {
-        self >= Self::Require
     }
 }
 

@@ -8,10 +8,11 @@
 
 mod checkout;
 mod inner;
+mod maintain;
 mod set;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -139,7 +140,7 @@ impl Pool {
                 retired: AtomicBool::new(false),
             }),
         };
-        tokio::spawn(maintain(Arc::downgrade(&pool.shared)));
+        tokio::spawn(maintain::maintain(Arc::downgrade(&pool.shared)));
         pool
     }
 
@@ -425,50 +426,5 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.shared.inner.lock();
         (inner.total, inner.idle.len(), inner.live_waiters())
-    }
-}
-
-/// Closes idle servers past their idle timeout or lifetime and keeps
-/// `min_size` open. Ends when the pool is dropped.
-async fn maintain(pool: Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = pool.upgrade() else { return };
-        let st = shared.settings.read().clone();
-        let retired = shared.retired.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let (expired, open) = {
-            let mut inner = shared.inner.lock();
-            let mut expired = Vec::new();
-            let mut i = 0;
-            while i < inner.idle.len() {
-                let c = &inner.idle[i];
-                let too_old = c.age(now) >= st.lifetime;
-                let too_idle = now.saturating_duration_since(c.last_used) >= st.idle_timeout
-                    && inner.total > st.min_size;
-                if too_old || too_idle || retired || !c.is_clean_idle(now) {
-                    if let Some(c) = inner.idle.remove(i) {
-                        inner.forget(c.id);
-                        expired.push(c);
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            let mut open = 0;
-            while !retired && inner.total < st.min_size.min(st.size) {
-                inner.total += 1;
-                inner.opening += 1;
-                open += 1;
-            }
-            (expired, open)
-        };
-        drop(expired);
-        let handle = Pool { shared };
-        for _ in 0..open {
-            handle.spawn_open();
-        }
     }
 }

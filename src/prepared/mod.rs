@@ -10,12 +10,16 @@
 //! statement; see `docs/architecture.md` for the whole algorithm.
 
 pub mod client;
+mod hook;
 pub mod messages;
+mod outbox;
 pub mod registry;
 pub mod server;
 pub mod tracker;
 
 pub use client::ClientStatements;
+pub use hook::Hook;
+pub use outbox::{Limits, Malformed, Outbox, Routed};
 pub use registry::{Counters, Registry, Statement};
 pub use server::ServerStatements;
-pub use tracker::{Hook, Limits, Outbox, Routed, Tracker};
+pub use tracker::Tracker;

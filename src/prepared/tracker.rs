@@ -21,131 +21,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::messages::{self, ParseRef, SqlEffect};
-use super::{ClientStatements, Registry, ServerStatements, Statement};
+use super::outbox::{lossy, Limits, Malformed, Outbox, Routed};
+use super::{ClientStatements, Hook, Registry, ServerStatements, Statement};
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::cstr;
 use crate::protocol::{encode, fe, Frame, SqlState, TxStatus};
-
-/// What a request changed, so it can be undone if the request fails.
-#[derive(Debug)]
-pub enum Hook {
-    /// Nothing.
-    None,
-    /// A Parse: the client's name (if any) now maps to `stmt`, and the
-    /// server's set holds it (`on_server`).
-    Parse {
-        /// The statement.
-        stmt: Arc<Statement>,
-        /// The client name mapped to it.
-        client: Option<Bytes>,
-        /// The statement that name meant before (only the unnamed statement
-        /// is ever replaced): back in place if this Parse is skipped.
-        replaced: Option<Arc<Statement>>,
-        /// Whether the Parse went to the server.
-        on_server: bool,
-    },
-    /// An eviction Close: the statement left the server's set.
-    Evicted(Arc<Statement>),
-    /// A client Close or DEALLOCATE: the client's name was unmapped.
-    ClientClosed(Bytes, Arc<Statement>),
-    /// A Bind or Describe that uses `stmt` on the server.
-    Uses(Arc<Statement>),
-    /// DISCARD ALL or DEALLOCATE ALL: the server drops every statement.
-    DropAll,
-}
-
-/// Limits and switches, from the configuration as of login.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Statements one client may name (`max_client_prepared_statements`).
-    pub per_client: usize,
-    /// Statements one server keeps (`max_prepared_statements`).
-    pub per_server: usize,
-    /// Whether the unnamed statement is shared (`track_unnamed_statements`).
-    pub track_unnamed: bool,
-}
-
-/// What routing a message produced, for the session to carry out in order.
-#[derive(Debug)]
-pub struct Outbox<'a> {
-    /// Bytes for the server (the session's own buffer).
-    pub sout: &'a mut BytesMut,
-    /// The replies owed, in the order of the requests in `sout` (a buffer
-    /// the session keeps, so routing allocates nothing).
-    pub replies: &'a mut Vec<(Req, Reply, Hook)>,
-    /// The client's own message goes to the server as it is (after
-    /// anything already in `sout`).
-    pub forward: bool,
-    /// A local error ended the batch: drop the client's messages up to Sync.
-    pub skip_to_sync: bool,
-    /// An extended-protocol message went to the server (Sync is owed).
-    pub unsynced: bool,
-    /// What runs may change the session's identity.
-    pub changes_identity: bool,
-}
-
-impl<'a> Outbox<'a> {
-    /// An empty outbox writing into the session's buffers.
-    pub fn new(sout: &'a mut BytesMut, replies: &'a mut Vec<(Req, Reply, Hook)>) -> Self {
-        Self {
-            sout,
-            replies,
-            forward: false,
-            skip_to_sync: false,
-            unsynced: false,
-            changes_identity: false,
-        }
-    }
-
-    fn expect(&mut self, req: Req, reply: Reply, hook: Hook) {
-        self.replies.push((req, reply, hook));
-    }
-
-    /// Answers a request with an ErrorResponse pgmux makes itself; the
-    /// server would drop the client's messages up to Sync, so pgmux does.
-    fn local_error(&mut self, req: Req, code: SqlState, msg: &str) {
-        let mut b = BytesMut::new();
-        write_error(&mut b, Severity::Error, code.0, msg);
-        self.expect(req, Reply::Synthetic(b.freeze()), Hook::None);
-        self.skip_to_sync = true;
-    }
-
-    /// PostgreSQL's 26000 for a statement this client may not reach.
-    fn no_such_statement(&mut self, req: Req, name: &[u8]) {
-        let msg = if name.is_empty() {
-            "unnamed prepared statement does not exist".to_owned()
-        } else {
-            format!("prepared statement \"{}\" does not exist", lossy(name))
-        };
-        self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
-    }
-
-    fn forward(&mut self, req: Req, hook: Hook) {
-        self.forward = true;
-        self.expect(req, Reply::Forward, hook);
-    }
-}
-
-/// The outcome of [`Tracker::route`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Routed {
-    /// Done: carry out the outbox.
-    Done,
-    /// The message needs a server and none is held; nothing was changed.
-    NeedServer,
-    /// Not a message this tracks: handle it as any other.
-    Untracked,
-}
-
-/// A message that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed {0} message")]
-pub struct Malformed(pub &'static str);
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Names of pgmux's own server-side statements: clients may not use them.
 fn is_reserved(name: &[u8]) -> bool {
@@ -165,7 +46,7 @@ macro_rules! held {
 /// One client's named statements and what it may reach.
 #[derive(Debug)]
 pub struct Tracker {
-    names: ClientStatements,
+    pub(super) names: ClientStatements,
     limits: Limits,
     /// This client put an unnamed statement on the server it holds now
     /// (unnamed statements not shared): only then may it use the server's
@@ -445,71 +326,6 @@ impl Tracker {
             _ => out.forward(Req::Query, Hook::None),
         }
         Ok(Routed::Done)
-    }
-
-    /// A request completed: a statement a server accepted is confirmed.
-    pub fn on_done(&mut self, hook: Hook, server: Option<&mut ServerStatements>) {
-        match hook {
-            Hook::Parse {
-                stmt,
-                on_server: true,
-                ..
-            } => stmt.confirm(),
-            Hook::DropAll => {
-                if let Some(s) = server {
-                    s.clear();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A request failed (`failed`: it is the one the server rejected) or was
-    /// skipped: undo its bookkeeping. A statement whose cached plan went
-    /// stale is retired on this server.
-    pub fn undo(
-        &mut self,
-        hook: Hook,
-        server: Option<&mut ServerStatements>,
-        stale_plan: bool,
-        failed: bool,
-    ) {
-        match hook {
-            Hook::None | Hook::DropAll => {}
-            Hook::Parse {
-                stmt,
-                client,
-                replaced,
-                on_server,
-            } => {
-                if let Some(name) = client {
-                    self.names.remove_if(&name, &stmt);
-                    // PostgreSQL drops the old unnamed statement before it
-                    // parses the new one: only a skipped Parse leaves it.
-                    if let (Some(old), false) = (replaced, failed) {
-                        self.names.insert(name, old);
-                    }
-                }
-                if let (true, Some(s)) = (on_server, server) {
-                    s.remove(&stmt);
-                }
-            }
-            Hook::Evicted(stmt) => {
-                if let Some(s) = server {
-                    s.add(stmt);
-                }
-            }
-            Hook::ClientClosed(name, stmt) => {
-                if self.names.get(&name).is_none() {
-                    self.names.insert(name, stmt);
-                }
-            }
-            Hook::Uses(stmt) => {
-                if let (true, Some(s)) = (stale_plan, server) {
-                    s.mark_stale(&stmt);
-                }
-            }
-        }
     }
 }
 

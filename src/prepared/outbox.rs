@@ -1,0 +1,101 @@
+//! What routing a client message produces for the session to carry out.
+
+use bytes::BytesMut;
+
+use super::Hook;
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::expect::{Reply, Req};
+use crate::protocol::SqlState;
+
+/// A client name, for messages.
+pub(super) fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Limits and switches, from the configuration as of login.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Statements one client may name (`max_client_prepared_statements`).
+    pub per_client: usize,
+    /// Statements one server keeps (`max_prepared_statements`).
+    pub per_server: usize,
+    /// Whether the unnamed statement is shared (`track_unnamed_statements`).
+    pub track_unnamed: bool,
+}
+
+/// What routing a message produced, for the session to carry out in order.
+#[derive(Debug)]
+pub struct Outbox<'a> {
+    /// Bytes for the server (the session's own buffer).
+    pub sout: &'a mut BytesMut,
+    /// The replies owed, in the order of the requests in `sout` (a buffer
+    /// the session keeps, so routing allocates nothing).
+    pub replies: &'a mut Vec<(Req, Reply, Hook)>,
+    /// The client's own message goes to the server as it is (after
+    /// anything already in `sout`).
+    pub forward: bool,
+    /// A local error ended the batch: drop the client's messages up to Sync.
+    pub skip_to_sync: bool,
+    /// An extended-protocol message went to the server (Sync is owed).
+    pub unsynced: bool,
+    /// What runs may change the session's identity.
+    pub changes_identity: bool,
+}
+
+impl<'a> Outbox<'a> {
+    /// An empty outbox writing into the session's buffers.
+    pub fn new(sout: &'a mut BytesMut, replies: &'a mut Vec<(Req, Reply, Hook)>) -> Self {
+        Self {
+            sout,
+            replies,
+            forward: false,
+            skip_to_sync: false,
+            unsynced: false,
+            changes_identity: false,
+        }
+    }
+
+    pub(super) fn expect(&mut self, req: Req, reply: Reply, hook: Hook) {
+        self.replies.push((req, reply, hook));
+    }
+
+    /// Answers a request with an ErrorResponse pgmux makes itself; the
+    /// server would drop the client's messages up to Sync, so pgmux does.
+    pub(super) fn local_error(&mut self, req: Req, code: SqlState, msg: &str) {
+        let mut b = BytesMut::new();
+        write_error(&mut b, Severity::Error, code.0, msg);
+        self.expect(req, Reply::Synthetic(b.freeze()), Hook::None);
+        self.skip_to_sync = true;
+    }
+
+    /// PostgreSQL's 26000 for a statement this client may not reach.
+    pub(super) fn no_such_statement(&mut self, req: Req, name: &[u8]) {
+        let msg = if name.is_empty() {
+            "unnamed prepared statement does not exist".to_owned()
+        } else {
+            format!("prepared statement \"{}\" does not exist", lossy(name))
+        };
+        self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+    }
+
+    pub(super) fn forward(&mut self, req: Req, hook: Hook) {
+        self.forward = true;
+        self.expect(req, Reply::Forward, hook);
+    }
+}
+
+/// The outcome of [`Tracker::route`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// Done: carry out the outbox.
+    Done,
+    /// The message needs a server and none is held; nothing was changed.
+    NeedServer,
+    /// Not a message this tracks: handle it as any other.
+    Untracked,
+}
+
+/// A message that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {0} message")]
+pub struct Malformed(pub &'static str);

@@ -1,0 +1,142 @@
+//! Holding a server: taking one from the pool (and making its parameters
+//! and identity the client's), giving it back, and the session's end.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::{fatal, pool_error_code, pool_error_reason, server_error_end, End, Session};
+use crate::config::PoolMode;
+use crate::context::ClientState;
+use crate::pool::Checkout;
+use crate::protocol::error::{write_error, Severity};
+use crate::stats::ErrorReason;
+
+impl Session {
+    /// Takes a server from the pool, unless one is held, and makes its
+    /// parameters the client's.
+    pub(super) async fn ensure_server(&mut self) -> Result<(), End> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        // Boxed: waiting for a pool and syncing parameters are the deepest
+        // futures of a session; inline, every idle client would carry their
+        // space for nothing.
+        match self.try_hold() {
+            Some(true) => Ok(()),
+            Some(false) => Box::pin(self.sync_held()).await,
+            None => Box::pin(self.acquire()).await,
+        }
+    }
+
+    /// The common case under load: an idle server taken with no waiting and
+    /// no future. `Some(in_sync)` when one was taken: `false` means its
+    /// parameters still need syncing. (Not inline in `ensure_server`: a
+    /// server held in a local there would add its size to every session.)
+    pub(super) fn try_hold(&mut self) -> Option<bool> {
+        let server = self.pool.try_get()?;
+        self.pool.metrics().observe_wait(Duration::ZERO);
+        let in_sync = self.params.in_sync(&server) && self.identity.is_none();
+        self.hold(server);
+        Some(in_sync)
+    }
+
+    pub(super) async fn acquire(&mut self) -> Result<(), End> {
+        self.listed.info.set_state(ClientState::Waiting);
+        let asked = Instant::now();
+        let got = self.pool.get().await;
+        self.pool.metrics().observe_wait(asked.elapsed());
+        let server = match got {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pool = %self.pool.name(), error = %e, "no server for client");
+                self.count_error(pool_error_reason(&e));
+                return Err(fatal(pool_error_code(&e), e.to_string()));
+            }
+        };
+        self.hold(server);
+        self.sync_held().await
+    }
+
+    /// Makes the held server's parameters and identity the client's; a
+    /// server that fails at it is closed.
+    pub(super) async fn sync_held(&mut self) -> Result<(), End> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = self.params.sync(server, self.max_msg).await {
+            self.close_server();
+            return Err(server_error_end(e));
+        }
+        self.apply_identity().await
+    }
+
+    /// Closes the held server (its state is unknown) and stops routing
+    /// cancels to it.
+    pub(super) fn close_server(&mut self) {
+        self.identity_touched = false;
+        self.cancel.slot.set_target(None);
+        self.listed.info.set_state(ClientState::Idle);
+        if let Some(s) = self.server.take() {
+            s.discard();
+        }
+    }
+
+    /// Holds a server: the client's requests go there now.
+    pub(super) fn hold(&mut self, server: Checkout) {
+        if let Some(t) = self.stmts.as_mut() {
+            t.on_new_server();
+        }
+        self.listed.info.set_state(ClientState::Active);
+        self.cancel.slot.set_target(Some(server.key));
+        self.server = Some(server);
+    }
+
+    pub(super) fn release(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.cancel.slot.set_target(None);
+            self.listed.info.set_state(ClientState::Idle);
+            s.release();
+        }
+    }
+
+    /// Counts an error this client got, under its database and user.
+    pub(super) fn count_error(&self, reason: ErrorReason) {
+        let info = &self.listed.info;
+        self.ctx.metrics.error(reason, &info.database, &info.user);
+    }
+
+    /// Ends the session: tells the client why if it is still there, and
+    /// returns the server only if it is clean.
+    pub(super) async fn finish(mut self, end: End) {
+        if let End::Fatal(code, msg) = &end {
+            let mut out = BytesMut::new();
+            write_error(&mut out, Severity::Fatal, code, msg);
+            let _ = self.client.write_all(&out).await;
+        }
+        let idle = self.is_idle();
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        self.cancel.slot.set_target(None);
+        let clean = idle && server.rbuf.is_empty();
+        if !clean {
+            tracing::debug!(pool = %self.pool.name(), "closing server left mid-transaction by its client");
+            self.close_server();
+            return;
+        }
+        if self.mode == PoolMode::Session {
+            let reset = self.pool.settings().reset_query.clone();
+            if server.reset(&reset, self.max_msg).await.is_err() {
+                self.close_server();
+                return;
+            }
+        }
+        if self.identity_needs_restore() {
+            // The client is gone: only whether the server came back matters.
+            let _ = self.restore_identity().await;
+        }
+        self.release();
+    }
+}

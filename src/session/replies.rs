@@ -1,0 +1,179 @@
+//! Server messages on their way to the client: the reply queue, transaction
+//! status, and what happens when the server goes away.
+
+use tokio::io::AsyncWriteExt;
+
+use super::{fatal, End, Session};
+use crate::config::PoolMode;
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::expect::Outcome;
+use crate::protocol::{be, encode, ErrorFields, Frame, SqlState, TxStatus};
+use crate::server::ServerError;
+use crate::stats::ErrorReason;
+
+impl Session {
+    pub(super) async fn on_server_data(&mut self) -> Result<(), End> {
+        let mut fatal_from_server = false;
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let frame = match server.next_frame(self.max_msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    return self
+                        .on_server_lost(ServerError::Protocol(e.to_string()))
+                        .await;
+                }
+            };
+            let mut stale_plan = false;
+            match frame.tag() {
+                be::PARAMETER_STATUS => {
+                    if let Some((k, v)) = server.note_parameter_status(frame.body()) {
+                        self.params.on_parameter_status(&k, &v);
+                        server.params_fingerprint = self.params.fingerprint();
+                    }
+                }
+                be::READY_FOR_QUERY => {
+                    if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
+                        self.tx = s;
+                    }
+                    self.on_ready();
+                }
+                be::ERROR_RESPONSE => {
+                    let (stale, fatal) = classify_error(&frame);
+                    stale_plan = stale;
+                    fatal_from_server |= fatal;
+                }
+                _ => {}
+            }
+            match self.expect.on_server(&frame, &mut self.cout) {
+                Outcome::Pending => {}
+                Outcome::Done(hook) => self.on_done(hook),
+                Outcome::Failed(hooks) => {
+                    // The first is the request the server rejected, the rest
+                    // were skipped.
+                    for (i, h) in hooks.into_iter().enumerate().rev() {
+                        self.undo(h, stale_plan, i == 0);
+                    }
+                }
+            }
+        }
+        self.flush_client().await?;
+        if fatal_from_server {
+            // The server is going away: requests must not be sent to it any more.
+            return self
+                .on_server_lost(ServerError::Protocol(
+                    "server terminated the connection".into(),
+                ))
+                .await;
+        }
+        if self.mode == PoolMode::Transaction && self.is_idle() {
+            if self.identity_needs_restore() {
+                Box::pin(self.restore_identity()).await?;
+            }
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// The server connection failed under the client. Requests in flight get
+    /// an error and a ReadyForQuery each so the client's protocol state stays
+    /// sound; a client inside a transaction (or in session mode) loses its
+    /// session state, so it is disconnected.
+    pub(super) async fn on_server_lost(&mut self, err: ServerError) -> Result<(), End> {
+        // Boxed: rare, and its future would otherwise sit in every session.
+        Box::pin(self.server_lost(err)).await
+    }
+
+    pub(super) async fn server_lost(&mut self, err: ServerError) -> Result<(), End> {
+        tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
+        self.count_error(ErrorReason::ServerLost);
+        self.close_server();
+        let in_tx = self.tx != TxStatus::Idle;
+        let error_sent = self.expect.error_sent();
+        let (readies, tail, hooks) = self.expect.abandon();
+        tracing::debug!(
+            readies,
+            tail,
+            error_sent,
+            in_tx,
+            "answering requests the lost server owed"
+        );
+        for h in hooks.into_iter().rev() {
+            self.undo(h, false, false);
+        }
+        if self.mode == PoolMode::Session || (readies == 0 && !tail) {
+            return Err(fatal(
+                SqlState::CONNECTION_FAILURE,
+                "server connection lost",
+            ));
+        }
+        let msg = if in_tx {
+            "server connection lost; the transaction was rolled back"
+        } else {
+            "server connection lost"
+        };
+        let mut owe_error = !error_sent;
+        let code = SqlState::CONNECTION_FAILURE.0;
+        for _ in 0..readies {
+            if owe_error {
+                write_error(&mut self.cout, Severity::Error, code, msg);
+            }
+            encode::ready_for_query(&mut self.cout, TxStatus::Idle);
+            owe_error = true;
+        }
+        if tail {
+            if owe_error {
+                write_error(&mut self.cout, Severity::Error, code, msg);
+            }
+            self.skip_to_sync = true;
+        }
+        self.tx = TxStatus::Idle;
+        self.unsynced = false;
+        self.flush_client().await
+    }
+
+    /// Counts a ReadyForQuery from the server: a query, and a transaction
+    /// when the client is idle again.
+    pub(super) fn on_ready(&mut self) {
+        let counters = &self.pool.metrics().counters;
+        counters
+            .queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.tx == TxStatus::Idle {
+            if let Some(t) = self.tx_started.take() {
+                self.pool.metrics().observe_transaction(t.elapsed());
+            }
+        }
+    }
+
+    pub(super) async fn flush_client(&mut self) -> Result<(), End> {
+        if self.cout.is_empty() {
+            return Ok(());
+        }
+        let res = self.client.write_all(&self.cout).await;
+        let counters = &self.pool.metrics().counters;
+        counters
+            .bytes_out
+            .fetch_add(self.cout.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.cout.clear();
+        res.map_err(|_| End::ClientGone)
+    }
+}
+
+/// Reads a server ErrorResponse: (is it "cached plan must not change result
+/// type", i.e. the statement must be prepared again after a schema change;
+/// is it FATAL, i.e. the server is closing).
+pub(super) fn classify_error(frame: &Frame) -> (bool, bool) {
+    let Some(f) = ErrorFields::parse(frame.body()) else {
+        return (false, false);
+    };
+    tracing::debug!(code = %String::from_utf8_lossy(f.code), message = %f.message_lossy(), "server error");
+    let stale = f.code == b"0A000"
+        && f.message
+            .starts_with(b"cached plan must not change result type");
+    let fatal = matches!(f.severity, b"FATAL" | b"PANIC");
+    (stale, fatal)
+}

@@ -1,0 +1,186 @@
+//! Client messages on their way to the server: framing, the
+//! prepared-statement tracker, forwarding, and the replies each request owes.
+
+use std::time::Instant;
+
+use super::{fatal, identity, End, Session};
+use crate::prepared::{Hook, Outbox, Routed};
+use crate::protocol::expect::{Reply, Req};
+use crate::protocol::frame::split_frame;
+use crate::protocol::{encode, fe, Frame, SqlState};
+use crate::stats::ErrorReason;
+
+impl Session {
+    pub(super) async fn on_client_data(&mut self) -> Result<(), End> {
+        loop {
+            let frame = match split_frame(&mut self.cbuf, self.max_msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.count_error(ErrorReason::ProtocolError);
+                    return Err(fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message: {e}"),
+                    ));
+                }
+            };
+            match frame.tag() {
+                fe::TERMINATE => {
+                    self.flush_server().await?;
+                    if self.expect.is_empty() {
+                        return Err(End::ClientGone);
+                    }
+                    // Replies still owed are delivered first, as PostgreSQL
+                    // finishes what came before a Terminate.
+                    self.terminated = true;
+                    self.cbuf.clear();
+                    break;
+                }
+                fe::PASSWORD => {
+                    return Err(fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "unexpected password message after login",
+                    ));
+                }
+                _ => {}
+            }
+            self.on_client_frame(frame).await?;
+        }
+        self.flush_server().await?;
+        self.flush_client().await
+    }
+
+    pub(super) async fn on_client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        let tag = frame.tag();
+        if self.skip_to_sync && tag != fe::SYNC {
+            return Ok(());
+        }
+        self.skip_to_sync = false;
+        let changes_identity = identity::message_changes_identity(&frame);
+        self.route_client_frame(&frame).await?;
+        if changes_identity {
+            self.note_identity_change(&frame);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn route_client_frame(&mut self, frame: &Frame) -> Result<(), End> {
+        let tag = frame.tag();
+        if self.route_tracked(frame).await? {
+            return Ok(());
+        }
+        match tag {
+            // With no server held nothing is outstanding: answer it here.
+            fe::SYNC if self.server.is_none() => {
+                encode::ready_for_query(&mut self.cout, self.tx);
+                Ok(())
+            }
+            fe::FLUSH if self.server.is_none() => Ok(()),
+            _ => self.forward_needing_server(frame).await,
+        }
+    }
+
+    /// Lets the prepared-statement tracker route a message, taking a server
+    /// when it needs one; `false` when the message is not a tracked one.
+    pub(super) async fn route_tracked(&mut self, frame: &Frame) -> Result<bool, End> {
+        loop {
+            let Some(tracker) = self.stmts.as_mut() else {
+                return Ok(false);
+            };
+            let mut out = Outbox::new(&mut self.sout, &mut self.routed);
+            let server = self.server.as_mut().map(|s| &mut s.statements);
+            let routed = tracker.route(frame, server, &self.ctx.statements, self.tx, &mut out);
+            let (forward, skip, unsynced, identity) = (
+                out.forward,
+                out.skip_to_sync,
+                out.unsynced,
+                out.changes_identity,
+            );
+            match routed {
+                Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
+                Ok(Routed::Untracked) => return Ok(false),
+                Ok(Routed::NeedServer) => self.ensure_server().await?,
+                Ok(Routed::Done) => {
+                    if forward {
+                        self.sout.extend_from_slice(frame.raw());
+                    }
+                    let mut routed = std::mem::take(&mut self.routed);
+                    for (req, reply, hook) in routed.drain(..) {
+                        self.push(req, reply, hook);
+                    }
+                    self.routed = routed;
+                    self.unsynced |= unsynced;
+                    self.skip_to_sync |= skip;
+                    self.identity_touched |= identity;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// A request completed: the tracker learns what the server now holds.
+    pub(super) fn on_done(&mut self, hook: Hook) {
+        if let Some(t) = self.stmts.as_mut() {
+            t.on_done(hook, self.server.as_mut().map(|s| &mut s.statements));
+        }
+    }
+
+    /// A request failed or was skipped: the tracker undoes what it recorded.
+    pub(super) fn undo(&mut self, hook: Hook, stale_plan: bool, failed: bool) {
+        if let Some(t) = self.stmts.as_mut() {
+            let server = self.server.as_mut().map(|s| &mut s.statements);
+            t.undo(hook, server, stale_plan, failed);
+        }
+    }
+
+    /// Forwards a message, taking a server first if none is held.
+    pub(super) async fn forward_needing_server(&mut self, frame: &Frame) -> Result<(), End> {
+        self.ensure_server().await?;
+        self.forward(frame, Hook::None);
+        Ok(())
+    }
+
+    /// Queues a client message for the server and notes the reply it owes.
+    pub(super) fn forward(&mut self, frame: &Frame, hook: Hook) {
+        if matches!(frame.tag(), fe::COPY_DONE | fe::COPY_FAIL) {
+            self.expect.end_copy_in();
+        }
+        if let Some(req) = Req::from_tag(frame.tag()) {
+            match req {
+                Req::Sync => self.unsynced = false,
+                Req::Query | Req::FunctionCall => {}
+                _ => self.unsynced = true,
+            }
+            self.push(req, Reply::Forward, hook);
+        }
+        self.sout.extend_from_slice(frame.raw());
+    }
+
+    /// Notes an owed reply; undoes the hook at once if the server will skip it.
+    pub(super) fn push(&mut self, req: Req, reply: Reply, hook: Hook) {
+        if let Some(skipped) = self.expect.push(req, reply, hook, &mut self.cout) {
+            self.undo(skipped, false, false);
+        }
+    }
+
+    pub(super) async fn flush_server(&mut self) -> Result<(), End> {
+        if self.sout.is_empty() {
+            return Ok(());
+        }
+        let Some(server) = self.server.as_mut() else {
+            self.sout.clear();
+            return Ok(());
+        };
+        let res = server.write_all(&self.sout).await;
+        let counters = &self.pool.metrics().counters;
+        counters
+            .bytes_in
+            .fetch_add(self.sout.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.tx_started.get_or_insert_with(Instant::now);
+        self.sout.clear();
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => self.on_server_lost(e.into()).await,
+        }
+    }
+}
