@@ -290,6 +290,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
+        self.check_general(&mut errs);
+        self.check_databases(&mut errs);
+        self.check_users(&mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// `[pgmux]` and `[metrics]`: addresses, sizes, client TLS.
+    fn check_general(&self, errs: &mut Vec<String>) {
         let g = &self.pgmux;
         if let Err(e) = g.listen.parse::<SocketAddr>() {
             errs.push(format!("pgmux.listen = {:?}: {e}", g.listen));
@@ -303,6 +315,23 @@ impl Config {
         if !(1024..=1 << 30).contains(&g.max_message_size) {
             errs.push("pgmux.max_message_size must be between 1024 and 1073741824".into());
         }
+        if g.client_tls_mode != TlsMode::Disable
+            && (g.client_tls_cert.is_none() || g.client_tls_key.is_none())
+        {
+            errs.push("pgmux.client_tls_mode needs client_tls_cert and client_tls_key".into());
+        }
+        if g.client_tls_mode >= TlsMode::VerifyCa && g.client_tls_ca.is_none() {
+            errs.push("pgmux.client_tls_mode verify-ca/verify-full needs client_tls_ca".into());
+        }
+        if let Some(m) = &self.metrics {
+            if let Err(e) = m.listen.parse::<SocketAddr>() {
+                errs.push(format!("metrics.listen = {:?}: {e}", m.listen));
+            }
+        }
+    }
+
+    /// `[databases.*]`: pool sizes, server credentials, server TLS.
+    fn check_databases(&self, errs: &mut Vec<String>) {
         for (name, db) in &self.databases {
             if db.pool_size == Some(0) {
                 errs.push(format!("databases.{name}.pool_size must be at least 1"));
@@ -312,16 +341,6 @@ impl Config {
                     "databases.{name}: server_user and server_password go together"
                 ));
             }
-        }
-        if g.client_tls_mode != TlsMode::Disable
-            && (g.client_tls_cert.is_none() || g.client_tls_key.is_none())
-        {
-            errs.push("pgmux.client_tls_mode needs client_tls_cert and client_tls_key".into());
-        }
-        if g.client_tls_mode >= TlsMode::VerifyCa && g.client_tls_ca.is_none() {
-            errs.push("pgmux.client_tls_mode verify-ca/verify-full needs client_tls_ca".into());
-        }
-        for (name, db) in &self.databases {
             let (mode, ca) = self.server_tls(db);
             if mode >= TlsMode::VerifyCa && ca.is_none() {
                 errs.push(format!(
@@ -329,17 +348,18 @@ impl Config {
                 ));
             }
         }
-        if let Some(m) = &self.metrics {
-            if let Err(e) = m.listen.parse::<SocketAddr>() {
-                errs.push(format!("metrics.listen = {:?}: {e}", m.listen));
-            }
-        }
-        if let Some(u) = &g.auth_user {
+    }
+
+    /// `[users.*]`, `auth_user` and `[admin] users`: every user named is
+    /// defined, and pgmux can log in to the server as each one it must.
+    fn check_users(&self, errs: &mut Vec<String>) {
+        let can_log_in = |u: &User| crate::auth::Secret::parse(&u.password).can_log_in_to_server();
+        if let Some(u) = &self.pgmux.auth_user {
             match self.users.get(u) {
                 None => errs.push(format!("pgmux.auth_user: {u:?} is not defined in [users]")),
-                Some(user) if !crate::auth::Secret::parse(&user.password).can_log_in_to_server() => errs.push(
-                    format!("pgmux.auth_user: {u:?} needs a plaintext or md5 password to log in to the server"),
-                ),
+                Some(user) if !can_log_in(user) => errs.push(format!(
+                    "pgmux.auth_user: {u:?} needs a plaintext or md5 password to log in to the server"
+                )),
                 Some(_) => {}
             }
         }
@@ -348,28 +368,21 @@ impl Config {
                 errs.push(format!("admin.users: {u:?} is not defined in [users]"));
             }
         }
+        let lacking: Vec<&str> = self
+            .databases
+            .iter()
+            .filter(|(_, d)| d.server_user.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
         for (name, user) in &self.users {
-            let admin_only = self.admin.users.contains(name);
-            if !admin_only && !crate::auth::Secret::parse(&user.password).can_log_in_to_server() {
-                let lacking: Vec<&str> = self
-                    .databases
-                    .iter()
-                    .filter(|(_, d)| d.server_user.is_none())
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                if !lacking.is_empty() {
-                    errs.push(format!(
-                        "users.{name}.password is a SCRAM verifier, so pgmux cannot log in to the \
-                         server as {name}; set server_user and server_password on databases: {}",
-                        lacking.join(", ")
-                    ));
-                }
+            if self.admin.users.contains(name) || can_log_in(user) || lacking.is_empty() {
+                continue;
             }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errs))
+            errs.push(format!(
+                "users.{name}.password is a SCRAM verifier, so pgmux cannot log in to the \
+                 server as {name}; set server_user and server_password on databases: {}",
+                lacking.join(", ")
+            ));
         }
     }
 }

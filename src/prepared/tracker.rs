@@ -136,12 +136,7 @@ impl Tracker {
             duplicate_parse(&p, &name, out);
             return Ok(Routed::Done);
         }
-        // A Parse into the unnamed statement replaces it: it does not count.
-        let held = self.names.len() - usize::from(name.is_empty() && self.names.get(b"").is_some());
-        if held >= self.limits.per_client {
-            let msg = format!(
-                "too many prepared statements: this client holds {held} (max_client_prepared_statements)"
-            );
+        if let Some(msg) = self.over_limit(&name) {
             out.local_error(Req::Parse, SqlState::PROGRAM_LIMIT_EXCEEDED, &msg);
             return Ok(Routed::Done);
         }
@@ -156,6 +151,33 @@ impl Tracker {
         if !answer_here && server.is_none() {
             return Ok(Routed::NeedServer);
         }
+        self.map_parse(name, stmt, answer_here, server, registry, out);
+        Ok(Routed::Done)
+    }
+
+    /// The error for a Parse past `max_client_prepared_statements`, if it is.
+    fn over_limit(&self, name: &[u8]) -> Option<String> {
+        // A Parse into the unnamed statement replaces it: it does not count.
+        let replaces = name.is_empty() && self.names.get(b"").is_some();
+        let held = self.names.len() - usize::from(replaces);
+        (held >= self.limits.per_client).then(|| {
+            format!(
+                "too many prepared statements: this client holds {held} (max_client_prepared_statements)"
+            )
+        })
+    }
+
+    /// Maps the client's name to `stmt` and answers the Parse here, or
+    /// sends it when the held server lacks the statement.
+    fn map_parse(
+        &mut self,
+        name: Bytes,
+        stmt: Arc<Statement>,
+        answer_here: bool,
+        server: Option<&mut ServerStatements>,
+        registry: &Registry,
+        out: &mut Outbox<'_>,
+    ) {
         // A Parse into the unnamed statement replaces it, as in PostgreSQL.
         let replaced = if name.is_empty() {
             self.names.remove(b"")
@@ -163,36 +185,25 @@ impl Tracker {
             None
         };
         self.names.insert(name.clone(), stmt.clone());
+        let parse = NewParse {
+            stmt,
+            client: Some(name),
+            replaced,
+        };
         match server {
             Some(s) if !answer_here => {
                 registry.counters.misses.fetch_add(1, Ordering::Relaxed);
-                let reply = Reply::Forward;
-                send_parse(
-                    s,
-                    stmt,
-                    reply,
-                    Some(name),
-                    replaced,
-                    self.limits,
-                    registry,
-                    out,
-                );
+                send_parse(s, parse, Reply::Forward, self.limits, registry, out);
             }
             server => {
                 if let Some(s) = server {
-                    s.touch(&stmt);
+                    s.touch(&parse.stmt);
                 }
                 registry.counters.hits.fetch_add(1, Ordering::Relaxed);
-                let hook = Hook::Parse {
-                    stmt,
-                    client: Some(name),
-                    replaced,
-                    on_server: false,
-                };
+                let hook = parse.hook(false);
                 out.expect(Req::Parse, Reply::Synthetic(encode::parse_complete()), hook);
             }
         }
-        Ok(Routed::Done)
     }
 
     /// Bind or Describe('S') of a named statement: rewritten by `write` to
@@ -223,17 +234,12 @@ impl Tracker {
         let server = held!(server);
         if !server.touch(&stmt) {
             registry.counters.reprepares.fetch_add(1, Ordering::Relaxed);
-            let s = stmt.clone();
-            send_parse(
-                server,
-                s,
-                Reply::Swallow,
-                None,
-                None,
-                self.limits,
-                registry,
-                out,
-            );
+            let parse = NewParse {
+                stmt: stmt.clone(),
+                client: None,
+                replaced: None,
+            };
+            send_parse(server, parse, Reply::Swallow, self.limits, registry, out);
         }
         out.changes_identity |= stmt.changes_identity;
         write(out.sout, &stmt.name);
@@ -351,20 +357,38 @@ fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
     out.skip_to_sync = true;
 }
 
-/// Sends `stmt`'s Parse to the held server, closing a stale copy and
-/// evicting the least recently used statements first.
-#[allow(clippy::too_many_arguments)]
+/// A statement to prepare, and the client name it is for.
+struct NewParse {
+    stmt: Arc<Statement>,
+    /// The client name mapped to it (none for an injected Parse).
+    client: Option<Bytes>,
+    /// The statement that name meant before.
+    replaced: Option<Arc<Statement>>,
+}
+
+impl NewParse {
+    fn hook(self, on_server: bool) -> Hook {
+        Hook::Parse {
+            stmt: self.stmt,
+            client: self.client,
+            replaced: self.replaced,
+            on_server,
+        }
+    }
+}
+
+/// Sends a Parse to the held server, closing a stale copy and evicting the
+/// least recently used statements first.
 fn send_parse(
     server: &mut ServerStatements,
-    stmt: Arc<Statement>,
+    parse: NewParse,
     reply: Reply,
-    client: Option<Bytes>,
-    replaced: Option<Arc<Statement>>,
     limits: Limits,
     registry: &Registry,
     out: &mut Outbox<'_>,
 ) {
-    let stale = server.take_stale(&stmt);
+    let stmt = &parse.stmt;
+    let stale = server.take_stale(stmt);
     let mut evicted = Vec::new();
     while server.len() >= limits.per_server {
         match server.pop_lru() {
@@ -384,11 +408,5 @@ fn send_parse(
     }
     out.sout.extend_from_slice(&stmt.parse);
     out.unsynced = true;
-    let hook = Hook::Parse {
-        stmt,
-        client,
-        replaced,
-        on_server: true,
-    };
-    out.expect(Req::Parse, reply, hook);
+    out.expect(Req::Parse, reply, parse.hook(true));
 }

@@ -71,15 +71,21 @@ pub fn peek_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameError>
     Ok(Some(total))
 }
 
+/// Room reserved ahead for the rest of a partial message. A header alone
+/// must not make pgmux allocate the whole declared length (up to
+/// `max_message_size`): five bytes per connection would pin that much
+/// memory. Larger messages grow the buffer as their bytes arrive.
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Splits one complete message off the front of `buf`. `Ok(None)` means more
-/// bytes are needed; room for the rest of the message is reserved so the
-/// next read can complete it.
+/// bytes are needed; room for the rest of the message (up to
+/// [`RESERVE_AHEAD`]) is reserved so the next read can complete it.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
     let Some(total) = peek_len(buf, max_len)? else {
         return Ok(None);
     };
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     Ok(Some(Frame {

@@ -2,9 +2,6 @@
 //! whatever the server asks (SCRAM-SHA-256, MD5, cleartext or trust), then
 //! the ParameterStatus and BackendKeyData that precede ReadyForQuery.
 
-use std::collections::HashMap;
-use std::time::Instant;
-
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,11 +11,11 @@ use tokio_rustls::TlsConnector;
 use crate::tls::connector::server_name;
 use crate::tls::{Stream, TlsMode};
 
-use super::{BackendKey, ServerConn, ServerError};
+use super::{ServerConn, ServerError};
 use crate::auth::scram::ScramPassthrough;
 use crate::auth::Secret;
 use crate::protocol::frame::{cstr, read_i32};
-use crate::protocol::{be, encode};
+use crate::protocol::{be, encode, Frame};
 
 /// Where a pool's servers live and whom to log in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +35,6 @@ pub struct ServerTarget {
     /// CA bundle for verify-ca / verify-full.
     pub tls_ca: Option<String>,
 }
-
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Negotiates TLS per `server_tls_mode`: SSLRequest, exactly one byte of
 /// answer (nothing may be buffered before the handshake), then the handshake.
@@ -85,71 +80,61 @@ pub async fn connect(
     tcp.set_nodelay(true)?;
     let addr = tcp.peer_addr()?;
     let stream = negotiate_tls(t, tcp, tls).await?;
-    let mut conn = ServerConn {
-        stream,
-        rbuf: BytesMut::with_capacity(8192),
-        reported: Vec::new(),
-        current: HashMap::new(),
-        unreported_set: Vec::new(),
-        key: BackendKey {
-            addr,
-            pid: 0,
-            secret: 0,
-        },
-        created: Instant::now(),
-        last_used: Instant::now(),
-        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        statements: Default::default(),
-        generation: 0,
-        params_fingerprint: 0,
-        login: Default::default(),
-        identity_changed: false,
-        identity_sticky: false,
-    };
+    let mut conn = ServerConn::new(stream, addr);
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)])?;
-    conn.stream.write_all(&out).await?;
+    conn.write_all(&out).await?;
     let mut scram: Option<Scram> = None;
     loop {
-        let Some(frame) = conn.next_frame(max_msg)? else {
-            if conn.read_more().await? == 0 {
-                return Err(ServerError::Protocol(
-                    "server closed the connection during login".into(),
-                ));
+        let frame = conn.recv_frame(max_msg).await.map_err(|e| match e {
+            ServerError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                ServerError::Protocol("server closed the connection during login".into())
             }
-            continue;
-        };
-        let body = frame.body();
-        match frame.tag() {
-            be::AUTHENTICATION => {
-                let reply = auth_step(t, body, &mut scram)?;
-                if !reply.is_empty() {
-                    conn.stream.write_all(&reply).await?;
-                }
-            }
-            be::PARAMETER_STATUS => {
-                conn.note_parameter_status(body);
-            }
-            be::BACKEND_KEY_DATA => {
-                let (pid, rest) = read_i32(body).ok_or_else(|| bad("BackendKeyData"))?;
-                let (secret, _) = read_i32(rest).ok_or_else(|| bad("BackendKeyData"))?;
-                conn.key.pid = pid;
-                conn.key.secret = secret;
-            }
-            be::ERROR_RESPONSE => return Err(ServerError::from_error_body(body)),
-            be::READY_FOR_QUERY => {
-                conn.note_login_identity(&t.user);
-                return Ok(conn);
-            }
-            be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
-            t => {
-                return Err(ServerError::Protocol(format!(
-                    "unexpected message {:?} during login",
-                    t as char
-                )))
-            }
+            e => e,
+        })?;
+        if login_message(&mut conn, t, &frame, &mut scram).await? {
+            conn.note_login_identity(&t.user);
+            return Ok(conn);
         }
     }
+}
+
+/// Handles one message of the server's login sequence; `true` at
+/// ReadyForQuery.
+async fn login_message(
+    conn: &mut ServerConn,
+    t: &ServerTarget,
+    frame: &Frame,
+    scram: &mut Option<Scram>,
+) -> Result<bool, ServerError> {
+    let body = frame.body();
+    match frame.tag() {
+        be::AUTHENTICATION => {
+            let reply = auth_step(t, body, scram)?;
+            if !reply.is_empty() {
+                conn.write_all(&reply).await?;
+            }
+        }
+        be::PARAMETER_STATUS => {
+            conn.note_parameter_status(body);
+        }
+        be::BACKEND_KEY_DATA => {
+            let (pid, rest) = read_i32(body).ok_or_else(|| bad("BackendKeyData"))?;
+            let (secret, _) = read_i32(rest).ok_or_else(|| bad("BackendKeyData"))?;
+            conn.key.pid = pid;
+            conn.key.secret = secret;
+        }
+        be::ERROR_RESPONSE => return Err(ServerError::from_error_body(body)),
+        be::READY_FOR_QUERY => return Ok(true),
+        be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+        t => {
+            return Err(ServerError::Protocol(format!(
+                "unexpected message {:?} during login",
+                t as char
+            )))
+        }
+    }
+    Ok(false)
 }
 
 fn bad(what: &str) -> ServerError {
@@ -196,69 +181,19 @@ fn auth_step(
                 ))
             }
         },
-        auth_code::MD5 => {
-            let salt: [u8; 4] = data
-                .get(..4)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(|| bad("MD5 salt"))?;
-            let stored = match password(t)? {
-                Secret::Plain(p) => crate::auth::md5::stored_hash(&t.user, p),
-                Secret::Md5(h) => h.clone(),
-                Secret::Scram(_) | Secret::ScramKeys(..) => {
-                    return Err(ServerError::Auth(
-                        "the server asks for MD5 and pgmux only has a SCRAM verifier".into(),
-                    ))
+        auth_code::MD5 => md5_answer(t, data, &mut out)?,
+        auth_code::SASL => *scram = Some(sasl_start(t, data, &mut out)?),
+        auth_code::SASL_CONTINUE => {
+            let s = scram.as_mut().ok_or_else(|| bad("SASLContinue"))?;
+            let answer = match s {
+                Scram::Password(s) => {
+                    s.update(data).map_err(scram_err)?;
+                    s.message().to_vec()
                 }
+                Scram::Passthrough(s) => s.client_final(data).map_err(scram_err)?.into_bytes(),
             };
-            let answer = crate::auth::md5::salted_answer(&stored, salt);
-            encode::password(&mut out, answer.as_bytes())?;
+            encode::sasl_response(&mut out, &answer)?;
         }
-        auth_code::SASL => {
-            let mut offered = data;
-            let mut has_scram = false;
-            while let Some((m, rest)) = cstr(offered) {
-                if m.is_empty() {
-                    break;
-                }
-                has_scram |= m == SCRAM_SHA_256.as_bytes();
-                offered = rest;
-            }
-            if !has_scram {
-                return Err(ServerError::Auth(
-                    "the server offers no SASL mechanism pgmux supports".into(),
-                ));
-            }
-            match password(t)? {
-                Secret::Plain(p) => {
-                    let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-                    encode::sasl_initial_response(&mut out, SCRAM_SHA_256, s.message())?;
-                    *scram = Some(Scram::Password(s));
-                }
-                Secret::ScramKeys(v, key) => {
-                    let s = ScramPassthrough::new(v.clone(), *key);
-                    encode::sasl_initial_response(
-                        &mut out,
-                        SCRAM_SHA_256,
-                        s.client_first().as_bytes(),
-                    )?;
-                    *scram = Some(Scram::Passthrough(s));
-                }
-                _ => return Err(ServerError::Auth(
-                    "the server asks for SCRAM and pgmux has no plaintext password for this role"
-                        .into(),
-                )),
-            }
-        }
-        auth_code::SASL_CONTINUE => match scram.as_mut().ok_or_else(|| bad("SASLContinue"))? {
-            Scram::Password(s) => {
-                s.update(data).map_err(scram_err)?;
-                encode::sasl_response(&mut out, s.message())?;
-            }
-            Scram::Passthrough(s) => {
-                let fin = s.client_final(data).map_err(scram_err)?;
-                encode::sasl_response(&mut out, fin.as_bytes())?;
-            }
-        },
         auth_code::SASL_FINAL => match scram.as_mut().ok_or_else(|| bad("SASLFinal"))? {
             Scram::Password(s) => s.finish(data).map_err(scram_err)?,
             Scram::Passthrough(s) => s.verify_server_final(data).map_err(scram_err)?,
@@ -270,4 +205,58 @@ fn auth_step(
         }
     }
     Ok(out.to_vec())
+}
+
+/// The answer to AuthenticationMD5Password, from the password or the
+/// stored md5 hash.
+fn md5_answer(t: &ServerTarget, data: &[u8], out: &mut BytesMut) -> Result<(), ServerError> {
+    let salt: [u8; 4] = data
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad("MD5 salt"))?;
+    let stored = match password(t)? {
+        Secret::Plain(p) => crate::auth::md5::stored_hash(&t.user, p),
+        Secret::Md5(h) => h.clone(),
+        Secret::Scram(_) | Secret::ScramKeys(..) => {
+            return Err(ServerError::Auth(
+                "the server asks for MD5 and pgmux only has a SCRAM verifier".into(),
+            ))
+        }
+    };
+    let answer = crate::auth::md5::salted_answer(&stored, salt);
+    Ok(encode::password(out, answer.as_bytes())?)
+}
+
+/// Starts SCRAM-SHA-256 if the server offers it: with the password, or with
+/// a client's recovered ClientKey (pass-through).
+fn sasl_start(t: &ServerTarget, offered: &[u8], out: &mut BytesMut) -> Result<Scram, ServerError> {
+    let mut rest = offered;
+    let mut has_scram = false;
+    while let Some((m, tail)) = cstr(rest) {
+        if m.is_empty() {
+            break;
+        }
+        has_scram |= m == SCRAM_SHA_256.as_bytes();
+        rest = tail;
+    }
+    if !has_scram {
+        return Err(ServerError::Auth(
+            "the server offers no SASL mechanism pgmux supports".into(),
+        ));
+    }
+    match password(t)? {
+        Secret::Plain(p) => {
+            let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+            encode::sasl_initial_response(out, SCRAM_SHA_256, s.message())?;
+            Ok(Scram::Password(s))
+        }
+        Secret::ScramKeys(v, key) => {
+            let s = ScramPassthrough::new(v.clone(), *key);
+            encode::sasl_initial_response(out, SCRAM_SHA_256, s.client_first().as_bytes())?;
+            Ok(Scram::Passthrough(s))
+        }
+        _ => Err(ServerError::Auth(
+            "the server asks for SCRAM and pgmux has no plaintext password for this role".into(),
+        )),
+    }
 }

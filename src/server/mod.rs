@@ -68,6 +68,9 @@ impl ServerError {
     }
 }
 
+/// Per-process connection ids, for logs.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Parameters whose values pgmux keeps in step with each client.
 pub const TRACKED_REPORTED: &[&str] = &[
     "application_name",
@@ -171,6 +174,31 @@ impl Drop for ServerConn {
 }
 
 impl ServerConn {
+    /// A connection over `stream`, before its login.
+    fn new(stream: Stream, addr: SocketAddr) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            reported: Vec::new(),
+            current: HashMap::new(),
+            unreported_set: Vec::new(),
+            key: BackendKey {
+                addr,
+                pid: 0,
+                secret: 0,
+            },
+            created: Instant::now(),
+            last_used: Instant::now(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            statements: Default::default(),
+            generation: 0,
+            params_fingerprint: 0,
+            login: Default::default(),
+            identity_changed: false,
+            identity_sticky: false,
+        }
+    }
+
     /// Age of the connection.
     pub fn age(&self, now: Instant) -> std::time::Duration {
         now.saturating_duration_since(self.created)

@@ -124,6 +124,16 @@ impl Raw {
         }
     }
 
+    /// Sends `bytes` as they are and ends the sending side, then reads
+    /// whatever comes back until the socket closes or `limit` passes.
+    pub async fn send_raw(&mut self, bytes: &[u8], limit: std::time::Duration) -> Vec<u8> {
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.shutdown().await;
+        let mut got = self.buf.split().to_vec();
+        let _ = tokio::time::timeout(limit, self.stream.read_to_end(&mut got)).await;
+        got
+    }
+
     /// Queues Parse.
     pub fn parse(&mut self, name: &str, query: &str) -> &mut Self {
         frontend::parse(name, query, [], &mut self.out).unwrap();
