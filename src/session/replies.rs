@@ -12,6 +12,9 @@ use crate::server::ServerError;
 use crate::stats::ErrorReason;
 
 impl Session {
+    /// Handles every complete message the server sent, then delivers them
+    /// and, in transaction mode, gives the server back once the client is
+    /// idle.
     pub(super) async fn on_server_data(&mut self) -> Result<(), End> {
         let mut fatal_from_server = false;
         loop {
@@ -22,52 +25,19 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    return self
-                        .on_server_lost(ServerError::Protocol(e.to_string()))
-                        .await;
+                    let lost = ServerError::Protocol(e.to_string());
+                    return self.on_server_lost(lost).await;
                 }
             };
-            let mut stale_plan = false;
-            match frame.tag() {
-                be::PARAMETER_STATUS => {
-                    if let Some((k, v)) = server.note_parameter_status(frame.body()) {
-                        self.params.on_parameter_status(&k, &v);
-                        server.params_fingerprint = self.params.fingerprint();
-                    }
-                }
-                be::READY_FOR_QUERY => {
-                    if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
-                        self.tx = s;
-                    }
-                    self.on_ready();
-                }
-                be::ERROR_RESPONSE => {
-                    let (stale, fatal) = classify_error(&frame);
-                    stale_plan = stale;
-                    fatal_from_server |= fatal;
-                }
-                _ => {}
-            }
-            match self.expect.on_server(&frame, &mut self.cout) {
-                Outcome::Pending => {}
-                Outcome::Done(hook) => self.on_done(hook),
-                Outcome::Failed(hooks) => {
-                    // The first is the request the server rejected, the rest
-                    // were skipped.
-                    for (i, h) in hooks.into_iter().enumerate().rev() {
-                        self.undo(h, stale_plan, i == 0);
-                    }
-                }
-            }
+            let (stale_plan, fatal) = self.note_server_frame(&frame);
+            fatal_from_server |= fatal;
+            self.settle_reply(&frame, stale_plan);
         }
         self.flush_client().await?;
         if fatal_from_server {
             // The server is going away: requests must not be sent to it any more.
-            return self
-                .on_server_lost(ServerError::Protocol(
-                    "server terminated the connection".into(),
-                ))
-                .await;
+            let lost = ServerError::Protocol("server terminated the connection".into());
+            return self.on_server_lost(lost).await;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {
             if self.identity_needs_restore() {
@@ -76,6 +46,48 @@ impl Session {
             self.release();
         }
         Ok(())
+    }
+
+    /// What a server message tells the session: parameter changes, the
+    /// transaction status, and for an error (is the plan stale, is the
+    /// server closing).
+    fn note_server_frame(&mut self, frame: &Frame) -> (bool, bool) {
+        let Some(server) = self.server.as_mut() else {
+            return (false, false);
+        };
+        match frame.tag() {
+            be::PARAMETER_STATUS => {
+                if let Some((k, v)) = server.note_parameter_status(frame.body()) {
+                    self.params.on_parameter_status(&k, &v);
+                    server.params_fingerprint = self.params.fingerprint();
+                }
+            }
+            be::READY_FOR_QUERY => {
+                if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
+                    self.tx = s;
+                }
+                self.on_ready();
+            }
+            be::ERROR_RESPONSE => return classify_error(frame),
+            _ => {}
+        }
+        (false, false)
+    }
+
+    /// Matches a server message to the request it answers, passing it on
+    /// (or not) and settling the request's bookkeeping.
+    fn settle_reply(&mut self, frame: &Frame, stale_plan: bool) {
+        match self.expect.on_server(frame, &mut self.cout) {
+            Outcome::Pending => {}
+            Outcome::Done(hook) => self.on_done(hook),
+            Outcome::Failed(hooks) => {
+                // The first is the request the server rejected, the rest
+                // were skipped.
+                for (i, h) in hooks.into_iter().enumerate().rev() {
+                    self.undo(h, stale_plan, i == 0);
+                }
+            }
+        }
     }
 
     /// The server connection failed under the client. Requests in flight get
