@@ -163,22 +163,6 @@ mod tests {
     }
 
     #[test]
-    fn garbage_never_panics() {
-        let mut seed = 7u64;
-        for _ in 0..5000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let len = (seed >> 58) as usize;
-            let bytes: Vec<u8> = (0..len)
-                .map(|i| (seed.rotate_left(i as u32 * 7) >> 13) as u8)
-                .collect();
-            let _ = parse(&bytes);
-            let _ = parse_options(&String::from_utf8_lossy(&bytes));
-        }
-    }
-
-    #[test]
     fn parses_options() {
         assert_eq!(
             parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=64kB"),
