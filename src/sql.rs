@@ -227,31 +227,93 @@ impl<'a> Head<'a> {
     }
 }
 
-/// Statements whose effect on the session's identity pgmux must read back
-/// from the server: `SET [SESSION] ROLE`, `SET SESSION AUTHORIZATION`, their
-/// `RESET`s (and the generic `SET role = ...` / `SET session_authorization`
-/// spellings), `DISCARD ALL`, and the statements that can run arbitrary
-/// code with the session's rights: `DO`, `CALL`, SQL-level `EXECUTE`.
-/// `SET LOCAL` is left to PostgreSQL: it ends with the transaction, while
-/// the client still holds the server.
-fn head_changes_identity(h: &Head<'_>) -> bool {
+/// What running a text may do to session state that pgmux follows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// It may change the role or session authorization.
+    pub identity: bool,
+    /// It may change session-level settings (`SET`, `RESET`, `set_config`).
+    pub settings: bool,
+}
+
+impl Effects {
+    /// Everything: for text that can run arbitrary code.
+    pub const ALL: Self = Self {
+        identity: true,
+        settings: true,
+    };
+
+    /// Nothing pgmux follows.
+    pub const NONE: Self = Self {
+        identity: false,
+        settings: false,
+    };
+
+    /// Whether anything may change.
+    pub fn any(self) -> bool {
+        self.identity || self.settings
+    }
+}
+
+impl std::ops::BitOrAssign for Effects {
+    fn bitor_assign(&mut self, other: Self) {
+        self.identity |= other.identity;
+        self.settings |= other.settings;
+    }
+}
+
+/// What one statement may change, read from its first words:
+/// - identity: `SET [SESSION] ROLE`, `SET SESSION AUTHORIZATION`, their
+///   `RESET`s, and the generic `SET role = ...` / `SET
+///   session_authorization` spellings;
+/// - settings: any other `SET` or `RESET` (`RESET ALL` too);
+/// - both: `DISCARD ALL`, and the statements that can run arbitrary code
+///   with the session's rights: `DO`, `CALL`, SQL-level `EXECUTE`.
+///
+/// `SET LOCAL`, `SET TRANSACTION` and `SET CONSTRAINTS` are left to
+/// PostgreSQL: they end with the transaction, while the client still holds
+/// the server.
+fn head_effects(h: &Head<'_>) -> Effects {
     let identity_name = |i: usize| h.is(i, "role") || h.is(i, "session_authorization");
     let session_auth = |i: usize| h.is(i, "session") && h.is(i + 1, "authorization");
+    let identity = Effects {
+        identity: true,
+        settings: false,
+    };
+    let settings = Effects {
+        identity: false,
+        settings: true,
+    };
     if h.is(0, "set") {
-        if h.is(1, "local") {
-            return false;
+        if h.is(1, "local") || h.is(1, "transaction") || h.is(1, "constraints") {
+            return Effects::NONE;
         }
         let at = if h.is(1, "session") && !h.is(2, "authorization") {
             2
         } else {
             1
         };
-        return identity_name(at) || session_auth(at);
+        return if identity_name(at) || session_auth(at) {
+            identity
+        } else {
+            settings
+        };
     }
     if h.is(0, "reset") {
-        return identity_name(1) || session_auth(1);
+        return if identity_name(1) || session_auth(1) {
+            identity
+        } else {
+            settings
+        };
     }
-    (h.is(0, "discard") && h.is(1, "all")) || h.is(0, "do") || h.is(0, "call") || h.is(0, "execute")
+    if (h.is(0, "discard") && h.is(1, "all"))
+        || h.is(0, "do")
+        || h.is(0, "call")
+        || h.is(0, "execute")
+    {
+        return Effects::ALL;
+    }
+    Effects::NONE
 }
 
 /// Whether `sql` mentions the function `set_config` anywhere (any case).
@@ -290,12 +352,11 @@ fn single_statement(sql: &[u8]) -> bool {
     }
 }
 
-/// Whether running `sql` may change the session's role or session
-/// authorization (see [`head_changes_identity`]); also true for any text
-/// that calls `set_config`, whose target may be `role`.
-pub fn changes_identity(sql: &[u8]) -> bool {
+/// What running `sql` may change (see [`head_effects`]); a text that calls
+/// `set_config` anywhere may change both, since its target may be `role`.
+pub fn effects(sql: &[u8]) -> Effects {
     if mentions_set_config(sql) {
-        return true;
+        return Effects::ALL;
     }
     // Fast path: one statement starting with an ordinary word, read from
     // its first word alone.
@@ -303,35 +364,42 @@ pub fn changes_identity(sql: &[u8]) -> bool {
         if let Some(w) = leading_word(sql) {
             const STARTERS: [&[u8]; 6] = [b"set", b"reset", b"discard", b"do", b"call", b"execute"];
             if !STARTERS.iter().any(|s| w.eq_ignore_ascii_case(s)) {
-                return false;
+                return Effects::NONE;
             }
         }
     }
     // With a backslash in the text, read it both ways: a client may have
     // turned standard_conforming_strings off, and then backslashes escape
     // quotes in every string.
-    lexed_changes_identity(Lexer::new(sql))
-        || (memchr::memchr(b'\\', sql).is_some()
-            && lexed_changes_identity(Lexer::with_backslash_quotes(sql)))
+    let mut found = lexed_effects(Lexer::new(sql));
+    if memchr::memchr(b'\\', sql).is_some() {
+        found |= lexed_effects(Lexer::with_backslash_quotes(sql));
+    }
+    found
 }
 
-fn lexed_changes_identity(lexer: Lexer<'_>) -> bool {
+/// Whether running `sql` may change the session's role or session
+/// authorization.
+pub fn changes_identity(sql: &[u8]) -> bool {
+    effects(sql).identity
+}
+
+fn lexed_effects(lexer: Lexer<'_>) -> Effects {
+    let mut found = Effects::NONE;
     let mut head = Head::default();
     let mut after_ampersand = false;
     for tok in lexer {
         match tok {
             Token::Semicolon => {
-                if head_changes_identity(&head) {
-                    return true;
-                }
+                found |= head_effects(&head);
                 head = Head::default();
             }
             Token::Word(w) => head.push(w),
             // U&"..." may spell any name with escapes: assume the worst.
-            Token::QuotedIdent(_) if after_ampersand => return true,
+            Token::QuotedIdent(_) if after_ampersand => return Effects::ALL,
             Token::QuotedIdent(w) => {
                 if w.eq_ignore_ascii_case(b"set_config") {
-                    return true;
+                    return Effects::ALL;
                 }
                 head.push(w);
             }
@@ -339,7 +407,8 @@ fn lexed_changes_identity(lexer: Lexer<'_>) -> bool {
         }
         after_ampersand = tok == Token::Other(b'&');
     }
-    head_changes_identity(&head)
+    found |= head_effects(&head);
+    found
 }
 
 #[cfg(test)]
@@ -399,6 +468,28 @@ mod tests {
         no("UPDATE t SET role = 'admin' WHERE id = 1");
         no("INSERT INTO roles VALUES (1); SELECT 2");
         no("select \"role\" from t");
+    }
+
+    #[test]
+    fn settings_statements() {
+        let settings = |sql: &str| effects(sql.as_bytes()).settings;
+        assert!(settings("SET search_path TO a, public"));
+        assert!(settings("set session statement_timeout = '50ms'"));
+        assert!(settings("RESET ALL"));
+        assert!(settings("reset DateStyle"));
+        assert!(settings(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+        ));
+        assert!(settings("select 1; set work_mem = '64MB'"));
+        assert!(settings("SELECT set_config('search_path', 'a', false)"));
+        assert!(settings("DISCARD ALL"));
+        assert!(!settings("SET LOCAL search_path TO a"));
+        assert!(!settings("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert!(!settings("SET CONSTRAINTS ALL DEFERRED"));
+        assert!(!settings("SET ROLE x"));
+        assert!(!settings("SELECT 1"));
+        assert!(!settings("UPDATE t SET a = 1"));
+        assert_eq!(effects(b"select 1"), Effects::NONE);
     }
 
     #[test]

@@ -296,3 +296,77 @@ async fn setup_existing(name: &str, size: u32, extra: &str) -> pgmux::app::Proxy
         .await
         .expect("start pgmux")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_their_client() {
+    use Step::*;
+    create_db(cluster(), "t_set_follow").await;
+    connect(&format!(
+        "host=127.0.0.1 port={} user=t_set_follow password={PASSWORD} dbname=t_set_follow",
+        cluster().port()
+    ))
+    .await
+    .unwrap()
+    .batch_execute("CREATE SCHEMA tenant_a; CREATE TABLE tenant_a.t (v text); INSERT INTO tenant_a.t VALUES ('a')")
+    .await
+    .unwrap();
+    let steps = [
+        Simple(0, "SET search_path TO tenant_a, public"),
+        Simple(1, "SHOW search_path"),
+        Simple(0, "SHOW search_path"),
+        Simple(0, "SELECT v FROM t"),
+        Simple(1, "SELECT count(*) FROM pg_tables WHERE tablename = 't' AND schemaname = current_schema()"),
+        Simple(1, "SET statement_timeout = '50ms'"),
+        Simple(0, "SELECT pg_sleep(0.2)::text"),
+        Simple(1, "SELECT pg_sleep(0.2)::text"),
+        Simple(1, "SHOW statement_timeout"),
+        Simple(2, "SHOW statement_timeout"),
+        // Several statements in one Query, the last one a SET.
+        Simple(2, "SELECT 1; SET work_mem = '8MB'"),
+        Simple(0, "SHOW work_mem"),
+        Simple(2, "SHOW work_mem"),
+        // set_config in the extended protocol.
+        Extended(2, "SELECT set_config('search_path', $1, false)", &["pg_catalog"]),
+        Simple(2, "SHOW search_path"),
+        Simple(1, "SHOW search_path"),
+        // RESET and RESET ALL.
+        Simple(1, "RESET statement_timeout"),
+        Simple(1, "SELECT pg_sleep(0.1)::text"),
+        Simple(0, "RESET ALL"),
+        Simple(0, "SHOW search_path"),
+        Simple(2, "SHOW search_path"),
+        Simple(2, "DISCARD ALL"),
+        Simple(2, "SHOW work_mem"),
+    ];
+    same_as_direct("t_set_follow", 3, &[1, 3], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_keep_transaction_rules() {
+    use Step::*;
+    create_db(cluster(), "t_set_tx").await;
+    let steps = [
+        Simple(0, "BEGIN; SET search_path TO pg_catalog; ROLLBACK"),
+        Simple(0, "SHOW search_path"),
+        Simple(0, "BEGIN"),
+        Simple(0, "SET LOCAL work_mem = '9MB'"),
+        Simple(0, "SHOW work_mem"),
+        Simple(0, "COMMIT"),
+        Simple(0, "SHOW work_mem"),
+        Simple(
+            1,
+            "BEGIN; SET work_mem = '7MB'; SAVEPOINT s; SET work_mem = '6MB'; ROLLBACK TO s; COMMIT",
+        ),
+        Simple(1, "SHOW work_mem"),
+        Simple(0, "SHOW work_mem"),
+        // A failed statement after a SET in the same transaction.
+        Simple(0, "BEGIN; SET lock_timeout = '3s'; SELECT 1/0"),
+        Simple(0, "ROLLBACK"),
+        Simple(0, "SHOW lock_timeout"),
+        Simple(1, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+        Simple(1, "SHOW default_transaction_read_only"),
+        Simple(0, "SHOW default_transaction_read_only"),
+        Simple(1, "CREATE TABLE t_ro (a int)"),
+    ];
+    same_as_direct("t_set_tx", 2, &[1, 2], &steps).await;
+}

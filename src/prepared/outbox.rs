@@ -38,8 +38,8 @@ pub struct Outbox<'a> {
     pub skip_to_sync: bool,
     /// An extended-protocol message went to the server (Sync is owed).
     pub unsynced: bool,
-    /// What runs may change the session's identity.
-    pub changes_identity: bool,
+    /// What runs may change in the session.
+    pub effects: crate::sql::Effects,
 }
 
 impl<'a> Outbox<'a> {
@@ -51,7 +51,7 @@ impl<'a> Outbox<'a> {
             forward: false,
             skip_to_sync: false,
             unsynced: false,
-            changes_identity: false,
+            effects: crate::sql::Effects::NONE,
         }
     }
 

@@ -30,10 +30,9 @@ pub struct Statement {
     /// Some server has answered this statement's Parse with ParseComplete,
     /// so it is known to be valid SQL.
     confirmed: AtomicBool,
-    /// Executing it may change the session's identity
-    /// ([`crate::sql::changes_identity`]), read once here rather than at
-    /// every Bind.
-    pub changes_identity: bool,
+    /// What executing it may change in the session ([`crate::sql::effects`]),
+    /// read once here rather than at every Bind.
+    pub effects: crate::sql::Effects,
 }
 
 impl Statement {
@@ -48,7 +47,7 @@ impl Statement {
             parse: parse.freeze(),
             query_at: (start, start + query.len()),
             confirmed: AtomicBool::new(false),
-            changes_identity: crate::sql::changes_identity(query),
+            effects: crate::sql::effects(query),
         }
     }
 

@@ -241,7 +241,7 @@ impl Tracker {
             };
             send_parse(server, parse, Reply::Swallow, self.limits, registry, out);
         }
-        out.changes_identity |= stmt.changes_identity;
+        out.effects |= stmt.effects;
         write(out.sout, &stmt.name);
         out.unsynced = true;
         out.expect(req, Reply::Forward, Hook::Uses(stmt));

@@ -275,6 +275,18 @@ impl ServerConn {
         }
     }
 
+    /// Replaces what pgmux knows of the unreported parameters set on this
+    /// connection (read back from the server).
+    pub fn set_unreported(&mut self, values: std::collections::BTreeMap<String, String>) {
+        for name in std::mem::take(&mut self.unreported_set) {
+            self.current.remove(&name);
+        }
+        for (name, value) in values {
+            self.current.insert(name.clone(), value);
+            self.unreported_set.push(name);
+        }
+    }
+
     /// Waits for the next complete message (pgmux's own exchanges only; a
     /// client's traffic goes through the session loop).
     pub async fn recv_frame(&mut self, max: usize) -> Result<Frame, ServerError> {

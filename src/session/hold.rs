@@ -11,6 +11,7 @@ use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::pool::Checkout;
 use crate::protocol::error::{write_error, Severity};
+use crate::sql::Effects;
 use crate::stats::ErrorReason;
 
 impl Session {
@@ -75,7 +76,7 @@ impl Session {
     /// Closes the held server (its state is unknown) and stops routing
     /// cancels to it.
     pub(super) fn close_server(&mut self) {
-        self.identity_touched = false;
+        self.touched = Effects::NONE;
         self.cancel.slot.set_target(None);
         self.listed.info.set_state(ClientState::Idle);
         if let Some(s) = self.server.take() {
@@ -133,8 +134,13 @@ impl Session {
                 return;
             }
         }
+        // The client is gone: only whether the server comes back clean
+        // matters. Its settings are recorded so the next client's sync
+        // undoes them.
+        if self.touched.settings && self.mode == PoolMode::Transaction {
+            let _ = self.settle_settings().await;
+        }
         if self.identity_needs_restore() {
-            // The client is gone: only whether the server came back matters.
             let _ = self.restore_identity().await;
         }
         self.release();

@@ -2,7 +2,7 @@
 //! the client from server to server and never stays behind on one.
 //!
 //! pgmux notes when a client runs anything that may change its identity
-//! ([`crate::sql::changes_identity`], and ParameterStatus reports of
+//! ([`crate::sql::effects`], and ParameterStatus reports of
 //! `session_authorization` / `is_superuser`). Before such a server goes back
 //! to the pool, [`ServerConn::restore_identity`] reads what the client set
 //! and puts the login identity back; the next server the client takes gets
@@ -13,6 +13,7 @@
 use super::{fatal, End, Session};
 use crate::protocol::{fe, Frame, SqlState};
 use crate::server::SessionIdentity;
+use crate::sql::Effects;
 
 /// The identity a client gave itself beyond its login (`None` fields: as
 /// at login).
@@ -55,27 +56,28 @@ impl ClientIdentity {
     }
 }
 
-/// Whether a client message may change the session's identity once it runs.
-pub fn message_changes_identity(frame: &Frame) -> bool {
+/// What a client message may change in the session once it runs.
+pub fn message_effects(frame: &Frame) -> Effects {
     let body = frame.body();
     let text = match frame.tag() {
         fe::QUERY => crate::protocol::frame::cstr(body).map(|(s, _)| s),
         fe::PARSE => crate::prepared::messages::parse(body).map(|p| p.query),
         // A fast-path function call may be set_config itself.
-        fe::FUNCTION_CALL => return true,
-        _ => return false,
+        fe::FUNCTION_CALL => return Effects::ALL,
+        _ => return Effects::NONE,
     };
-    text.is_some_and(crate::sql::changes_identity)
+    text.map_or(Effects::NONE, crate::sql::effects)
 }
 
 impl Session {
-    /// Notes a client message that may change identity: the server held
-    /// when it runs must be restored before it is lent again. A Parse that
-    /// stays on the server under a name anyone may execute (statement
-    /// tracking off) taints that server for good.
-    pub(super) fn note_identity_change(&mut self, frame: &Frame) {
-        self.identity_touched = true;
-        if frame.tag() == fe::PARSE && self.stmts.is_none() {
+    /// Notes a client message that may change session state: the server
+    /// held when it runs is read back (and its identity restored) before it
+    /// is lent again. A Parse that may change identity and stays on the
+    /// server under a name anyone may execute (statement tracking off)
+    /// taints that server for good.
+    pub(super) fn note_effects(&mut self, frame: &Frame, effects: Effects) {
+        self.touched |= effects;
+        if effects.identity && frame.tag() == fe::PARSE && self.stmts.is_none() {
             if let Some(s) = self.server.as_mut() {
                 s.mark_identity_sticky();
             }
@@ -85,7 +87,7 @@ impl Session {
     /// Whether the held server must have its identity restored before it
     /// goes back to the pool.
     pub(super) fn identity_needs_restore(&self) -> bool {
-        self.identity_touched || self.server.as_ref().is_some_and(|s| s.identity_in_doubt())
+        self.touched.identity || self.server.as_ref().is_some_and(|s| s.identity_in_doubt())
     }
 
     /// Reads the identity the client left on its server, remembers it as the
@@ -93,7 +95,7 @@ impl Session {
     /// can't be restored is closed; a client whose identity could not be
     /// read is disconnected, since its next server could not be made right.
     pub(super) async fn restore_identity(&mut self) -> Result<(), End> {
-        self.identity_touched = false;
+        self.touched.identity = false;
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };

@@ -12,6 +12,7 @@ pub mod login;
 pub mod params;
 mod replies;
 mod requests;
+mod settings;
 
 use std::future::Future;
 use std::io;
@@ -36,6 +37,7 @@ use crate::protocol::frame::make_room;
 use crate::protocol::{SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
+use crate::sql::Effects;
 use crate::stats::ErrorReason;
 use identity::ClientIdentity;
 use login::{Login, LoginError, Opening};
@@ -146,9 +148,10 @@ struct Session {
     params: ClientParams,
     /// The role / session authorization this client set, if not its login's.
     identity: Option<Box<ClientIdentity>>,
-    /// Something that may change identity ran during this hold: the server
-    /// is restored before it goes back.
-    identity_touched: bool,
+    /// What ran during this hold may have changed the session's identity or
+    /// settings: read back (and, for identity, restored) before the server
+    /// goes back.
+    touched: Effects,
     cancel: CancelHandle,
     max_msg: usize,
 }
@@ -222,7 +225,7 @@ impl Session {
             terminated: false,
             params: login.params,
             identity: None,
-            identity_touched: false,
+            touched: Effects::NONE,
             cancel: login.cancel,
             max_msg,
         }

@@ -150,6 +150,36 @@ impl ClientParams {
         Some(sql)
     }
 
+    /// Adopts the settings the session on `server` holds at session level
+    /// (what the client set, and what pgmux set for it) as the client's
+    /// own, and records them as the server's. Reported parameters are
+    /// already followed through ParameterStatus; identity is
+    /// [`super::identity`]'s.
+    pub async fn settle(&mut self, server: &mut ServerConn, max: usize) -> Result<(), ServerError> {
+        const SESSION_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) \
+             FROM pg_catalog.pg_settings WHERE source = 'session' \
+             AND name NOT IN ('role', 'session_authorization')";
+        let mut rows = Vec::new();
+        server
+            .run_internal_rows(SESSION_SETTINGS, max, &mut rows)
+            .await?;
+        let held: BTreeMap<String, String> = rows
+            .into_iter()
+            .filter_map(|r| match r.as_slice() {
+                [Some(k), Some(v)] => Some((k.to_ascii_lowercase(), v.clone())),
+                _ => None,
+            })
+            .filter(|(k, _)| !TRACKED_REPORTED.contains(&k.as_str()))
+            .collect();
+        self.desired
+            .retain(|k, _| TRACKED_REPORTED.contains(&k.as_str()));
+        self.desired.extend(held.clone());
+        server.set_unreported(held);
+        self.refresh();
+        server.params_fingerprint = self.fingerprint;
+        Ok(())
+    }
+
     /// True when `server` was last synced to exactly these values.
     pub fn in_sync(&self, server: &ServerConn) -> bool {
         server.params_fingerprint == self.fingerprint

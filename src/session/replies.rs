@@ -40,6 +40,9 @@ impl Session {
             return self.on_server_lost(lost).await;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {
+            if self.touched.settings {
+                Box::pin(self.settle_settings()).await?;
+            }
             if self.identity_needs_restore() {
                 Box::pin(self.restore_identity()).await?;
             }

@@ -56,10 +56,10 @@ impl Session {
             return Ok(());
         }
         self.skip_to_sync = false;
-        let changes_identity = identity::message_changes_identity(&frame);
+        let effects = identity::message_effects(&frame);
         self.route_client_frame(&frame).await?;
-        if changes_identity {
-            self.note_identity_change(&frame);
+        if effects.any() {
+            self.note_effects(&frame, effects);
         }
         Ok(())
     }
@@ -90,12 +90,8 @@ impl Session {
             let mut out = Outbox::new(&mut self.sout, &mut self.routed);
             let server = self.server.as_mut().map(|s| &mut s.statements);
             let routed = tracker.route(frame, server, &self.ctx.statements, self.tx, &mut out);
-            let (forward, skip, unsynced, identity) = (
-                out.forward,
-                out.skip_to_sync,
-                out.unsynced,
-                out.changes_identity,
-            );
+            let (forward, skip, unsynced, identity) =
+                (out.forward, out.skip_to_sync, out.unsynced, out.effects);
             match routed {
                 Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
                 Ok(Routed::Untracked) => return Ok(false),
@@ -111,7 +107,7 @@ impl Session {
                     self.routed = routed;
                     self.unsynced |= unsynced;
                     self.skip_to_sync |= skip;
-                    self.identity_touched |= identity;
+                    self.touched |= identity;
                     return Ok(true);
                 }
             }
