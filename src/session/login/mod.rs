@@ -200,12 +200,6 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         Negotiated::Startup { minor, params } => (minor, params),
         Negotiated::Cancelled => return Ok(Opening::Cancelled),
     };
-    if ctx.client_tls().mode.required() && !stream.is_tls() {
-        return Err(fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            "pgmux requires TLS: connect with sslmode=require or stronger",
-        ));
-    }
     let req = Request::read(minor, params)?;
     let mut out = BytesMut::new();
     if req.minor > 0 || !req.protocol_options.is_empty() {
@@ -221,26 +215,35 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     let client_key =
         authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)
             .await
-            .inspect_err(|e| {
-                if matches!(e, LoginError::Fatal(..)) {
-                    ctx.metrics
-                        .error(ErrorReason::AuthFailed, &req.database, &req.user);
-                }
-            })?;
+            .inspect_err(|e| count_auth_failure(ctx, e, &req))?;
     if target.admin {
         return open_admin(stream, &cfg, req.user, out, buf).await;
     }
-    // A looked-up user logs in to the server with what its own login gave:
-    // the ClientKey its SCRAM proof revealed (pass-through), or the md5 hash.
-    let server_secret = target
-        .looked_up
-        .then(|| match (&target.auth.secret, client_key) {
-            (Secret::Scram(v), Some(k)) => Secret::ScramKeys(v.clone(), k),
-            (s, _) => s.clone(),
-        });
+    let server_secret = target.server_secret(client_key);
     let login = open_session(ctx, &cfg, req, server_secret, &mut out, buf).await?;
     stream.write_all(&out).await?;
     Ok(Opening::Session(login))
+}
+
+fn count_auth_failure(ctx: &Context, e: &LoginError, req: &Request) {
+    if matches!(e, LoginError::Fatal(..)) {
+        ctx.metrics
+            .error(ErrorReason::AuthFailed, &req.database, &req.user);
+    }
+}
+
+impl Target {
+    /// What pgmux logs in to the server with for a looked-up user: what
+    /// the client's own login gave (the ClientKey its SCRAM proof
+    /// revealed, for pass-through, or the md5 hash). Configured users use
+    /// the configured secret (`None`).
+    fn server_secret(&self, client_key: Option<[u8; 32]>) -> Option<Secret> {
+        self.looked_up
+            .then(|| match (&self.auth.secret, client_key) {
+                (Secret::Scram(v), Some(k)) => Secret::ScramKeys(v.clone(), k),
+                (s, _) => s.clone(),
+            })
+    }
 }
 
 /// Welcomes an admin user to the console.

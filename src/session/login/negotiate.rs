@@ -47,13 +47,7 @@ pub async fn negotiate(
         match read_startup(stream, buf).await? {
             StartupPacket::SslRequest => {
                 nothing_behind(buf)?;
-                match &tls.acceptor {
-                    Some(acceptor) if !stream.is_tls() => {
-                        stream.write_all(b"S").await?;
-                        upgrade(stream, acceptor, false).await?;
-                    }
-                    _ => stream.write_all(b"N").await?,
-                }
+                answer_ssl_request(stream, tls.acceptor.as_ref()).await?;
             }
             StartupPacket::GssEncRequest => {
                 nothing_behind(buf)?;
@@ -67,7 +61,15 @@ pub async fn negotiate(
                 major: 3,
                 minor,
                 params,
-            } => return Ok(Negotiated::Startup { minor, params }),
+            } => {
+                if tls.mode.required() && !stream.is_tls() {
+                    return Err(fatal(
+                        SqlState::INVALID_AUTHORIZATION,
+                        "pgmux requires TLS: connect with sslmode=require or stronger",
+                    ));
+                }
+                return Ok(Negotiated::Startup { minor, params });
+            }
             StartupPacket::Startup { major, minor, .. } => {
                 return Err(fatal(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -77,6 +79,21 @@ pub async fn negotiate(
                 ))
             }
         }
+    }
+}
+
+/// `S` and the handshake when TLS is configured (and not already on),
+/// else `N`.
+async fn answer_ssl_request(
+    stream: &mut Stream,
+    acceptor: Option<&tokio_rustls::TlsAcceptor>,
+) -> Result<(), LoginError> {
+    match acceptor {
+        Some(acceptor) if !stream.is_tls() => {
+            stream.write_all(b"S").await?;
+            upgrade(stream, acceptor, false).await
+        }
+        _ => Ok(stream.write_all(b"N").await?),
     }
 }
 
