@@ -309,28 +309,36 @@ impl Pool {
             .await
             .unwrap_or(Err(ServerError::Timeout));
             match res {
-                Ok(mut conn) => {
-                    tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");
-                    s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);
-                    conn.generation = s.generation.load(Ordering::Relaxed);
-                    pool.note_startup_params(&conn);
-                    let mut inner = s.inner.lock();
-                    inner.opened(&conn);
-                    inner.put(conn, Instant::now());
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %s.name, error = %e, "server connection failed");
-                    let code = match &e {
-                        ServerError::Server { code, .. } => Some(code.clone()),
-                        _ => None,
-                    };
-                    s.inner.lock().open_failed(PoolError::Connect {
-                        pool: s.name.clone(),
-                        reason: e.to_string(),
-                        code,
-                    });
-                }
+                Ok(conn) => pool.opened(conn),
+                Err(e) => pool.open_failed(e),
             }
+        });
+    }
+
+    /// A new connection joins the pool (or goes to the oldest waiter).
+    fn opened(&self, mut conn: ServerConn) {
+        let s = &self.shared;
+        tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");
+        s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);
+        conn.generation = s.generation.load(Ordering::Relaxed);
+        self.note_startup_params(&conn);
+        let mut inner = s.inner.lock();
+        inner.opened(&conn);
+        inner.put(conn, Instant::now());
+    }
+
+    /// Opening failed: waiting clients are told why.
+    fn open_failed(&self, e: ServerError) {
+        let s = &self.shared;
+        tracing::warn!(pool = %s.name, error = %e, "server connection failed");
+        let code = match &e {
+            ServerError::Server { code, .. } => Some(code.clone()),
+            _ => None,
+        };
+        s.inner.lock().open_failed(PoolError::Connect {
+            pool: s.name.clone(),
+            reason: e.to_string(),
+            code,
         });
     }
 

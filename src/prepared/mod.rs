@@ -19,7 +19,7 @@ pub mod tracker;
 
 pub use client::ClientStatements;
 pub use hook::Hook;
-pub use outbox::{Limits, Malformed, Outbox, Routed};
+pub use outbox::{Flags, Limits, Malformed, Outbox, Routed};
 pub use registry::{Counters, Registry, Statement};
 pub use server::ServerStatements;
 pub use tracker::Tracker;

@@ -31,6 +31,13 @@ pub struct Outbox<'a> {
     /// The replies owed, in the order of the requests in `sout` (a buffer
     /// the session keeps, so routing allocates nothing).
     pub replies: &'a mut Vec<(Req, Reply, Hook)>,
+    /// What the session must do besides sending and expecting.
+    pub flags: Flags,
+}
+
+/// What routing asks of the session besides bytes and replies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flags {
     /// The client's own message goes to the server as it is (after
     /// anything already in `sout`).
     pub forward: bool,
@@ -48,10 +55,7 @@ impl<'a> Outbox<'a> {
         Self {
             sout,
             replies,
-            forward: false,
-            skip_to_sync: false,
-            unsynced: false,
-            effects: crate::sql::Effects::NONE,
+            flags: Flags::default(),
         }
     }
 
@@ -65,7 +69,7 @@ impl<'a> Outbox<'a> {
         let mut b = BytesMut::new();
         write_error(&mut b, Severity::Error, code.0, msg);
         self.expect(req, Reply::Synthetic(b.freeze()), Hook::None);
-        self.skip_to_sync = true;
+        self.flags.skip_to_sync = true;
     }
 
     /// PostgreSQL's 26000 for a statement this client may not reach.
@@ -79,7 +83,7 @@ impl<'a> Outbox<'a> {
     }
 
     pub(super) fn forward(&mut self, req: Req, hook: Hook) {
-        self.forward = true;
+        self.flags.forward = true;
         self.expect(req, Reply::Forward, hook);
     }
 }

@@ -55,6 +55,19 @@ impl ServerStatements {
         self.held.is_empty()
     }
 
+    /// Removes least recently used statements until one more fits under
+    /// `max`, and returns them (to be closed on the server).
+    pub fn make_room(&mut self, max: usize) -> Vec<Arc<Statement>> {
+        let mut evicted = Vec::new();
+        while self.len() >= max {
+            match self.pop_lru() {
+                Some(old) => evicted.push(old),
+                None => break,
+            }
+        }
+        evicted
+    }
+
     /// Removes and returns the least recently used statement.
     pub fn pop_lru(&mut self) -> Option<Arc<Statement>> {
         let id = self

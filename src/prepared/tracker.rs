@@ -87,30 +87,47 @@ impl Tracker {
     ) -> Result<Routed, Malformed> {
         match frame.tag() {
             fe::PARSE => self.parse(frame, server, registry, out),
-            fe::BIND => {
-                let body = frame.body();
-                let (portal, name, at) = messages::bind(body).ok_or(Malformed("Bind"))?;
-                if !self.tracks(name) {
-                    return Ok(self.use_unnamed(Req::Bind, server.is_some(), out));
-                }
-                self.use_named(Req::Bind, name, server, registry, out, |o, renamed| {
-                    messages::write_bind(o, portal, renamed, &body[at..])
-                })
-            }
-            fe::DESCRIBE => {
-                let (kind, name) = messages::target(frame.body()).ok_or(Malformed("Describe"))?;
-                match kind {
-                    b'S' if !self.tracks(name) => {
-                        Ok(self.use_unnamed(Req::Describe, server.is_some(), out))
-                    }
-                    b'S' => self.use_named(Req::Describe, name, server, registry, out, |o, n| {
-                        encode::describe_statement(o, n)
-                    }),
-                    _ => Ok(Routed::Untracked),
-                }
-            }
+            fe::BIND => self.bind(frame, server, registry, out),
+            fe::DESCRIBE => self.describe(frame, server, registry, out),
             fe::CLOSE => self.close(frame, server.is_some(), out),
             fe::QUERY => self.query(frame, server, tx, out),
+            _ => Ok(Routed::Untracked),
+        }
+    }
+
+    fn bind(
+        &mut self,
+        frame: &Frame,
+        server: Option<&mut ServerStatements>,
+        registry: &Registry,
+        out: &mut Outbox<'_>,
+    ) -> Result<Routed, Malformed> {
+        let body = frame.body();
+        let (portal, name, at) = messages::bind(body).ok_or(Malformed("Bind"))?;
+        if !self.tracks(name) {
+            return Ok(self.use_unnamed(Req::Bind, server.is_some(), out));
+        }
+        self.use_named(Req::Bind, name, server, registry, out, |o, renamed| {
+            messages::write_bind(o, portal, renamed, &body[at..])
+        })
+    }
+
+    /// Describe of a statement (a portal's is not tracked).
+    fn describe(
+        &mut self,
+        frame: &Frame,
+        server: Option<&mut ServerStatements>,
+        registry: &Registry,
+        out: &mut Outbox<'_>,
+    ) -> Result<Routed, Malformed> {
+        let (kind, name) = messages::target(frame.body()).ok_or(Malformed("Describe"))?;
+        match kind {
+            b'S' if !self.tracks(name) => {
+                Ok(self.use_unnamed(Req::Describe, server.is_some(), out))
+            }
+            b'S' => self.use_named(Req::Describe, name, server, registry, out, |o, n| {
+                encode::describe_statement(o, n)
+            }),
             _ => Ok(Routed::Untracked),
         }
     }
@@ -126,7 +143,7 @@ impl Tracker {
         if !self.tracks(p.name) {
             held!(server);
             self.unnamed_here = true;
-            out.unsynced = true;
+            out.flags.unsynced = true;
             out.forward(Req::Parse, Hook::None);
             return Ok(Routed::Done);
         }
@@ -227,7 +244,7 @@ impl Tracker {
                 return Ok(Routed::Done);
             }
             held!(server);
-            out.unsynced = true;
+            out.flags.unsynced = true;
             out.forward(req, Hook::None);
             return Ok(Routed::Done);
         };
@@ -241,9 +258,9 @@ impl Tracker {
             };
             send_parse(server, parse, Reply::Swallow, self.limits, registry, out);
         }
-        out.effects |= stmt.effects;
+        out.flags.effects |= stmt.effects;
         write(out.sout, &stmt.name);
-        out.unsynced = true;
+        out.flags.unsynced = true;
         out.expect(req, Reply::Forward, Hook::Uses(stmt));
         Ok(Routed::Done)
     }
@@ -254,7 +271,7 @@ impl Tracker {
     /// none), and the client gets PostgreSQL's 26000 instead.
     fn use_unnamed(&mut self, req: Req, held: bool, out: &mut Outbox<'_>) -> Routed {
         if self.unnamed_here && held {
-            out.unsynced = true;
+            out.flags.unsynced = true;
             out.forward(req, Hook::None);
         } else {
             out.no_such_statement(req, b"");
@@ -287,7 +304,7 @@ impl Tracker {
             );
             return Ok(Routed::Done);
         }
-        out.unsynced = true;
+        out.flags.unsynced = true;
         out.forward(Req::Close, Hook::None);
         Ok(Routed::Done)
     }
@@ -343,7 +360,7 @@ fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
     const CHECK: &[u8] = b"pgmux_check";
     encode::parse_raw(out.sout, CHECK, p.query, p.types);
     encode::close_statement(out.sout, CHECK);
-    out.unsynced = true;
+    out.flags.unsynced = true;
     let mut err = BytesMut::new();
     let msg = format!("prepared statement \"{}\" already exists", lossy(name));
     write_error(
@@ -354,7 +371,7 @@ fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
     );
     out.expect(Req::Parse, Reply::Replace(err.freeze()), Hook::None);
     out.expect(Req::Close, Reply::Swallow, Hook::None);
-    out.skip_to_sync = true;
+    out.flags.skip_to_sync = true;
 }
 
 /// A statement to prepare, and the client name it is for.
@@ -389,13 +406,7 @@ fn send_parse(
 ) {
     let stmt = &parse.stmt;
     let stale = server.take_stale(stmt);
-    let mut evicted = Vec::new();
-    while server.len() >= limits.per_server {
-        match server.pop_lru() {
-            Some(old) => evicted.push(old),
-            None => break,
-        }
-    }
+    let evicted = server.make_room(limits.per_server);
     server.add(stmt.clone());
     if stale {
         encode::close_statement(out.sout, &stmt.name);
@@ -407,6 +418,6 @@ fn send_parse(
         out.expect(Req::Close, Reply::Swallow, Hook::Evicted(old));
     }
     out.sout.extend_from_slice(&stmt.parse);
-    out.unsynced = true;
+    out.flags.unsynced = true;
     out.expect(Req::Parse, reply, parse.hook(true));
 }

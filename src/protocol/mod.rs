@@ -119,6 +119,11 @@ pub enum TxStatus {
 }
 
 impl TxStatus {
+    /// The status a ReadyForQuery body carries.
+    pub fn from_ready(body: &[u8]) -> Option<Self> {
+        body.first().and_then(|b| Self::from_byte(*b))
+    }
+
     /// Decodes the status byte of a ReadyForQuery body.
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {

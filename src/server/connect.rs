@@ -52,13 +52,7 @@ async fn negotiate_tls(
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
-        b'S' => {
-            let name = server_name(&t.host).map_err(ServerError::Tls)?;
-            let s = connector.connect(name, tcp).await.map_err(|e| {
-                ServerError::Tls(format!("TLS handshake with the server failed: {e}"))
-            })?;
-            Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(s))))
-        }
+        b'S' => handshake(t, tcp, connector).await,
         b'N' if !t.tls_mode.required() => Ok(Stream::Plain(tcp)),
         b'N' => Err(ServerError::Tls(format!(
             "the server does not support TLS and server_tls_mode is {:?}",
@@ -68,6 +62,20 @@ async fn negotiate_tls(
             "unexpected answer to SSLRequest".into(),
         )),
     }
+}
+
+/// The TLS handshake after the server said `S`.
+async fn handshake(
+    t: &ServerTarget,
+    tcp: TcpStream,
+    connector: &TlsConnector,
+) -> Result<Stream, ServerError> {
+    let name = server_name(&t.host).map_err(ServerError::Tls)?;
+    let s = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ServerError::Tls(format!("TLS handshake with the server failed: {e}")))?;
+    Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(s))))
 }
 
 /// Opens and logs in a new server connection (no timeout: the pool adds one).
@@ -227,19 +235,24 @@ fn md5_answer(t: &ServerTarget, data: &[u8], out: &mut BytesMut) -> Result<(), S
     Ok(encode::password(out, answer.as_bytes())?)
 }
 
-/// Starts SCRAM-SHA-256 if the server offers it: with the password, or with
-/// a client's recovered ClientKey (pass-through).
-fn sasl_start(t: &ServerTarget, offered: &[u8], out: &mut BytesMut) -> Result<Scram, ServerError> {
-    let mut rest = offered;
-    let mut has_scram = false;
-    while let Some((m, tail)) = cstr(rest) {
+/// Whether an AuthenticationSASL mechanism list names SCRAM-SHA-256.
+fn offers_scram(mut list: &[u8]) -> bool {
+    while let Some((m, tail)) = cstr(list) {
         if m.is_empty() {
             break;
         }
-        has_scram |= m == SCRAM_SHA_256.as_bytes();
-        rest = tail;
+        if m == SCRAM_SHA_256.as_bytes() {
+            return true;
+        }
+        list = tail;
     }
-    if !has_scram {
+    false
+}
+
+/// Starts SCRAM-SHA-256 if the server offers it: with the password, or with
+/// a client's recovered ClientKey (pass-through).
+fn sasl_start(t: &ServerTarget, offered: &[u8], out: &mut BytesMut) -> Result<Scram, ServerError> {
+    if !offers_scram(offered) {
         return Err(ServerError::Auth(
             "the server offers no SASL mechanism pgmux supports".into(),
         ));

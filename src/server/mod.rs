@@ -356,15 +356,9 @@ impl ServerConn {
                     self.note_parameter_status(frame.body());
                 }
                 be::READY_FOR_QUERY => {
-                    let status = frame
-                        .body()
-                        .first()
-                        .and_then(|b| TxStatus::from_byte(*b))
+                    let status = TxStatus::from_ready(frame.body())
                         .ok_or_else(|| ServerError::Protocol("bad ReadyForQuery".into()))?;
-                    return match failure {
-                        Some(e) => Err(e),
-                        None => Ok(status),
-                    };
+                    return failure.map_or(Ok(status), Err);
                 }
                 _ => {}
             }

@@ -87,30 +87,28 @@ pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
             return Box::pin(crate::admin::run(stream, ctx, user, pending)).await
         }
         Ok(Ok(Opening::Cancelled)) => return,
-        Ok(Err(LoginError::Fatal(code, msg))) => {
-            tracing::debug!(%msg, "login refused");
-            login::send_fatal(&mut stream, code, &msg).await;
-            return;
-        }
-        Ok(Err(LoginError::Io(e))) => {
-            tracing::debug!(error = %e, "client left during login");
-            return;
-        }
+        Ok(Err(e)) => return login_failed(&mut stream, e).await,
         Err(_) => {
             ctx.metrics.error(ErrorReason::LoginTimeout, "", "");
-            login::send_fatal(
-                &mut stream,
-                SqlState::PROTOCOL_VIOLATION,
-                "canceling authentication due to timeout",
-            )
-            .await;
-            return;
+            let msg = "canceling authentication due to timeout";
+            return login::send_fatal(&mut stream, SqlState::PROTOCOL_VIOLATION, msg).await;
         }
     };
     tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
     let mut session = Session::new(stream, peer, ctx, login);
     let end = session.run().await;
     Box::pin(session.finish(end)).await;
+}
+
+/// Tells a refused client why; a client that left hears nothing.
+async fn login_failed(stream: &mut Stream, e: LoginError) {
+    match e {
+        LoginError::Fatal(code, msg) => {
+            tracing::debug!(%msg, "login refused");
+            login::send_fatal(stream, code, &msg).await;
+        }
+        LoginError::Io(e) => tracing::debug!(error = %e, "client left during login"),
+    }
 }
 
 /// A logged-in client and the server it holds, if any.

@@ -197,6 +197,12 @@ impl ClientParams {
         };
         server.params_fingerprint = 0;
         server.run_internal(&sql, max).await?;
+        self.record_synced(server);
+        Ok(())
+    }
+
+    /// After a sync: the server holds exactly this client's values.
+    fn record_synced(&mut self, server: &mut ServerConn) {
         let stale: Vec<String> = server
             .unreported_set()
             .iter()
@@ -217,7 +223,6 @@ impl ClientParams {
         }
         self.refresh();
         server.params_fingerprint = self.fingerprint;
-        Ok(())
     }
 }
 

@@ -66,7 +66,7 @@ impl Session {
                 }
             }
             be::READY_FOR_QUERY => {
-                if let Some(s) = frame.body().first().and_then(|b| TxStatus::from_byte(*b)) {
+                if let Some(s) = TxStatus::from_ready(frame.body()) {
                     self.tx = s;
                 }
                 self.on_ready();

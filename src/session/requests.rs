@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{fatal, identity, End, Session};
-use crate::prepared::{Hook, Outbox, Routed};
+use crate::prepared::{Flags, Hook, Outbox, Routed};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::split_frame;
 use crate::protocol::{encode, fe, Frame, SqlState};
@@ -25,28 +25,27 @@ impl Session {
                 }
             };
             match frame.tag() {
-                fe::TERMINATE => {
-                    self.flush_server().await?;
-                    if self.expect.is_empty() {
-                        return Err(End::ClientGone);
-                    }
-                    // Replies still owed are delivered first, as PostgreSQL
-                    // finishes what came before a Terminate.
-                    self.terminated = true;
-                    self.cbuf.clear();
-                    break;
-                }
+                fe::TERMINATE => return self.on_terminate().await,
                 fe::PASSWORD => {
-                    return Err(fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        "unexpected password message after login",
-                    ));
+                    let msg = "unexpected password message after login";
+                    return Err(fatal(SqlState::PROTOCOL_VIOLATION, msg));
                 }
-                _ => {}
+                _ => self.on_client_frame(frame).await?,
             }
-            self.on_client_frame(frame).await?;
         }
         self.flush_server().await?;
+        self.flush_client().await
+    }
+
+    /// Terminate: the session ends once the replies still owed are
+    /// delivered, as PostgreSQL finishes what came before a Terminate.
+    async fn on_terminate(&mut self) -> Result<(), End> {
+        self.flush_server().await?;
+        if self.expect.is_empty() {
+            return Err(End::ClientGone);
+        }
+        self.terminated = true;
+        self.cbuf.clear();
         self.flush_client().await
     }
 
@@ -90,28 +89,33 @@ impl Session {
             let mut out = Outbox::new(&mut self.sout, &mut self.routed);
             let server = self.server.as_mut().map(|s| &mut s.statements);
             let routed = tracker.route(frame, server, &self.ctx.statements, self.tx, &mut out);
-            let (forward, skip, unsynced, identity) =
-                (out.forward, out.skip_to_sync, out.unsynced, out.effects);
+            let flags = out.flags;
             match routed {
                 Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
                 Ok(Routed::Untracked) => return Ok(false),
                 Ok(Routed::NeedServer) => self.ensure_server().await?,
                 Ok(Routed::Done) => {
-                    if forward {
-                        self.sout.extend_from_slice(frame.raw());
-                    }
-                    let mut routed = std::mem::take(&mut self.routed);
-                    for (req, reply, hook) in routed.drain(..) {
-                        self.push(req, reply, hook);
-                    }
-                    self.routed = routed;
-                    self.unsynced |= unsynced;
-                    self.skip_to_sync |= skip;
-                    self.touched |= identity;
+                    self.carry_out(frame, flags);
                     return Ok(true);
                 }
             }
         }
+    }
+
+    /// Carries out what the tracker routed: the client's own message if it
+    /// goes on, the replies owed in request order, and the flags.
+    fn carry_out(&mut self, frame: &Frame, flags: Flags) {
+        if flags.forward {
+            self.sout.extend_from_slice(frame.raw());
+        }
+        let mut routed = std::mem::take(&mut self.routed);
+        for (req, reply, hook) in routed.drain(..) {
+            self.push(req, reply, hook);
+        }
+        self.routed = routed;
+        self.unsynced |= flags.unsynced;
+        self.skip_to_sync |= flags.skip_to_sync;
+        self.touched |= flags.effects;
     }
 
     /// A request completed: the tracker learns what the server now holds.

@@ -105,15 +105,7 @@ impl Request {
                 _ => settings.push((k, v)),
             }
         }
-        let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
-            fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                "no PostgreSQL user name specified in startup packet",
-            )
-        })?;
-        let database = database
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| user.clone());
+        let (user, database) = identify(user, database)?;
         Ok(Self {
             user,
             database,
@@ -122,6 +114,23 @@ impl Request {
             minor,
         })
     }
+}
+
+/// The user (required) and the database (the user's name by default).
+fn identify(
+    user: Option<String>,
+    database: Option<String>,
+) -> Result<(String, String), LoginError> {
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    Ok((user, database))
 }
 
 fn refuse_replication(value: &str) -> Result<(), LoginError> {
@@ -176,18 +185,23 @@ async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, L
         _ => {
             ctx.metrics
                 .error(ErrorReason::UnknownTarget, database, user);
-            Err(if !admin && !db {
-                fatal(
-                    SqlState::INVALID_CATALOG_NAME,
-                    format!("database \"{database}\" does not exist"),
-                )
-            } else {
-                fatal(
-                    SqlState::INVALID_AUTHORIZATION,
-                    format!("role \"{user}\" does not exist"),
-                )
-            })
+            Err(unknown_target(admin || db, req))
         }
+    }
+}
+
+/// 3D000 for a database that is not configured, else 28000 for the user.
+fn unknown_target(database_known: bool, req: &Request) -> LoginError {
+    if database_known {
+        fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!("role \"{}\" does not exist", req.user),
+        )
+    } else {
+        fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", req.database),
+        )
     }
 }
 
@@ -291,12 +305,7 @@ async fn open_session(
     let params = ClientParams::new(&pool_params, &req.settings)
         .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
     let cancel = ctx.cancels.register();
-    encode::auth_ok(out);
-    for (k, v) in params.welcome(&pool_params) {
-        encode::parameter_status(out, &k, &v);
-    }
-    encode::backend_key_data(out, cancel.slot.pid, cancel.slot.secret);
-    encode::ready_for_query(out, TxStatus::Idle);
+    welcome(out, &params, &pool_params, &cancel);
     Ok(Login {
         mode: pool.settings().mode,
         key,
@@ -305,6 +314,23 @@ async fn open_session(
         cancel,
         pending,
     })
+}
+
+/// What a real server of the pool would send after authentication: the
+/// pool's ParameterStatus set with the client's own values, a cancel key of
+/// pgmux's making, ReadyForQuery.
+fn welcome(
+    out: &mut BytesMut,
+    params: &ClientParams,
+    pool_params: &[(String, String)],
+    cancel: &CancelHandle,
+) {
+    encode::auth_ok(out);
+    for (k, v) in params.welcome(pool_params) {
+        encode::parameter_status(out, &k, &v);
+    }
+    encode::backend_key_data(out, cancel.slot.pid, cancel.slot.secret);
+    encode::ready_for_query(out, TxStatus::Idle);
 }
 
 /// Sends a FATAL error to a client that is about to be closed.
