@@ -68,6 +68,8 @@ pub struct ClientInfo {
     /// Login time.
     pub since: SystemTime,
     state: AtomicU8,
+    /// Why the client keeps its server between transactions (SHOW CLIENTS).
+    pin: Mutex<Option<&'static str>>,
     /// Wakes the session when the admin console kills it.
     pub kill: Notify,
 }
@@ -76,6 +78,16 @@ impl ClientInfo {
     /// Records what the client is doing.
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Records why the client keeps its server, or that it no longer does.
+    pub fn set_pin(&self, reason: Option<&'static str>) {
+        *self.pin.lock() = reason;
+    }
+
+    /// Why the client keeps its server between transactions, if it does.
+    pub fn pin(&self) -> Option<&'static str> {
+        *self.pin.lock()
     }
 
     /// What the client is doing.
@@ -120,6 +132,7 @@ impl ClientRegistry {
             addr,
             since: SystemTime::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
+            pin: Mutex::new(None),
             kill: Notify::new(),
         });
         self.clients.lock().insert(info.id, info.clone());

@@ -370,3 +370,112 @@ async fn settings_keep_transaction_rules() {
     ];
     same_as_direct("t_set_tx", 2, &[1, 2], &steps).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_that_cannot_move_pins_its_client() {
+    use Step::*;
+    create_db(cluster(), "t_pin").await;
+    let steps = [
+        Simple(0, "CREATE TEMP TABLE tt (a int); INSERT INTO tt VALUES (1)"),
+        Simple(0, "SELECT count(*) FROM tt"),
+        Simple(1, "SELECT count(*) FROM tt"),
+        Simple(0, "SELECT pg_advisory_lock(42)::text"),
+        Simple(1, "SELECT pg_try_advisory_lock(42)"),
+        Simple(0, "SELECT count(*) FROM tt"),
+        Simple(0, "SELECT pg_advisory_unlock(42)"),
+        Simple(1, "SELECT pg_try_advisory_lock(42)"),
+        Simple(1, "SELECT pg_advisory_unlock_all()::text"),
+        Simple(0, "PREPARE mine AS SELECT 7"),
+        Simple(1, "EXECUTE mine"),
+        Simple(0, "EXECUTE mine"),
+        Simple(1, "PREPARE mine AS SELECT 8"),
+        Simple(1, "EXECUTE mine"),
+        Simple(1, "DEALLOCATE mine"),
+        Simple(
+            0,
+            "DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1, 3)",
+        ),
+        Simple(0, "FETCH 1 FROM c"),
+        Simple(0, "FETCH 1 FROM c"),
+        Simple(1, "FETCH 1 FROM c"),
+        Simple(0, "DISCARD ALL"),
+        Simple(0, "SELECT count(*) FROM tt"),
+        Simple(
+            1,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()",
+        ),
+    ];
+    same_as_direct("t_pin", 2, &[2, 3], &steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_are_visible_and_end_with_the_state() {
+    create_db(cluster(), "t_pin_seen").await;
+    let p = setup_existing("t_pin_seen", 1, "").await;
+    let metric = |p: &pgmux::app::Proxy, name: &str, labels: &[(&str, &str)]| {
+        sample(
+            &parse_prometheus(&p.context().render_metrics()),
+            name,
+            labels,
+        )
+        .unwrap_or(0.0)
+    };
+    let pins = |p: &pgmux::app::Proxy| -> Vec<String> {
+        p.context()
+            .clients
+            .all()
+            .iter()
+            .filter_map(|c| c.pin().map(str::to_owned))
+            .collect()
+    };
+    // pgmux asks the server once the client has its answer: wait for it.
+    let settled = |p: &pgmux::app::Proxy, want: f64| {
+        let p = p.context().clone();
+        async move {
+            eventually(std::time::Duration::from_secs(5), || {
+                let p = p.clone();
+                async move {
+                    let text = p.render_metrics();
+                    sample(&parse_prometheus(&text), "pgmux_pinned_clients", &[]) == Some(want)
+                }
+            })
+            .await
+        }
+    };
+    let a = client(&p, "t_pin_seen").await;
+    a.batch_execute("CREATE TEMP TABLE tt (a int)")
+        .await
+        .unwrap();
+    assert!(settled(&p, 1.0).await);
+    assert_eq!(
+        metric(&p, "pgmux_pins_total", &[("reason", "temp_table")]),
+        1.0
+    );
+    assert_eq!(pins(&p), vec!["temp_table".to_owned()]);
+    // The state is gone: the client lets its server go.
+    a.batch_execute("DROP TABLE tt").await.unwrap();
+    assert!(settled(&p, 0.0).await);
+    assert!(pins(&p).is_empty());
+    // A pinned client that leaves: its server is reset, then reused.
+    a.batch_execute("SELECT pg_advisory_lock(7); CREATE TEMP TABLE t2 (a int)")
+        .await
+        .unwrap();
+    assert!(settled(&p, 1.0).await);
+    assert_eq!(pins(&p), vec!["temp_table".to_owned()]);
+    drop(a);
+    let b = client(&p, "t_pin_seen").await;
+    let row = b
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), \
+             pg_try_advisory_lock(7)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    assert!(
+        row.get::<_, bool>(1),
+        "the advisory lock went with the reset"
+    );
+    assert!(settled(&p, 1.0).await, "b holds the advisory lock now");
+}

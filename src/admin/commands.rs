@@ -234,6 +234,7 @@ fn show_clients(ctx: &Context) -> Table {
         "addr",
         "connect_time",
         "id",
+        "pinned",
     ];
     let rows = ctx
         .clients
@@ -253,6 +254,7 @@ fn show_clients(ctx: &Context) -> Table {
                 text(&c.addr),
                 unix(c.since),
                 text(c.id),
+                text(c.pin().unwrap_or("")),
             ]
         })
         .collect();

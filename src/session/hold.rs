@@ -77,6 +77,7 @@ impl Session {
     /// cancels to it.
     pub(super) fn close_server(&mut self) {
         self.touched = Effects::NONE;
+        self.set_pin(None);
         self.cancel.slot.set_target(None);
         self.listed.info.set_state(ClientState::Idle);
         if let Some(s) = self.server.take() {
@@ -127,13 +128,22 @@ impl Session {
             self.close_server();
             return;
         }
-        if self.mode == PoolMode::Session {
-            let reset = self.pool.settings().reset_query.clone();
+        // Session mode, and a client that kept its server for state that
+        // could not move: reset before anyone else gets it (DISCARD ALL
+        // also drops temporary tables, advisory locks, LISTEN, cursors).
+        let reset = match (self.mode, self.pinned) {
+            (PoolMode::Session, _) => Some(self.pool.settings().reset_query.clone()),
+            (_, Some(_)) => Some("DISCARD ALL".to_owned()),
+            _ => None,
+        };
+        if let Some(reset) = reset {
             if server.reset(&reset, self.max_msg).await.is_err() {
                 self.close_server();
                 return;
             }
+            self.touched.settings = false;
         }
+        self.set_pin(None);
         // The client is gone: only whether the server comes back clean
         // matters. Its settings are recorded so the next client's sync
         // undoes them.

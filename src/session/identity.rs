@@ -77,6 +77,13 @@ impl Session {
     /// taints that server for good.
     pub(super) fn note_effects(&mut self, frame: &Frame, effects: Effects) {
         self.touched |= effects;
+        if effects.pins && self.mode == crate::config::PoolMode::Transaction {
+            let text = match frame.tag() {
+                fe::QUERY => crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s),
+                _ => crate::prepared::messages::parse(frame.body()).map(|p| p.query),
+            };
+            self.pin_hint = text.map(super::pin::hint);
+        }
         if effects.identity && frame.tag() == fe::PARSE && self.stmts.is_none() {
             if let Some(s) = self.server.as_mut() {
                 s.mark_identity_sticky();

@@ -10,6 +10,7 @@ mod hold;
 pub mod identity;
 pub mod login;
 pub mod params;
+mod pin;
 mod replies;
 mod requests;
 mod settings;
@@ -150,6 +151,11 @@ struct Session {
     /// settings: read back (and, for identity, restored) before the server
     /// goes back.
     touched: Effects,
+    /// Why the client keeps its server between transactions (session state
+    /// that cannot move), if it does.
+    pinned: Option<&'static str>,
+    /// The first words of the last statement that may have pinned it.
+    pin_hint: Option<Box<str>>,
     cancel: CancelHandle,
     max_msg: usize,
 }
@@ -224,6 +230,8 @@ impl Session {
             params: login.params,
             identity: None,
             touched: Effects::NONE,
+            pinned: None,
+            pin_hint: None,
             cancel: login.cancel,
             max_msg,
         }

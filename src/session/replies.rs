@@ -40,6 +40,12 @@ impl Session {
             return self.on_server_lost(lost).await;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {
+            if self.pin_check_due() {
+                Box::pin(self.check_pin()).await?;
+            }
+            if self.pinned.is_some() {
+                return Ok(());
+            }
             if self.touched.settings {
                 Box::pin(self.settle_settings()).await?;
             }
@@ -105,6 +111,8 @@ impl Session {
     pub(super) async fn server_lost(&mut self, err: ServerError) -> Result<(), End> {
         tracing::warn!(pool = %self.pool.name(), error = %err, "server connection lost");
         self.count_error(ErrorReason::ServerLost);
+        // A client that kept its server for its session state lost it.
+        let pinned = self.pinned.is_some();
         self.close_server();
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
@@ -119,7 +127,7 @@ impl Session {
         for h in hooks.into_iter().rev() {
             self.undo(h, false, false);
         }
-        if self.mode == PoolMode::Session || (readies == 0 && !tail) {
+        if self.mode == PoolMode::Session || pinned || (readies == 0 && !tail) {
             return Err(fatal(
                 SqlState::CONNECTION_FAILURE,
                 "server connection lost",

@@ -20,6 +20,13 @@ pub struct Effects {
     pub identity: bool,
     /// It may change session-level settings (`SET`, `RESET`, `set_config`).
     pub settings: bool,
+    /// It may create state PostgreSQL keeps per session that pgmux cannot
+    /// replay elsewhere: temporary tables, session advisory locks, `LISTEN`,
+    /// `WITH HOLD` cursors, SQL-level `PREPARE`.
+    pub pins: bool,
+    /// It may remove such state (`DISCARD`, `DROP`, `UNLISTEN`, `CLOSE`,
+    /// `DEALLOCATE`, advisory unlocks).
+    pub unpins: bool,
 }
 
 impl Effects {
@@ -27,17 +34,38 @@ impl Effects {
     pub const ALL: Self = Self {
         identity: true,
         settings: true,
+        pins: true,
+        unpins: true,
     };
 
     /// Nothing pgmux follows.
     pub const NONE: Self = Self {
         identity: false,
         settings: false,
+        pins: false,
+        unpins: false,
+    };
+
+    const IDENTITY: Self = Self {
+        identity: true,
+        ..Self::NONE
+    };
+    const SETTINGS: Self = Self {
+        settings: true,
+        ..Self::NONE
+    };
+    const PINS: Self = Self {
+        pins: true,
+        ..Self::NONE
+    };
+    const UNPINS: Self = Self {
+        unpins: true,
+        ..Self::NONE
     };
 
     /// Whether anything may change.
     pub fn any(self) -> bool {
-        self.identity || self.settings
+        self.identity || self.settings || self.pins || self.unpins
     }
 }
 
@@ -45,6 +73,8 @@ impl std::ops::BitOrAssign for Effects {
     fn bitor_assign(&mut self, other: Self) {
         self.identity |= other.identity;
         self.settings |= other.settings;
+        self.pins |= other.pins;
+        self.unpins |= other.unpins;
     }
 }
 
@@ -62,55 +92,92 @@ impl std::ops::BitOrAssign for Effects {
 fn head_effects(h: &Head<'_>) -> Effects {
     let identity_name = |i: usize| h.is(i, "role") || h.is(i, "session_authorization");
     let session_auth = |i: usize| h.is(i, "session") && h.is(i + 1, "authorization");
-    let identity = Effects {
-        identity: true,
-        settings: false,
+    let word = |i: usize| -> &str {
+        const WORDS: [&str; 16] = [
+            "set",
+            "reset",
+            "discard",
+            "do",
+            "call",
+            "execute",
+            "create",
+            "listen",
+            "unlisten",
+            "declare",
+            "prepare",
+            "drop",
+            "close",
+            "deallocate",
+            "temp",
+            "temporary",
+        ];
+        WORDS.iter().find(|w| h.is(i, w)).copied().unwrap_or("")
     };
-    let settings = Effects {
-        identity: false,
-        settings: true,
-    };
-    if h.is(0, "set") {
-        if h.is(1, "local") || h.is(1, "transaction") || h.is(1, "constraints") {
-            return Effects::NONE;
+    match word(0) {
+        "set" if h.is(1, "local") || h.is(1, "transaction") || h.is(1, "constraints") => {
+            Effects::NONE
         }
-        let at = if h.is(1, "session") && !h.is(2, "authorization") {
-            2
-        } else {
-            1
-        };
-        return if identity_name(at) || session_auth(at) {
-            identity
-        } else {
-            settings
-        };
+        "set" => {
+            let at = if h.is(1, "session") && !h.is(2, "authorization") {
+                2
+            } else {
+                1
+            };
+            if identity_name(at) || session_auth(at) {
+                Effects::IDENTITY
+            } else {
+                Effects::SETTINGS
+            }
+        }
+        "reset" if identity_name(1) || session_auth(1) => Effects::IDENTITY,
+        "reset" => Effects::SETTINGS,
+        "discard" if h.is(1, "all") => Effects::ALL,
+        "discard" => Effects::UNPINS,
+        "do" | "call" | "execute" => Effects::ALL,
+        // CREATE [GLOBAL | LOCAL] TEMP[ORARY] ...
+        "create" if matches!(word(1), "temp" | "temporary") => Effects::PINS,
+        "create"
+            if (h.is(1, "local") || h.is(1, "global"))
+                && matches!(word(2), "temp" | "temporary") =>
+        {
+            Effects::PINS
+        }
+        "listen" => Effects::PINS,
+        // Whether a cursor is WITH HOLD is read further on (`hold` below).
+        "declare" => Effects::NONE,
+        "prepare" if !h.is(1, "transaction") => Effects::PINS,
+        "unlisten" | "drop" | "close" | "deallocate" => Effects::UNPINS,
+        _ => Effects::NONE,
     }
-    if h.is(0, "reset") {
-        return if identity_name(1) || session_auth(1) {
-            identity
-        } else {
-            settings
-        };
-    }
-    if (h.is(0, "discard") && h.is(1, "all"))
-        || h.is(0, "do")
-        || h.is(0, "call")
-        || h.is(0, "execute")
-    {
-        return Effects::ALL;
-    }
-    Effects::NONE
 }
 
-/// Whether `sql` mentions the function `set_config` anywhere (any case).
-fn mentions_set_config(sql: &[u8]) -> bool {
-    memchr::memchr_iter(b'_', sql).any(|i| {
-        i >= 3
-            && sql[i - 3..i].eq_ignore_ascii_case(b"set")
-            && sql
-                .get(i + 1..i + 7)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
-    })
+/// What the functions a text mentions anywhere may do: `set_config`
+/// (identity and settings, its target may be `role`), and the session
+/// advisory lock functions (`pg_advisory_lock`, `pg_try_advisory_lock`,
+/// their `_shared` forms; an unlock may remove the pin). The
+/// transaction-level `pg_advisory_xact_lock` ends with its transaction.
+fn function_effects(sql: &[u8]) -> Effects {
+    let at = |i: usize, word: &[u8]| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    let mut found = Effects::NONE;
+    for i in memchr::memchr_iter(b'_', sql) {
+        if i >= 3 && at(i - 3, b"set") && at(i + 1, b"config") {
+            found |= Effects {
+                pins: false,
+                unpins: false,
+                ..Effects::ALL
+            };
+        } else if at(i + 1, b"advisory_lock") || at(i + 1, b"advisory_unlock") {
+            found |= if at(i + 10, b"un") {
+                Effects::UNPINS
+            } else {
+                Effects::PINS
+            };
+        }
+    }
+    found
 }
 
 /// The first word of `sql` if nothing but white space precedes it, or
@@ -141,23 +208,39 @@ fn single_statement(sql: &[u8]) -> bool {
 /// What running `sql` may change (see [`head_effects`]); a text that calls
 /// `set_config` anywhere may change both, since its target may be `role`.
 pub fn effects(sql: &[u8]) -> Effects {
-    if mentions_set_config(sql) {
-        return Effects::ALL;
+    let mut found = function_effects(sql);
+    if found.identity {
+        return found;
     }
     // Fast path: one statement starting with an ordinary word, read from
     // its first word alone.
     if single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
         if let Some(w) = leading_word(sql) {
-            const STARTERS: [&[u8]; 6] = [b"set", b"reset", b"discard", b"do", b"call", b"execute"];
+            const STARTERS: [&[u8]; 14] = [
+                b"set",
+                b"reset",
+                b"discard",
+                b"do",
+                b"call",
+                b"execute",
+                b"create",
+                b"listen",
+                b"unlisten",
+                b"declare",
+                b"prepare",
+                b"drop",
+                b"close",
+                b"deallocate",
+            ];
             if !STARTERS.iter().any(|s| w.eq_ignore_ascii_case(s)) {
-                return Effects::NONE;
+                return found;
             }
         }
     }
     // With a backslash in the text, read it both ways: a client may have
     // turned standard_conforming_strings off, and then backslashes escape
     // quotes in every string.
-    let mut found = lexed_effects(Lexer::new(sql));
+    found |= lexed_effects(Lexer::new(sql));
     if memchr::memchr(b'\\', sql).is_some() {
         found |= lexed_effects(Lexer::with_backslash_quotes(sql));
     }
@@ -179,6 +262,10 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
             Token::Semicolon => {
                 found |= head_effects(&head);
                 head = Head::default();
+            }
+            // DECLARE ... WITH HOLD: the cursor outlives its transaction.
+            Token::Word(w) if w.eq_ignore_ascii_case(b"hold") && head.is(0, "declare") => {
+                found |= Effects::PINS;
             }
             Token::Word(w) => head.push(w),
             // U&"..." may spell any name with escapes: assume the worst.
@@ -254,6 +341,34 @@ mod tests {
         no("UPDATE t SET role = 'admin' WHERE id = 1");
         no("INSERT INTO roles VALUES (1); SELECT 2");
         no("select \"role\" from t");
+    }
+
+    #[test]
+    fn pinning_statements() {
+        let pins = |sql: &str| effects(sql.as_bytes()).pins;
+        let unpins = |sql: &str| effects(sql.as_bytes()).unpins;
+        assert!(pins("CREATE TEMP TABLE t (a int)"));
+        assert!(pins("create temporary table t as select 1"));
+        assert!(pins("CREATE LOCAL TEMPORARY TABLE t (a int)"));
+        assert!(pins("CREATE GLOBAL TEMP SEQUENCE s"));
+        assert!(pins("SELECT pg_advisory_lock(42)"));
+        assert!(pins("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"));
+        assert!(pins("LISTEN jobs"));
+        assert!(pins("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+        assert!(pins("PREPARE q AS SELECT 1"));
+        assert!(!pins("PREPARE TRANSACTION 'x'"));
+        assert!(!pins("DECLARE c CURSOR FOR SELECT 1"));
+        assert!(!pins("CREATE TABLE t (a int)"));
+        assert!(!pins("SELECT pg_advisory_xact_lock(42)"));
+        assert!(!pins("SELECT 1"));
+        assert!(unpins("SELECT pg_advisory_unlock(42)"));
+        assert!(unpins("select pg_advisory_unlock_all()"));
+        assert!(unpins("DROP TABLE t"));
+        assert!(unpins("DISCARD TEMP"));
+        assert!(unpins("UNLISTEN *"));
+        assert!(unpins("CLOSE ALL"));
+        assert!(unpins("DEALLOCATE q"));
+        assert!(!unpins("SELECT 1"));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub mod names {
     pub const RELOADS: &str = "pgmux_config_reloads_total";
     /// Time of the last successful reload.
     pub const LAST_RELOAD: &str = "pgmux_config_last_reload_success_timestamp_seconds";
+    /// Clients keeping their server between transactions (transaction mode).
+    pub const PINNED_CLIENTS: &str = "pgmux_pinned_clients";
+    /// Clients that started keeping their server, by reason.
+    pub const PINS: &str = "pgmux_pins_total";
 }
 
 /// Why a client got an error, as counted in `pgmux_errors_total{reason}`.
@@ -191,6 +195,7 @@ pub struct Metrics {
     prepared: [Counter; 4],
     reloads: [Counter; 2],
     last_reload: Gauge,
+    pinned: Gauge,
 }
 
 const META: Metadata<'static> = Metadata::new("pgmux", ::metrics::Level::INFO, None);
@@ -231,7 +236,9 @@ impl Metrics {
         ];
         let reloads = [result("ok"), result("error")];
         let last_reload = recorder.register_gauge(&Key::from_name(names::LAST_RELOAD), &META);
+        let pinned = recorder.register_gauge(&Key::from_name(names::PINNED_CLIENTS), &META);
         Self {
+            pinned,
             recorder,
             handle,
             prepared,
@@ -314,6 +321,18 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Counts a client that starts keeping its server (`reason`), or one
+    /// that stops (`None`).
+    pub fn pin(&self, reason: Option<&'static str>) {
+        let Some(reason) = reason else {
+            self.pinned.decrement(1.0);
+            return;
+        };
+        self.pinned.increment(1.0);
+        let key = Key::from_parts(names::PINS, vec![Label::new("reason", reason)]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].increment(1);
@@ -372,9 +391,15 @@ fn describe(r: &PrometheusRecorder) {
         (names::ERRORS, "Errors sent to clients, by reason."),
         (names::PREPARED, "Prepared statements: hit (Parse answered by pgmux), miss (Parse sent), reprepare (injected), evicted."),
         (names::RELOADS, "Configuration reloads by result."),
+        (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));
     }
+    r.describe_gauge(
+        KeyName::from(names::PINNED_CLIENTS),
+        None,
+        SharedString::from("Clients keeping their server between transactions because of session state pgmux cannot move."),
+    );
     r.describe_gauge(
         KeyName::from(names::LAST_RELOAD),
         secs,

@@ -1,0 +1,100 @@
+//! State PostgreSQL keeps per session that pgmux cannot move to another
+//! server: temporary tables, session advisory locks, `LISTEN`, `WITH HOLD`
+//! cursors, SQL-level prepared statements. A client that has any keeps its
+//! server between transactions (it is *pinned*) until the state is gone or
+//! it leaves; then the server is reset before anyone else gets it.
+//!
+//! Whether a client is pinned is the server's answer, not a guess: after a
+//! transaction that ran something able to create such state (or, while
+//! pinned, to remove it; [`crate::sql::effects`]), pgmux asks the server
+//! which per-session objects exist.
+
+use super::{fatal, End, Session};
+use crate::protocol::SqlState;
+
+/// One row: which kinds of per-session state the session holds.
+const SESSION_OBJECTS: &str = "SELECT \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+             WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable), \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+
+/// The reasons, in the order of the query's columns (metric labels).
+const REASONS: [&str; 5] = [
+    "temp_table",
+    "advisory_lock",
+    "listen",
+    "with_hold_cursor",
+    "prepare",
+];
+
+impl Session {
+    /// Whether what ran during this transaction calls for asking the server.
+    pub(super) fn pin_check_due(&self) -> bool {
+        self.touched.pins || (self.pinned.is_some() && self.touched.unpins)
+    }
+
+    /// Asks the server which per-session state exists; the client keeps
+    /// its server while any does. A server that can't answer is closed,
+    /// and a pinned client loses its session with it.
+    pub(super) async fn check_pin(&mut self) -> Result<(), End> {
+        self.touched.pins = false;
+        self.touched.unpins = false;
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let mut rows = Vec::new();
+        if let Err(e) = server
+            .run_internal_rows(SESSION_OBJECTS, self.max_msg, &mut rows)
+            .await
+        {
+            tracing::warn!(pool = %self.pool.name(), error = %e, "closing a server whose session state could not be read");
+            let was_pinned = self.pinned.is_some();
+            self.close_server();
+            return match was_pinned {
+                true => Err(fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    "server connection lost; session state (temporary tables, locks, ...) is gone",
+                )),
+                false => Ok(()),
+            };
+        }
+        let reason = rows
+            .first()
+            .and_then(|r| r.iter().position(|c| c.as_deref() == Some("t")))
+            .and_then(|i| REASONS.get(i).copied());
+        self.set_pin(reason);
+        Ok(())
+    }
+
+    /// Records whether (and why) the client keeps its server: the session,
+    /// SHOW CLIENTS, the metrics and the log.
+    pub(super) fn set_pin(&mut self, reason: Option<&'static str>) {
+        let info = &self.listed.info;
+        match (self.pinned, reason) {
+            (None, Some(r)) => {
+                tracing::info!(client = info.id, database = %info.database, user = %info.user,
+                    reason = r, statement = self.pin_hint.as_deref().unwrap_or(""),
+                    "client keeps its server between transactions");
+                self.ctx.metrics.pin(Some(r));
+            }
+            (Some(_), None) => {
+                tracing::info!(client = info.id, "client no longer keeps its server");
+                self.ctx.metrics.pin(None);
+            }
+            _ => {}
+        }
+        self.pinned = reason;
+        info.set_pin(reason);
+    }
+}
+
+/// The first words of a statement, for the log line of a pin.
+pub fn hint(text: &[u8]) -> Box<str> {
+    let text = String::from_utf8_lossy(text);
+    let words: Vec<&str> = text.split_whitespace().take(6).collect();
+    words.join(" ").chars().take(80).collect()
+}
