@@ -479,3 +479,90 @@ async fn pins_are_visible_and_end_with_the_state() {
     );
     assert!(settled(&p, 1.0).await, "b holds the advisory lock now");
 }
+
+/// A small deterministic generator (the test needs no crate for it).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Random interleavings of three clients setting, resetting and reading
+/// settings inside and outside transactions, over pools of one and two
+/// servers, every answer compared with three direct connections. At most
+/// as many clients are inside a transaction as there are servers, since a
+/// client in a transaction keeps its server (a sequential script would
+/// otherwise wait on itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_settings_interleavings_match_direct() {
+    use Step::*;
+    const SETS: &[&str] = &[
+        "SET search_path TO pg_catalog, public",
+        "SET search_path TO public",
+        "SET work_mem = '5MB'",
+        "SET SESSION work_mem = '6MB'",
+        "SET statement_timeout = '9s'",
+        "SET DateStyle = 'German'",
+        "SET application_name = 'rnd'",
+        "SELECT set_config('lock_timeout', '4s', false)",
+        "RESET work_mem",
+        "RESET search_path",
+        "RESET statement_timeout",
+        "RESET ALL",
+        "SET LOCAL work_mem = '7MB'",
+        "SELECT 1; SET lock_timeout = '2s'",
+    ];
+    const READS: &str = "SELECT current_setting('search_path'), current_setting('work_mem'), \
+         current_setting('statement_timeout'), current_setting('DateStyle'), \
+         current_setting('lock_timeout'), current_setting('application_name')";
+    let seed: u64 = std::env::var("PGMUX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let steps_per_pool: usize = std::env::var("PGMUX_INTERLEAVE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1500);
+    create_db(cluster(), "t_set_random").await;
+    for pool in [1usize, 2] {
+        let mut r = Lcg(seed * 31 + pool as u64);
+        let mut in_tx = [false; 3];
+        let mut steps = Vec::new();
+        while steps.len() < steps_per_pool {
+            let c = r.below(3);
+            let open = in_tx.iter().filter(|t| **t).count();
+            if !in_tx[c] && open >= pool {
+                continue;
+            }
+            let sql: &'static str = match r.below(10) {
+                0 if !in_tx[c] => {
+                    in_tx[c] = true;
+                    "BEGIN"
+                }
+                1 if in_tx[c] => {
+                    in_tx[c] = false;
+                    if r.below(2) == 0 {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    }
+                }
+                2..=5 => READS,
+                _ => SETS[r.below(SETS.len())],
+            };
+            steps.push(Simple(c, sql));
+        }
+        for (c, t) in in_tx.iter().enumerate() {
+            if *t {
+                steps.push(Simple(c, "COMMIT"));
+            }
+        }
+        same_as_direct("t_set_random", 3, &[pool as u32], &steps).await;
+    }
+}
