@@ -58,8 +58,21 @@ async fn answer(clients: &[Client], step: Step) -> String {
 /// pgmux with each pool size in `sizes`, and asserts that every answer is
 /// the same.
 async fn same_as_direct(name: &str, n: usize, sizes: &[u32], steps: &[Step]) {
+    same_as_direct_with(name, n, sizes, steps, "", "").await;
+}
+
+/// [`same_as_direct`] with extra connection-string keys for every client
+/// (`options=...`, say) and extra `[pgmux]` lines (`pool_mode`, say).
+async fn same_as_direct_with(
+    name: &str,
+    n: usize,
+    sizes: &[u32],
+    steps: &[Step],
+    conn_extra: &str,
+    pgmux_extra: &str,
+) {
     let direct_url = format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name} {conn_extra}",
         cluster().port()
     );
     let mut model = Vec::new();
@@ -72,12 +85,13 @@ async fn same_as_direct(name: &str, n: usize, sizes: &[u32], steps: &[Step]) {
     }
     drop(direct);
     for &size in sizes {
-        let p = pgmux::app::Proxy::start(config(cluster(), name, size, ""))
+        let p = pgmux::app::Proxy::start(config(cluster(), name, size, pgmux_extra))
             .await
             .expect("start pgmux");
         let mut clients = Vec::new();
         for _ in 0..n {
-            clients.push(client(&p, name).await);
+            let url = format!("{} {conn_extra}", url(&p, name));
+            clients.push(connect(&url).await.expect("connect through pgmux"));
         }
         for (i, s) in steps.iter().enumerate() {
             let got = answer(&clients, *s).await;
@@ -565,4 +579,35 @@ async fn random_settings_interleavings_match_direct() {
         }
         same_as_direct("t_set_random", 3, &[pool as u32], &steps).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_gives_back_the_startup_value() {
+    use Step::*;
+    create_db(cluster(), "t_reset_startup").await;
+    let options = "options='-c DateStyle=German -c TimeZone=Europe/Paris \
+                   -c IntervalStyle=iso_8601 -c search_path=pg_catalog'";
+    const SHOW: &str = "SELECT current_setting('DateStyle'), current_setting('TimeZone'), \
+         current_setting('IntervalStyle'), current_setting('search_path')";
+    let steps = [
+        Simple(0, SHOW),
+        Simple(0, "SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'"),
+        Simple(1, SHOW),
+        Simple(0, SHOW),
+        Simple(0, "RESET DateStyle"),
+        Simple(0, SHOW),
+        Simple(0, "RESET ALL"),
+        Simple(0, SHOW),
+        Simple(1, "SET search_path = public; SET IntervalStyle = postgres"),
+        Simple(1, "RESET search_path"),
+        Simple(1, SHOW),
+        Simple(1, "BEGIN; RESET ALL; ROLLBACK"),
+        Simple(1, SHOW),
+        Simple(1, "DISCARD ALL"),
+        Simple(1, SHOW),
+        Simple(0, SHOW),
+    ];
+    same_as_direct_with("t_reset_startup", 2, &[1, 2], &steps, options, "").await;
+    let session = "pool_mode = \"session\"";
+    same_as_direct_with("t_reset_startup", 2, &[2], &steps, options, session).await;
 }

@@ -316,7 +316,21 @@ impl ServerConn {
     ) -> Result<TxStatus, ServerError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql)?;
-        self.exchange(&out, max, rows).await
+        self.exchange(&out, max, rows, None).await
+    }
+
+    /// [`ServerConn::run_internal`], appending the ParameterStatus messages
+    /// it causes to `reports` (for a client that must hear of them).
+    pub async fn run_internal_reporting(
+        &mut self,
+        sql: &str,
+        max: usize,
+        reports: &mut BytesMut,
+    ) -> Result<TxStatus, ServerError> {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, sql)?;
+        self.exchange(&out, max, &mut Vec::new(), Some(reports))
+            .await
     }
 
     /// Runs one query with text parameters (extended protocol) and returns
@@ -330,18 +344,20 @@ impl ServerConn {
         let mut out = BytesMut::new();
         encode::query_with_params(&mut out, sql, params)?;
         let mut rows = Vec::new();
-        self.exchange(&out, max, &mut rows).await?;
+        self.exchange(&out, max, &mut rows, None).await?;
         Ok(rows.into_iter().next())
     }
 
     /// Sends pgmux's own request and reads the replies up to ReadyForQuery:
-    /// rows into `rows`, ParameterStatus noted, the first ErrorResponse
-    /// returned as the error once ReadyForQuery arrives.
+    /// rows into `rows`, ParameterStatus noted (and copied to `reports`),
+    /// the first ErrorResponse returned as the error once ReadyForQuery
+    /// arrives.
     async fn exchange(
         &mut self,
         request: &[u8],
         max: usize,
         rows: &mut Vec<Vec<Option<String>>>,
+        mut reports: Option<&mut BytesMut>,
     ) -> Result<TxStatus, ServerError> {
         self.write_all(request).await?;
         let mut failure = None;
@@ -354,6 +370,9 @@ impl ServerConn {
                 }
                 be::PARAMETER_STATUS => {
                     self.note_parameter_status(frame.body());
+                    if let Some(r) = reports.as_deref_mut() {
+                        r.extend_from_slice(frame.raw());
+                    }
                 }
                 be::READY_FOR_QUERY => {
                     let status = TxStatus::from_ready(frame.body())

@@ -24,6 +24,9 @@ pub enum ParamError {
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
     desired: BTreeMap<String, String>,
+    /// What the client sent at startup (and in `options`), by lowercase
+    /// name: what `RESET` gives back on a direct connection.
+    startup: Box<[(String, String)]>,
     /// Hash of `desired` (never 0). A server last synced to the same
     /// fingerprint needs no comparison at all, which is the common case.
     fingerprint: u64,
@@ -60,6 +63,7 @@ impl ClientParams {
         client: &[(String, String)],
     ) -> Result<Self, ParamError> {
         let mut desired = BTreeMap::new();
+        let mut startup = Vec::new();
         for (k, v) in pool_params {
             let lower = k.to_ascii_lowercase();
             if TRACKED_REPORTED.contains(&lower.as_str()) {
@@ -74,10 +78,12 @@ impl ClientParams {
             if FORBIDDEN.contains(&lower.as_str()) {
                 return Err(ParamError::Forbidden(k.clone()));
             }
-            desired.insert(lower, v.clone());
+            desired.insert(lower.clone(), v.clone());
+            startup.push((lower, v.clone()));
         }
         let mut p = Self {
             desired,
+            startup: startup.into_boxed_slice(),
             fingerprint: 0,
         };
         p.refresh();
@@ -178,6 +184,27 @@ impl ClientParams {
         self.refresh();
         server.params_fingerprint = self.fingerprint;
         Ok(())
+    }
+
+    /// The statement that gives back, after a `RESET` or `RESET ALL`, the
+    /// startup value of every startup parameter that is back at the
+    /// server's default (no longer set at session level), as PostgreSQL
+    /// does on a direct connection. `None` when the client sent none.
+    pub fn startup_reapply_sql(&self) -> Option<String> {
+        if self.startup.is_empty() {
+            return None;
+        }
+        let values: Vec<String> = self
+            .startup
+            .iter()
+            .map(|(k, v)| format!("({}, {})", literal(k), literal(v)))
+            .collect();
+        Some(format!(
+            "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES {}) AS v(n, v) \
+             JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n \
+             WHERE s.source <> 'session'",
+            values.join(", ")
+        ))
     }
 
     /// True when `server` was last synced to exactly these values.

@@ -39,6 +39,9 @@ impl Session {
             let lost = ServerError::Protocol("server terminated the connection".into());
             return self.on_server_lost(lost).await;
         }
+        if self.touched.resets && self.expect.is_empty() && !self.unsynced {
+            Box::pin(self.reapply_startup()).await?;
+        }
         if self.mode == PoolMode::Transaction && self.is_idle() {
             if self.pin_check_due() {
                 Box::pin(self.check_pin()).await?;

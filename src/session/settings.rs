@@ -10,7 +10,11 @@
 //!
 //! [`ClientParams::settle`]: super::params::ClientParams::settle
 
+use bytes::BytesMut;
+
 use super::{End, Session};
+use crate::protocol::frame::{cstr, split_frame};
+use crate::protocol::TxStatus;
 
 impl Session {
     /// Reads back the settings the client left on its server. A server
@@ -25,5 +29,43 @@ impl Session {
             self.close_server();
         }
         Ok(())
+    }
+
+    /// After a `RESET`, `RESET ALL` or `DISCARD ALL`: the client's startup
+    /// parameters that went back to the server's default get the client's
+    /// startup values again, as on a direct connection (where the reset
+    /// value is what the client sent at startup). Runs once the replies are
+    /// in, inside the client's transaction if one is open (so a rollback
+    /// undoes both), not in a failed one. The client hears the resulting
+    /// ParameterStatus messages.
+    pub(super) async fn reapply_startup(&mut self) -> Result<(), End> {
+        self.touched.resets = false;
+        if self.tx == TxStatus::Failed {
+            return Ok(());
+        }
+        let (Some(sql), Some(server)) = (self.params.startup_reapply_sql(), self.server.as_mut())
+        else {
+            return Ok(());
+        };
+        let mut reports = BytesMut::new();
+        if let Err(e) = server
+            .run_internal_reporting(&sql, self.max_msg, &mut reports)
+            .await
+        {
+            return self.on_server_lost(e).await;
+        }
+        let mut frames = reports.clone();
+        while let Ok(Some(f)) = split_frame(&mut frames, self.max_msg) {
+            let pair = cstr(f.body()).and_then(|(k, rest)| Some((k, cstr(rest)?.0)));
+            if let Some((k, v)) = pair {
+                let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+                self.params.on_parameter_status(&k, &v);
+            }
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.params_fingerprint = self.params.fingerprint();
+        }
+        self.cout.extend_from_slice(&reports);
+        self.flush_client().await
     }
 }

@@ -27,6 +27,10 @@ pub struct Effects {
     /// It may remove such state (`DISCARD`, `DROP`, `UNLISTEN`, `CLOSE`,
     /// `DEALLOCATE`, advisory unlocks).
     pub unpins: bool,
+    /// It may reset settings to their reset values (`RESET`, `RESET ALL`,
+    /// `DISCARD ALL`), which for a client's startup parameters are its
+    /// startup values.
+    pub resets: bool,
 }
 
 impl Effects {
@@ -36,6 +40,7 @@ impl Effects {
         settings: true,
         pins: true,
         unpins: true,
+        resets: true,
     };
 
     /// Nothing pgmux follows.
@@ -44,6 +49,7 @@ impl Effects {
         settings: false,
         pins: false,
         unpins: false,
+        resets: false,
     };
 
     const IDENTITY: Self = Self {
@@ -65,7 +71,7 @@ impl Effects {
 
     /// Whether anything may change.
     pub fn any(self) -> bool {
-        self.identity || self.settings || self.pins || self.unpins
+        self.identity || self.settings || self.pins || self.unpins || self.resets
     }
 }
 
@@ -75,6 +81,7 @@ impl std::ops::BitOrAssign for Effects {
         self.settings |= other.settings;
         self.pins |= other.pins;
         self.unpins |= other.unpins;
+        self.resets |= other.resets;
     }
 }
 
@@ -130,7 +137,10 @@ fn head_effects(h: &Head<'_>) -> Effects {
             }
         }
         "reset" if identity_name(1) || session_auth(1) => Effects::IDENTITY,
-        "reset" => Effects::SETTINGS,
+        "reset" => Effects {
+            resets: true,
+            ..Effects::SETTINGS
+        },
         "discard" if h.is(1, "all") => Effects::ALL,
         "discard" => Effects::UNPINS,
         "do" | "call" | "execute" => Effects::ALL,
@@ -167,6 +177,7 @@ fn function_effects(sql: &[u8]) -> Effects {
             found |= Effects {
                 pins: false,
                 unpins: false,
+                resets: false,
                 ..Effects::ALL
             };
         } else if at(i + 1, b"advisory_lock") || at(i + 1, b"advisory_unlock") {
