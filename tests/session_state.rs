@@ -611,3 +611,48 @@ async fn reset_gives_back_the_startup_value() {
     let session = "pool_mode = \"session\"";
     same_as_direct_with("t_reset_startup", 2, &[2], &steps, options, session).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_can_be_refused_instead_of_pinned() {
+    create_db(cluster(), "t_pin_error").await;
+    let p = setup_existing("t_pin_error", 1, "session_state = \"error\"").await;
+    let c = client(&p, "t_pin_error").await;
+    for sql in [
+        "CREATE TEMP TABLE tt (a int)",
+        "SELECT pg_advisory_lock(1)",
+        "LISTEN jobs",
+        "PREPARE q AS SELECT 1",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}");
+        let message = err.as_db_error().map(|d| d.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("session_state")),
+            "{message:?}"
+        );
+        // The extended protocol too (tokio-postgres prepares first).
+        let err = c.query(sql, &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}");
+    }
+    // The client goes on, and a second one shares the only server.
+    let other = client(&p, "t_pin_error").await;
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    assert_eq!(
+        other
+            .query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+    let text = p.context().render_metrics();
+    assert_eq!(
+        sample(&parse_prometheus(&text), "pgmux_pinned_clients", &[]),
+        Some(0.0)
+    );
+}

@@ -5,7 +5,7 @@
 pub mod de;
 mod modes;
 
-pub use modes::{AuthType, PoolMode, TlsMode};
+pub use modes::{AuthType, PoolMode, SessionState, TlsMode};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct General {
     pub listen: String,
     /// Default pool mode.
     pub pool_mode: PoolMode,
+    /// Session state that cannot move, in transaction mode: pin or error.
+    pub session_state: SessionState,
     /// Server connections per (database, user) unless the database says otherwise.
     pub default_pool_size: u32,
     /// Server connections kept open even when idle.
@@ -112,6 +114,7 @@ impl Default for General {
         Self {
             listen: "127.0.0.1:6432".into(),
             pool_mode: PoolMode::Transaction,
+            session_state: SessionState::Pin,
             default_pool_size: 20,
             min_pool_size: 0,
             max_client_conn: 10_000,
@@ -160,6 +163,9 @@ pub struct Database {
     /// Pool mode (default: `[pgmux] pool_mode`).
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `[pgmux] session_state` for this database.
+    #[serde(default)]
+    pub session_state: Option<SessionState>,
     /// Log in to the server as this role instead of the client's.
     #[serde(default, deserialize_with = "de::opt_env_string")]
     pub server_user: Option<String>,
@@ -196,6 +202,9 @@ pub struct User {
     /// Overrides the database's pool mode for this user.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the database's `session_state` for this user.
+    #[serde(default)]
+    pub session_state: Option<SessionState>,
 }
 
 /// The `[metrics]` table: where Prometheus scrapes `/metrics`.

@@ -13,6 +13,20 @@ pub enum PoolMode {
     Session,
 }
 
+/// What transaction mode does with session state that cannot move to
+/// another server (temporary tables, session advisory locks, `LISTEN`,
+/// `WITH HOLD` cursors, SQL-level `PREPARE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// The client keeps its server while it has such state.
+    #[default]
+    Pin,
+    /// The statement is refused with 0A000, for fleets that must never
+    /// hold a server between transactions.
+    Error,
+}
+
 /// How clients prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthType {

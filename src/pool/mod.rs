@@ -77,6 +77,8 @@ pub struct PoolSettings {
     pub max_message_size: usize,
     /// Query run between session-mode clients.
     pub reset_query: String,
+    /// Session state that cannot move: pin the client, or refuse.
+    pub session_state: crate::config::SessionState,
 }
 
 /// ParameterStatus names and values, as a server reported them.

@@ -36,9 +36,9 @@ fn plan(
     looked_up: Option<&Secret>,
 ) -> Option<(ServerTarget, PoolSettings)> {
     let db = cfg.databases.get(&key.database)?;
-    let (user_secret, user_mode) = match cfg.users.get(&key.user) {
-        Some(u) => (Secret::parse(&u.password), u.pool_mode),
-        None => (looked_up?.clone(), None),
+    let (user_secret, user_mode, user_state) = match cfg.users.get(&key.user) {
+        Some(u) => (Secret::parse(&u.password), u.pool_mode, u.session_state),
+        None => (looked_up?.clone(), None, None),
     };
     let (server_user, password) = match (&db.server_user, &db.server_password) {
         (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
@@ -65,6 +65,7 @@ fn plan(
         lifetime: g.server_lifetime,
         max_message_size: g.max_message_size,
         reset_query: g.server_reset_query.clone(),
+        session_state: user_state.or(db.session_state).unwrap_or(g.session_state),
     };
     Some((target, settings))
 }

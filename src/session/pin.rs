@@ -9,8 +9,14 @@
 //! pinned, to remove it; [`crate::sql::effects`]), pgmux asks the server
 //! which per-session objects exist.
 
+use bytes::BytesMut;
+
 use super::{fatal, End, Session};
-use crate::protocol::SqlState;
+use crate::config::{PoolMode, SessionState};
+use crate::prepared::Hook;
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::expect::{Reply, Req};
+use crate::protocol::{encode, fe, Frame, SqlState};
 
 /// One row: which kinds of per-session state the session holds.
 const SESSION_OBJECTS: &str = "SELECT \
@@ -34,7 +40,7 @@ const REASONS: [&str; 5] = [
 impl Session {
     /// Whether what ran during this transaction calls for asking the server.
     pub(super) fn pin_check_due(&self) -> bool {
-        self.touched.pins || (self.pinned.is_some() && self.touched.unpins)
+        self.touched.pins || self.touched.opaque || (self.pinned.is_some() && self.touched.unpins)
     }
 
     /// Asks the server which per-session state exists; the client keeps
@@ -42,6 +48,7 @@ impl Session {
     /// and a pinned client loses its session with it.
     pub(super) async fn check_pin(&mut self) -> Result<(), End> {
         self.touched.pins = false;
+        self.touched.opaque = false;
         self.touched.unpins = false;
         let Some(server) = self.server.as_mut() else {
             return Ok(());
@@ -68,6 +75,41 @@ impl Session {
             .and_then(|i| REASONS.get(i).copied());
         self.set_pin(reason);
         Ok(())
+    }
+
+    /// Whether this client's pool refuses state that cannot move
+    /// (`session_state = "error"`, transaction mode).
+    pub(super) fn refuses_session_state(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.pool.settings().session_state == SessionState::Error
+    }
+
+    /// Answers a statement that would create such state with 0A000 instead
+    /// of running it. A Query gets its ReadyForQuery (the transaction status
+    /// is unchanged: the server never saw it); a Parse ends its batch.
+    pub(super) fn refuse_session_state(&mut self, frame: &Frame) {
+        let text = match frame.tag() {
+            fe::QUERY => crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s),
+            _ => crate::prepared::messages::parse(frame.body()).map(|p| p.query),
+        };
+        let msg = format!(
+            "\"{}\" keeps state on its server, which this pool does not allow in transaction mode (session_state = \"error\")",
+            text.map(hint).unwrap_or_default()
+        );
+        let mut reply = BytesMut::new();
+        write_error(
+            &mut reply,
+            Severity::Error,
+            SqlState::FEATURE_NOT_SUPPORTED.0,
+            &msg,
+        );
+        if frame.tag() == fe::QUERY {
+            encode::ready_for_query(&mut reply, self.tx);
+            self.push(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);
+        } else {
+            self.push(Req::Parse, Reply::Synthetic(reply.freeze()), Hook::None);
+            self.skip_to_sync = true;
+        }
     }
 
     /// Records whether (and why) the client keeps its server: the session,

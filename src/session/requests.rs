@@ -56,6 +56,10 @@ impl Session {
         }
         self.skip_to_sync = false;
         let effects = identity::message_effects(&frame);
+        if effects.pins && self.refuses_session_state() {
+            self.refuse_session_state(&frame);
+            return Ok(());
+        }
         self.route_client_frame(&frame).await?;
         if effects.any() {
             self.note_effects(&frame, effects);

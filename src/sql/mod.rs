@@ -20,10 +20,13 @@ pub struct Effects {
     pub identity: bool,
     /// It may change session-level settings (`SET`, `RESET`, `set_config`).
     pub settings: bool,
-    /// It may create state PostgreSQL keeps per session that pgmux cannot
+    /// It creates state PostgreSQL keeps per session that pgmux cannot
     /// replay elsewhere: temporary tables, session advisory locks, `LISTEN`,
     /// `WITH HOLD` cursors, SQL-level `PREPARE`.
     pub pins: bool,
+    /// It runs code pgmux cannot see (`DO`, `CALL`, SQL `EXECUTE`, a
+    /// fast-path call), which may do any of the above.
+    pub opaque: bool,
     /// It may remove such state (`DISCARD`, `DROP`, `UNLISTEN`, `CLOSE`,
     /// `DEALLOCATE`, advisory unlocks).
     pub unpins: bool,
@@ -38,7 +41,8 @@ impl Effects {
     pub const ALL: Self = Self {
         identity: true,
         settings: true,
-        pins: true,
+        pins: false,
+        opaque: true,
         unpins: true,
         resets: true,
     };
@@ -48,6 +52,7 @@ impl Effects {
         identity: false,
         settings: false,
         pins: false,
+        opaque: false,
         unpins: false,
         resets: false,
     };
@@ -71,7 +76,7 @@ impl Effects {
 
     /// Whether anything may change.
     pub fn any(self) -> bool {
-        self.identity || self.settings || self.pins || self.unpins || self.resets
+        self.identity || self.settings || self.pins || self.opaque || self.unpins || self.resets
     }
 }
 
@@ -80,6 +85,7 @@ impl std::ops::BitOrAssign for Effects {
         self.identity |= other.identity;
         self.settings |= other.settings;
         self.pins |= other.pins;
+        self.opaque |= other.opaque;
         self.unpins |= other.unpins;
         self.resets |= other.resets;
     }
@@ -175,7 +181,7 @@ fn function_effects(sql: &[u8]) -> Effects {
     for i in memchr::memchr_iter(b'_', sql) {
         if i >= 3 && at(i - 3, b"set") && at(i + 1, b"config") {
             found |= Effects {
-                pins: false,
+                opaque: false,
                 unpins: false,
                 resets: false,
                 ..Effects::ALL
@@ -359,6 +365,7 @@ mod tests {
         let pins = |sql: &str| effects(sql.as_bytes()).pins;
         let unpins = |sql: &str| effects(sql.as_bytes()).unpins;
         assert!(pins("CREATE TEMP TABLE t (a int)"));
+        assert!(!pins("DO $$ BEGIN END $$") && effects(b"CALL p()").opaque);
         assert!(pins("create temporary table t as select 1"));
         assert!(pins("CREATE LOCAL TEMPORARY TABLE t (a int)"));
         assert!(pins("CREATE GLOBAL TEMP SEQUENCE s"));
