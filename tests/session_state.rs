@@ -508,7 +508,8 @@ impl Lcg {
 }
 
 /// Random interleavings of three clients setting, resetting and reading
-/// settings inside and outside transactions, over pools of one and two
+/// settings, and preparing, executing and deallocating SQL-level
+/// statements, inside and outside transactions, over pools of one and two
 /// servers, every answer compared with three direct connections. At most
 /// as many clients are inside a transaction as there are servers, since a
 /// client in a transaction keeps its server (a sequential script would
@@ -531,6 +532,12 @@ async fn random_settings_interleavings_match_direct() {
         "RESET ALL",
         "SET LOCAL work_mem = '7MB'",
         "SELECT 1; SET lock_timeout = '2s'",
+        "PREPARE s1 AS SELECT current_setting('work_mem')",
+        "PREPARE s2 (int) AS SELECT $1 * 2",
+        "EXECUTE s1",
+        "EXECUTE s2(21)",
+        "DEALLOCATE s1",
+        "DEALLOCATE ALL",
     ];
     const READS: &str = "SELECT current_setting('search_path'), current_setting('work_mem'), \
          current_setting('statement_timeout'), current_setting('DateStyle'), \
@@ -621,7 +628,7 @@ async fn session_state_can_be_refused_instead_of_pinned() {
         "CREATE TEMP TABLE tt (a int)",
         "SELECT pg_advisory_lock(1)",
         "LISTEN jobs",
-        "PREPARE q AS SELECT 1",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}");
@@ -636,6 +643,14 @@ async fn session_state_can_be_refused_instead_of_pinned() {
         let err = c.query(sql, &[]).await.unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}");
     }
+    // SQL-level PREPARE follows the client instead: allowed.
+    c.batch_execute("PREPARE q AS SELECT 1; ").await.unwrap();
+    let rows = c.simple_query("EXECUTE q").await.unwrap();
+    let one = rows.iter().any(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0) == Some("1"),
+        _ => false,
+    });
+    assert!(one, "EXECUTE q answers 1");
     // The client goes on, and a second one shares the only server.
     let other = client(&p, "t_pin_error").await;
     assert_eq!(
@@ -655,4 +670,43 @@ async fn session_state_can_be_refused_instead_of_pinned() {
         sample(&parse_prometheus(&text), "pgmux_pinned_clients", &[]),
         Some(0.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepared_statements_are_their_clients_own() {
+    use Step::*;
+    create_db(cluster(), "t_sql_prep").await;
+    let steps = [
+        Simple(0, "PREPARE mine AS SELECT 1"),
+        Simple(1, "EXECUTE mine"),
+        Simple(1, "PREPARE mine AS SELECT 2"),
+        Simple(0, "EXECUTE mine"),
+        Simple(1, "EXECUTE mine"),
+        Simple(2, "EXECUTE mine"),
+        Simple(0, "PREPARE mine AS SELECT 3"),
+        Simple(0, "DEALLOCATE mine"),
+        Simple(1, "EXECUTE mine"),
+        Simple(0, "EXECUTE mine"),
+        Simple(2, "PREPARE add_one (int) AS SELECT $1 + 1"),
+        Simple(2, "EXECUTE add_one(41)"),
+        Simple(2, "execute ADD_ONE (1);"),
+        Simple(0, "PREPARE \"Quoted\" AS SELECT 'q'"),
+        Simple(0, "EXECUTE \"Quoted\""),
+        Simple(0, "EXECUTE quoted"),
+        // A duplicate inside a transaction aborts it, as directly.
+        Simple(1, "BEGIN"),
+        Simple(1, "PREPARE mine AS SELECT 4"),
+        Simple(1, "SELECT 1"),
+        Simple(1, "ROLLBACK"),
+        Simple(1, "EXECUTE mine"),
+        // Same text as another client's: shared on the server, still theirs.
+        Simple(0, "PREPARE other AS SELECT 2"),
+        Simple(0, "EXECUTE other"),
+        Simple(2, "DEALLOCATE ALL"),
+        Simple(2, "EXECUTE add_one(1)"),
+        Simple(1, "EXECUTE mine"),
+        Simple(0, "PREPARE bad AS SELECT * FROM no_such_table"),
+        Simple(0, "EXECUTE bad"),
+    ];
+    same_as_direct("t_sql_prep", 3, &[1, 3], &steps).await;
 }

@@ -101,6 +101,74 @@ pub fn sql_effect(query: &[u8]) -> SqlEffect {
     }
 }
 
+/// A single-statement simple Query that prepares or executes a named
+/// statement with SQL.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SqlPrepared<'a> {
+    /// `PREPARE name <rest>`: the name as the server reads it, and the
+    /// text after it (`(int) AS SELECT $1`), trailing `;` dropped.
+    Prepare {
+        /// The statement name (folded to lower case unless quoted).
+        name: Vec<u8>,
+        /// What follows the name.
+        rest: &'a [u8],
+    },
+    /// `EXECUTE name ...`: the name, and where it stands in the text
+    /// (quotes included), so it can be replaced.
+    Execute {
+        /// The statement name (folded to lower case unless quoted).
+        name: Vec<u8>,
+        /// Byte range of the name in the query text.
+        at: (usize, usize),
+    },
+}
+
+/// Recognizes `PREPARE name ...` (not `PREPARE TRANSACTION`) and `EXECUTE
+/// name ...` when they are the Query's only statement.
+pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
+    use crate::sql::{Lexer, Token};
+    let offset = |part: &[u8]| part.as_ptr() as usize - query.as_ptr() as usize;
+    let mut tokens = Lexer::new(query);
+    let verb = match tokens.next()? {
+        Token::Word(w) if w.eq_ignore_ascii_case(b"prepare") => true,
+        Token::Word(w) if w.eq_ignore_ascii_case(b"execute") => false,
+        _ => return None,
+    };
+    let (name, at) = match tokens.next()? {
+        Token::Word(w) if !w.eq_ignore_ascii_case(b"transaction") => {
+            (w.to_ascii_lowercase(), (offset(w), offset(w) + w.len()))
+        }
+        Token::QuotedIdent(w) => {
+            let name = String::from_utf8_lossy(w)
+                .replace("\"\"", "\"")
+                .into_bytes();
+            (name, (offset(w) - 1, offset(w) + w.len() + 1))
+        }
+        _ => return None,
+    };
+    // One statement only: nothing after a top-level `;` but more `;`.
+    let mut ended = false;
+    for t in tokens {
+        match t {
+            Token::Semicolon => ended = true,
+            _ if ended => return None,
+            _ => {}
+        }
+    }
+    if !verb {
+        return Some(SqlPrepared::Execute { name, at });
+    }
+    let rest = query.get(at.1..)?;
+    let end = rest
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(0, |i| i + 1);
+    Some(SqlPrepared::Prepare {
+        name,
+        rest: &rest[..end],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +194,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(bind(f.body()).unwrap().1, b"pgmux_7");
+    }
+
+    #[test]
+    fn recognizes_sql_prepare_and_execute() {
+        assert_eq!(
+            sql_prepared(b"PREPARE Mine (int) AS SELECT $1;"),
+            Some(SqlPrepared::Prepare {
+                name: b"mine".to_vec(),
+                rest: b" (int) AS SELECT $1"
+            })
+        );
+        assert_eq!(
+            sql_prepared(b"execute \"Mine\"(5)"),
+            Some(SqlPrepared::Execute {
+                name: b"Mine".to_vec(),
+                at: (8, 14)
+            })
+        );
+        assert_eq!(sql_prepared(b"PREPARE TRANSACTION 'x'"), None);
+        assert_eq!(sql_prepared(b"PREPARE a AS SELECT 1; SELECT 2"), None);
+        assert_eq!(sql_prepared(b"SELECT 1"), None);
     }
 
     #[test]

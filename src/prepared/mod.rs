@@ -20,6 +20,6 @@ pub mod tracker;
 pub use client::ClientStatements;
 pub use hook::Hook;
 pub use outbox::{Flags, Limits, Malformed, Outbox, Routed};
-pub use registry::{Counters, Registry, Statement};
+pub use registry::{Counters, Registry, Statement, SQL_PREPARE};
 pub use server::ServerStatements;
 pub use tracker::Tracker;

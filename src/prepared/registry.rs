@@ -33,14 +33,27 @@ pub struct Statement {
     /// What executing it may change in the session ([`crate::sql::effects`]),
     /// read once here rather than at every Bind.
     pub effects: crate::sql::Effects,
+    /// Prepared with SQL `PREPARE`: `parse` is a Query (`PREPARE pgmux_<n>
+    /// <text>`), and the text is what followed the client's name.
+    pub sql: bool,
 }
+
+/// The `types` key of statements a client prepared with SQL `PREPARE`
+/// (never a valid count-prefixed type list, so the kinds can't alias).
+pub const SQL_PREPARE: &[u8] = b"\xff\xffPREPARE";
 
 impl Statement {
     fn new(id: u64, query: &[u8], types: &[u8]) -> Self {
         let name = Bytes::from(format!("pgmux_{id}"));
-        let mut parse = BytesMut::with_capacity(query.len() + types.len() + name.len() + 8);
-        encode::parse_raw(&mut parse, &name, query, types);
-        let start = 5 + name.len() + 1;
+        let sql = types == SQL_PREPARE;
+        let mut parse = BytesMut::with_capacity(query.len() + types.len() + name.len() + 16);
+        let start = if sql {
+            encode::query_raw(&mut parse, &[b"PREPARE ", &name, b" ", query]);
+            5 + b"PREPARE ".len() + name.len() + 1
+        } else {
+            encode::parse_raw(&mut parse, &name, query, types);
+            5 + name.len() + 1
+        };
         Self {
             id,
             name,
@@ -48,6 +61,7 @@ impl Statement {
             query_at: (start, start + query.len()),
             confirmed: AtomicBool::new(false),
             effects: crate::sql::effects(query),
+            sql,
         }
     }
 
@@ -56,8 +70,11 @@ impl Statement {
         &self.parse[self.query_at.0..self.query_at.1]
     }
 
-    /// The raw parameter type list.
+    /// The raw parameter type list ([`SQL_PREPARE`] for SQL `PREPARE`).
     pub fn types(&self) -> &[u8] {
+        if self.sql {
+            return SQL_PREPARE;
+        }
         &self.parse[self.query_at.1 + 1..]
     }
 

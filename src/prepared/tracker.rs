@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::messages::{self, ParseRef, SqlEffect};
+use super::messages::{self, ParseRef, SqlEffect, SqlPrepared};
 use super::outbox::{lossy, Limits, Malformed, Outbox, Routed};
-use super::{ClientStatements, Hook, Registry, ServerStatements, Statement};
+use super::{ClientStatements, Hook, Registry, ServerStatements, Statement, SQL_PREPARE};
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::cstr;
@@ -90,7 +90,7 @@ impl Tracker {
             fe::BIND => self.bind(frame, server, registry, out),
             fe::DESCRIBE => self.describe(frame, server, registry, out),
             fe::CLOSE => self.close(frame, server.is_some(), out),
-            fe::QUERY => self.query(frame, server, tx, out),
+            fe::QUERY => self.query(frame, server, registry, tx, out),
             _ => Ok(Routed::Untracked),
         }
     }
@@ -223,6 +223,60 @@ impl Tracker {
         }
     }
 
+    /// `PREPARE name ...`: the client's name maps to a shared statement
+    /// prepared on servers as `PREPARE pgmux_<n> ...`, answered here when
+    /// the held server (or, with none held, some server) already has it.
+    fn sql_prepare(
+        &mut self,
+        name: Vec<u8>,
+        rest: &[u8],
+        server: Option<&mut ServerStatements>,
+        registry: &Registry,
+        tx: TxStatus,
+        out: &mut Outbox<'_>,
+    ) -> Routed {
+        if self.names.get(&name).is_some() {
+            duplicate_prepare(&name, tx, out);
+            return Routed::Done;
+        }
+        let stmt = registry.get_or_insert(rest, SQL_PREPARE);
+        let answer_here = match &server {
+            Some(s) => s.has(&stmt),
+            None => stmt.is_confirmed(),
+        };
+        if !answer_here && server.is_none() {
+            return Routed::NeedServer;
+        }
+        let client = Bytes::from(name);
+        self.names.insert(client.clone(), stmt.clone());
+        let parse = NewParse {
+            stmt,
+            client: Some(client),
+            replaced: None,
+        };
+        match server {
+            Some(s) if !answer_here => {
+                registry.counters.misses.fetch_add(1, Ordering::Relaxed);
+                send_parse(s, parse, Reply::Forward, self.limits, registry, out);
+            }
+            server => {
+                if let Some(s) = server {
+                    s.touch(&parse.stmt);
+                }
+                registry.counters.hits.fetch_add(1, Ordering::Relaxed);
+                let mut reply = BytesMut::new();
+                encode::command_complete(&mut reply, "PREPARE");
+                encode::ready_for_query(&mut reply, tx);
+                out.expect(
+                    Req::Query,
+                    Reply::Synthetic(reply.freeze()),
+                    parse.hook(false),
+                );
+            }
+        }
+        Routed::Done
+    }
+
     /// Bind or Describe('S') of a named statement: rewritten by `write` to
     /// the registry name, with the Parse injected first when the held server
     /// lacks it. An unknown name is sent as it is, so the server reports the
@@ -237,7 +291,10 @@ impl Tracker {
         out: &mut Outbox<'_>,
         write: impl FnOnce(&mut BytesMut, &[u8]),
     ) -> Result<Routed, Malformed> {
-        let Some(stmt) = self.names.get(name).cloned() else {
+        // A SQL-prepared name reached through Bind/Describe is left to the
+        // server (a Query PREPARE can't be injected inside an extended
+        // batch): it answers 26000, a documented limit.
+        let Some(stmt) = self.names.get(name).filter(|s| !s.sql).cloned() else {
             // The server's own unnamed statement may be another client's.
             if name.is_empty() || is_reserved(name) {
                 out.no_such_statement(req, name);
@@ -312,13 +369,33 @@ impl Tracker {
     fn query(
         &mut self,
         frame: &Frame,
-        server: Option<&mut ServerStatements>,
+        mut server: Option<&mut ServerStatements>,
+        registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
     ) -> Result<Routed, Malformed> {
         let sql = cstr(frame.body())
             .map(|(s, _)| s)
             .ok_or(Malformed("Query"))?;
+        // SQL-level PREPARE / EXECUTE: the same names as the protocol's, so
+        // the same per-client map. A failed transaction goes to the server,
+        // which refuses it as PostgreSQL does.
+        match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
+            Some(SqlPrepared::Prepare { name, rest }) => {
+                return Ok(self.sql_prepare(name, rest, server, registry, tx, out));
+            }
+            Some(SqlPrepared::Execute { name, at }) => {
+                let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
+                if let Some(stmt) = stmt {
+                    let Some(s) = server.as_deref_mut() else {
+                        return Ok(Routed::NeedServer);
+                    };
+                    sql_execute(sql, at, stmt, s, self.limits, registry, out);
+                    return Ok(Routed::Done);
+                }
+            }
+            None => {}
+        }
         let effect = messages::sql_effect(sql);
         let owned = match &effect {
             SqlEffect::Deallocate(name) if tx != TxStatus::Failed => self.names.get(name).cloned(),
@@ -341,6 +418,11 @@ impl Tracker {
                 encode::ready_for_query(&mut reply, tx);
                 let hook = Hook::ClientClosed(Bytes::from(name), stmt);
                 out.expect(Req::Query, Reply::Synthetic(reply.freeze()), hook);
+            }
+            // The server refuses it in a failed transaction, and DISCARD ALL
+            // in any transaction block: nothing is dropped then.
+            (SqlEffect::DropAll, _) if drop_all_refused(sql, tx) => {
+                out.forward(Req::Query, Hook::None)
             }
             (SqlEffect::DropAll, _) => {
                 self.names.clear();
@@ -372,6 +454,71 @@ fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
     out.expect(Req::Parse, Reply::Replace(err.freeze()), Hook::None);
     out.expect(Req::Close, Reply::Swallow, Hook::None);
     out.flags.skip_to_sync = true;
+}
+
+/// `EXECUTE name ...` of a SQL-prepared statement: the name rewritten to
+/// pgmux's, the `PREPARE` injected first where the server lacks it.
+fn sql_execute(
+    query: &[u8],
+    at: (usize, usize),
+    stmt: Arc<Statement>,
+    server: &mut ServerStatements,
+    limits: Limits,
+    registry: &Registry,
+    out: &mut Outbox<'_>,
+) {
+    if !server.touch(&stmt) {
+        registry.counters.reprepares.fetch_add(1, Ordering::Relaxed);
+        let parse = NewParse {
+            stmt: stmt.clone(),
+            client: None,
+            replaced: None,
+        };
+        send_parse(server, parse, Reply::Swallow, limits, registry, out);
+    }
+    out.flags.effects |= stmt.effects;
+    encode::query_raw(out.sout, &[&query[..at.0], &stmt.name, &query[at.1..]]);
+    out.expect(Req::Query, Reply::Forward, Hook::Uses(stmt));
+}
+
+/// `PREPARE` of a name the client already uses: PostgreSQL's 42P05. Outside
+/// a transaction it is answered here; inside one the server must raise it,
+/// so that the transaction is aborted as PostgreSQL would.
+fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) {
+    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
+    if tx == TxStatus::Idle {
+        let mut reply = BytesMut::new();
+        write_error(
+            &mut reply,
+            Severity::Error,
+            SqlState::DUPLICATE_PSTATEMENT.0,
+            &msg,
+        );
+        encode::ready_for_query(&mut reply, tx);
+        out.expect(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);
+        return;
+    }
+    // An escape string inside a dollar-quoted body: a name can close
+    // neither (quotes are doubled, backslashes escaped, `$` dropped).
+    let quoted = msg
+        .replace('\\', "\\\\")
+        .replace('\'', "''")
+        .replace('$', "");
+    let raise = format!(
+        "DO $pgmux$ BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = E'{quoted}'; END $pgmux$"
+    );
+    encode::query_raw(out.sout, &[raise.as_bytes()]);
+    out.expect(Req::Query, Reply::Forward, Hook::None);
+}
+
+/// Whether the server will refuse a `DISCARD ALL` / `DEALLOCATE ALL` sent
+/// in this transaction state.
+fn drop_all_refused(sql: &[u8], tx: TxStatus) -> bool {
+    let discard = sql
+        .trim_ascii_start()
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"));
+    tx == TxStatus::Failed || (discard && tx == TxStatus::InTransaction)
 }
 
 /// A statement to prepare, and the client name it is for.
@@ -408,6 +555,9 @@ fn send_parse(
     let stale = server.take_stale(stmt);
     let evicted = server.make_room(limits.per_server);
     server.add(stmt.clone());
+    // Closes are extended-protocol messages: a simple Query behind them
+    // needs a Sync first.
+    let closes_then_query = stmt.sql && (stale || !evicted.is_empty());
     if stale {
         encode::close_statement(out.sout, &stmt.name);
         out.expect(Req::Close, Reply::Swallow, Hook::None);
@@ -417,7 +567,15 @@ fn send_parse(
         encode::close_statement(out.sout, &old.name);
         out.expect(Req::Close, Reply::Swallow, Hook::Evicted(old));
     }
+    if closes_then_query {
+        encode::sync(out.sout);
+        out.expect(Req::Sync, Reply::Swallow, Hook::None);
+    }
     out.sout.extend_from_slice(&stmt.parse);
-    out.flags.unsynced = true;
-    out.expect(Req::Parse, reply, parse.hook(true));
+    if stmt.sql {
+        out.expect(Req::Query, reply, parse.hook(true));
+    } else {
+        out.flags.unsynced = true;
+        out.expect(Req::Parse, reply, parse.hook(true));
+    }
 }

@@ -267,6 +267,20 @@ pub fn parse_raw(out: &mut BytesMut, name: &[u8], query: &[u8], types: &[u8]) {
     patch_len(out, start);
 }
 
+/// A Query whose text is the concatenation of `parts`, client bytes among
+/// them (a rewritten `EXECUTE`, a `PREPARE` under pgmux's name): written by
+/// hand for the same reason as [`parse_raw`]. NULs are dropped.
+pub fn query_raw(out: &mut BytesMut, parts: &[&[u8]]) {
+    let start = out.len();
+    out.put_u8(b'Q');
+    out.put_i32(0);
+    for p in parts {
+        out.extend(p.iter().copied().filter(|b| *b != 0));
+    }
+    out.put_u8(0);
+    patch_len(out, start);
+}
+
 /// Back-patches the length field of the tagged message that starts at
 /// `start` (for the messages pgmux rewrites from a client's raw bytes).
 pub fn patch_len(out: &mut BytesMut, start: usize) {

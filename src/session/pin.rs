@@ -26,7 +26,8 @@ const SESSION_OBJECTS: &str = "SELECT \
              WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable), \
-     EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+     EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements \
+             WHERE from_sql AND pg_catalog.left(name, 6) <> 'pgmux_')";
 
 /// The reasons, in the order of the query's columns (metric labels).
 const REASONS: [&str; 5] = [
@@ -82,6 +83,19 @@ impl Session {
     pub(super) fn refuses_session_state(&self) -> bool {
         self.mode == PoolMode::Transaction
             && self.pool.settings().session_state == SessionState::Error
+    }
+
+    /// Whether the prepared-statement tracker maps this Query's SQL-level
+    /// `PREPARE` (so it creates no state that pins).
+    pub(super) fn maps_sql_prepare(&self, frame: &Frame) -> bool {
+        use crate::prepared::messages::{sql_prepared, SqlPrepared};
+        let text = crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s);
+        self.stmts.is_some()
+            && frame.tag() == fe::QUERY
+            && matches!(
+                text.and_then(sql_prepared),
+                Some(SqlPrepared::Prepare { .. })
+            )
     }
 
     /// Answers a statement that would create such state with 0A000 instead

@@ -56,7 +56,7 @@ impl Session {
         }
         self.skip_to_sync = false;
         let effects = identity::message_effects(&frame);
-        if effects.pins && self.refuses_session_state() {
+        if effects.pins && self.refuses_session_state() && !self.maps_sql_prepare(&frame) {
             self.refuse_session_state(&frame);
             return Ok(());
         }
