@@ -7,7 +7,8 @@
 //! - prepared statements: reading a Bind and rewriting its statement name,
 //!   and the registry lookup a Parse costs;
 //! - session state: the check every Query and Parse gets for statements
-//!   that may change the session's identity.
+//!   that may change identity or settings, pin, or reset
+//!   (`pgmux::sql::effects`).
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -133,20 +134,20 @@ fn session_state(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_state");
     for (name, sql) in [
         (
-            "identity_check_pgbench_select",
+            "effects_pgbench_select",
             &b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;"[..],
         ),
         (
-            "identity_check_sqlx_query",
+            "effects_sqlx_query",
             b"SELECT id, title, body FROM posts WHERE author_id = $1 ORDER BY created_at DESC LIMIT 20",
         ),
         (
-            "identity_check_multi_statement",
+            "effects_multi_statement",
             b"BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7; COMMIT;",
         ),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| pgmux::sql::changes_identity(std::hint::black_box(sql)))
+            b.iter(|| pgmux::sql::effects(std::hint::black_box(sql)))
         });
     }
     g.finish();

@@ -346,7 +346,7 @@ fn prepared_readers_and_rewriters() {
                         assert_eq!(again.len(), 1, "a rewritten Bind must frame as one message");
                     }
                     let _ = messages::sql_effect(body);
-                    let _ = pgmux::sql::changes_identity(body);
+                    let _ = pgmux::sql::effects(body);
                 }
             });
         },

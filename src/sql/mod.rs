@@ -264,12 +264,6 @@ pub fn effects(sql: &[u8]) -> Effects {
     found
 }
 
-/// Whether running `sql` may change the session's role or session
-/// authorization.
-pub fn changes_identity(sql: &[u8]) -> bool {
-    effects(sql).identity
-}
-
 fn lexed_effects(lexer: Lexer<'_>) -> Effects {
     let mut found = Effects::NONE;
     let mut head = Head::default();
@@ -304,6 +298,10 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn changes_identity(sql: &[u8]) -> bool {
+        effects(sql).identity
+    }
 
     fn yes(sql: &str) {
         assert!(changes_identity(sql.as_bytes()), "{sql:?} should count");
