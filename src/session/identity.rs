@@ -11,9 +11,8 @@
 //! [`ServerConn::restore_identity`]: crate::server::ServerConn::restore_identity
 
 use super::{fatal, End, Session};
-use crate::protocol::{fe, Frame, SqlState};
+use crate::protocol::SqlState;
 use crate::server::SessionIdentity;
-use crate::sql::Effects;
 
 /// The identity a client gave itself beyond its login (`None` fields: as
 /// at login).
@@ -56,41 +55,7 @@ impl ClientIdentity {
     }
 }
 
-/// What a client message may change in the session once it runs.
-pub fn message_effects(frame: &Frame) -> Effects {
-    let body = frame.body();
-    let text = match frame.tag() {
-        fe::QUERY => crate::protocol::frame::cstr(body).map(|(s, _)| s),
-        fe::PARSE => crate::prepared::messages::parse(body).map(|p| p.query),
-        // A fast-path function call may be set_config itself.
-        fe::FUNCTION_CALL => return Effects::ALL,
-        _ => return Effects::NONE,
-    };
-    text.map_or(Effects::NONE, crate::sql::effects)
-}
-
 impl Session {
-    /// Notes a client message that may change session state: the server
-    /// held when it runs is read back (and its identity restored) before it
-    /// is lent again. A Parse that may change identity and stays on the
-    /// server under a name anyone may execute (statement tracking off)
-    /// taints that server for good.
-    pub(super) fn note_effects(&mut self, frame: &Frame, effects: Effects) {
-        self.touched |= effects;
-        if effects.pins && self.mode == crate::config::PoolMode::Transaction {
-            let text = match frame.tag() {
-                fe::QUERY => crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s),
-                _ => crate::prepared::messages::parse(frame.body()).map(|p| p.query),
-            };
-            self.pin_hint = text.map(super::pin::hint);
-        }
-        if effects.identity && frame.tag() == fe::PARSE && self.stmts.is_none() {
-            if let Some(s) = self.server.as_mut() {
-                s.mark_identity_sticky();
-            }
-        }
-    }
-
     /// Whether the held server must have its identity restored before it
     /// goes back to the pool.
     pub(super) fn identity_needs_restore(&self) -> bool {

@@ -102,10 +102,7 @@ impl Session {
     /// of running it. A Query gets its ReadyForQuery (the transaction status
     /// is unchanged: the server never saw it); a Parse ends its batch.
     pub(super) fn refuse_session_state(&mut self, frame: &Frame) {
-        let text = match frame.tag() {
-            fe::QUERY => crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s),
-            _ => crate::prepared::messages::parse(frame.body()).map(|p| p.query),
-        };
+        let text = super::effects::statement_text(frame);
         let msg = format!(
             "\"{}\" keeps state on its server, which this pool does not allow in transaction mode (session_state = \"error\")",
             text.map(hint).unwrap_or_default()

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{fatal, identity, End, Session};
+use super::{effects, fatal, End, Session};
 use crate::prepared::{Flags, Hook, Outbox, Routed};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::split_frame;
@@ -55,7 +55,7 @@ impl Session {
             return Ok(());
         }
         self.skip_to_sync = false;
-        let effects = identity::message_effects(&frame);
+        let effects = effects::message_effects(&frame);
         if effects.pins && self.refuses_session_state() && !self.maps_sql_prepare(&frame) {
             self.refuse_session_state(&frame);
             return Ok(());
