@@ -168,7 +168,8 @@ impl Tracker {
         if !answer_here && server.is_none() {
             return Ok(Routed::NeedServer);
         }
-        self.map_parse(name, stmt, answer_here, server, registry, out);
+        let here = (Req::Parse, encode::parse_complete());
+        self.map_parse(name, stmt, answer_here, server, registry, out, here);
         Ok(Routed::Done)
     }
 
@@ -184,8 +185,10 @@ impl Tracker {
         })
     }
 
-    /// Maps the client's name to `stmt` and answers the Parse here, or
-    /// sends it when the held server lacks the statement.
+    /// Maps the client's name to `stmt` and answers the request here with
+    /// `here` (ParseComplete, or PREPARE's completion), or sends the
+    /// statement when the held server lacks it.
+    #[allow(clippy::too_many_arguments)]
     fn map_parse(
         &mut self,
         name: Bytes,
@@ -194,6 +197,7 @@ impl Tracker {
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
+        here: (Req, Bytes),
     ) {
         // A Parse into the unnamed statement replaces it, as in PostgreSQL.
         let replaced = if name.is_empty() {
@@ -217,8 +221,7 @@ impl Tracker {
                     s.touch(&parse.stmt);
                 }
                 registry.counters.hits.fetch_add(1, Ordering::Relaxed);
-                let hook = parse.hook(false);
-                out.expect(Req::Parse, Reply::Synthetic(encode::parse_complete()), hook);
+                out.expect(here.0, Reply::Synthetic(here.1), parse.hook(false));
             }
         }
     }
@@ -247,33 +250,12 @@ impl Tracker {
         if !answer_here && server.is_none() {
             return Routed::NeedServer;
         }
-        let client = Bytes::from(name);
-        self.names.insert(client.clone(), stmt.clone());
-        let parse = NewParse {
-            stmt,
-            client: Some(client),
-            replaced: None,
-        };
-        match server {
-            Some(s) if !answer_here => {
-                registry.counters.misses.fetch_add(1, Ordering::Relaxed);
-                send_parse(s, parse, Reply::Forward, self.limits, registry, out);
-            }
-            server => {
-                if let Some(s) = server {
-                    s.touch(&parse.stmt);
-                }
-                registry.counters.hits.fetch_add(1, Ordering::Relaxed);
-                let mut reply = BytesMut::new();
-                encode::command_complete(&mut reply, "PREPARE");
-                encode::ready_for_query(&mut reply, tx);
-                out.expect(
-                    Req::Query,
-                    Reply::Synthetic(reply.freeze()),
-                    parse.hook(false),
-                );
-            }
-        }
+        let mut reply = BytesMut::new();
+        encode::command_complete(&mut reply, "PREPARE");
+        encode::ready_for_query(&mut reply, tx);
+        let here = (Req::Query, reply.freeze());
+        let name = Bytes::from(name);
+        self.map_parse(name, stmt, answer_here, server, registry, out, here);
         Routed::Done
     }
 
