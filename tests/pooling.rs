@@ -561,3 +561,41 @@ async fn session_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 2048, "session future is {size} bytes");
 }
+
+/// The README's `pgmux check --config config/pgmux.toml` works in a fresh
+/// shell, and a file whose variables are unset names every one with its line.
+#[test]
+fn shipped_config_checks_in_a_fresh_shell() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgmux.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
+        .args(["check", "--config", shipped])
+        .env_remove("PGMUX_ADMIN_PASSWORD")
+        .env_remove("APP_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = pgmux::cluster::scratch_dir("check_env")
+        .unwrap()
+        .join("env.toml");
+    std::fs::write(
+        &path,
+        "[pgmux]\n[users.a]\npassword = \"${PGMUX_T_UNSET_1}\"\n[users.b]\npassword = \"${PGMUX_T_UNSET_2}\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 3: environment variable PGMUX_T_UNSET_1")
+            && err.contains("line 5: environment variable PGMUX_T_UNSET_2"),
+        "{err}"
+    );
+}

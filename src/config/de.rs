@@ -27,7 +27,9 @@ pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(ms).to_string().replace(' ', "")
 }
 
-/// Replaces every `${VAR}` in `s` by that environment variable.
+/// Replaces every `${VAR}` in `s` by that environment variable, and every
+/// `${VAR:-default}` by the variable or, when it is unset or empty, the
+/// default.
 pub fn expand_env(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -37,14 +39,48 @@ pub fn expand_env(s: &str) -> Result<String, String> {
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
-        let name = &after[..end];
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
-        out.push_str(&value);
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&after[..end], None),
+        };
+        let value = std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty() || default.is_none());
+        match (value, default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("environment variable {name} is not set")),
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Every `${VAR}` (without a default) in a config text whose variable is
+/// not set, as "line N: ..." messages, so all of them are named at once.
+/// Whole-line comments are skipped.
+pub fn missing_env(text: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("${") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find('}') else { break };
+            let name = &after[..end];
+            if !name.contains(":-") && std::env::var_os(name).is_none() {
+                missing.push(format!(
+                    "line {}: environment variable {name} is not set",
+                    n + 1
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    missing
 }
 
 /// serde: a duration string.
@@ -112,5 +148,24 @@ mod tests {
         std::env::set_var("PGMUX_TEST_VAR", "xyz");
         assert_eq!(expand_env("a${PGMUX_TEST_VAR}b").unwrap(), "axyzb");
         assert!(expand_env("${PGMUX_SURELY_UNSET_VAR}").is_err());
+        assert_eq!(
+            expand_env("${PGMUX_SURELY_UNSET_VAR:-dflt}").unwrap(),
+            "dflt"
+        );
+        assert_eq!(expand_env("${PGMUX_TEST_VAR:-dflt}").unwrap(), "xyz");
+        assert_eq!(expand_env("${PGMUX_SURELY_UNSET_VAR:-}").unwrap(), "");
+    }
+
+    #[test]
+    fn names_every_missing_variable_with_its_line() {
+        let text = "a = \"${PGMUX_UNSET_A}\"\n# b = \"${PGMUX_UNSET_B}\"\nc = \"${PGMUX_UNSET_C:-x}\"\nd = \"${PGMUX_UNSET_D}${PGMUX_UNSET_E}\"\n";
+        assert_eq!(
+            missing_env(text),
+            vec![
+                "line 1: environment variable PGMUX_UNSET_A is not set",
+                "line 4: environment variable PGMUX_UNSET_D is not set",
+                "line 4: environment variable PGMUX_UNSET_E is not set",
+            ]
+        );
     }
 }

@@ -257,6 +257,10 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let missing = de::missing_env(text);
+        if !missing.is_empty() {
+            return Err(ConfigError::Invalid(missing));
+        }
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
