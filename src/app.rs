@@ -73,6 +73,7 @@ impl Proxy {
             None => None,
         };
         tokio::spawn(upkeep(Arc::downgrade(&ctx)));
+        tokio::spawn(sweep_idle(Arc::downgrade(&ctx)));
         let accept = tokio::spawn(crate::listener::run(listener, ctx.clone()));
         tracing::info!(%addr, "pgmux listening");
         Ok(Self {
@@ -130,6 +131,20 @@ async fn upkeep(ctx: std::sync::Weak<Context>) {
         tick.tick().await;
         match ctx.upgrade() {
             Some(ctx) => ctx.metrics.upkeep(),
+            None => return,
+        }
+    }
+}
+
+/// Ends clients idle past their timeouts, four times a second (the
+/// timeouts are coarse; a timer per session would cost every request).
+async fn sweep_idle(ctx: std::sync::Weak<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.clients.sweep_idle(),
             None => return,
         }
     }

@@ -70,6 +70,16 @@ pub struct ClientInfo {
     state: AtomicU8,
     /// Why the client keeps its server between transactions (SHOW CLIENTS).
     pin: Mutex<Option<&'static str>>,
+    /// What the client is waiting for: [`Idle::Busy`] (a request of its
+    /// own is under way) or itself, outside or inside a transaction.
+    idle: AtomicU8,
+    /// When it last became idle, in milliseconds of [`clock_ms`].
+    idle_since: AtomicU64,
+    /// Idle limits in milliseconds (0: none): inside a transaction, outside.
+    idle_limits: [u64; 2],
+    /// Set by [`ClientRegistry::sweep_idle`] before it wakes the session:
+    /// which idle state the client overstayed.
+    timed_out: AtomicU8,
     /// Wakes the session when the admin console kills it.
     pub kill: Notify,
 }
@@ -90,6 +100,24 @@ impl ClientInfo {
         *self.pin.lock()
     }
 
+    /// Records whether the client waits on itself (and since when).
+    pub fn set_idle(&self, idle: Idle) {
+        if idle != Idle::Busy {
+            self.idle_since.store(clock_ms(), Ordering::Relaxed);
+        }
+        self.idle.store(idle as u8, Ordering::Relaxed);
+    }
+
+    /// The idle state the sweeper timed the client out of, if any (and
+    /// clears it).
+    pub fn take_timeout(&self) -> Option<Idle> {
+        match self.timed_out.swap(0, Ordering::Relaxed) {
+            1 => Some(Idle::Client),
+            2 => Some(Idle::InTransaction),
+            _ => None,
+        }
+    }
+
     /// What the client is doing.
     pub fn state(&self) -> ClientState {
         match self.state.load(Ordering::Relaxed) {
@@ -98,6 +126,27 @@ impl ClientInfo {
             _ => ClientState::Idle,
         }
     }
+}
+
+/// Whether a client waits on itself, as the idle timeouts see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Idle {
+    /// A request of its own is under way (or it waits for a server).
+    Busy = 0,
+    /// Idle outside a transaction (`client_idle_timeout`).
+    Client = 1,
+    /// Idle inside a transaction (`idle_transaction_timeout`).
+    InTransaction = 2,
+}
+
+/// Milliseconds since the first call (a process-wide monotonic clock).
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 type ClientMap = Arc<Mutex<HashMap<u64, Arc<ClientInfo>>>>;
@@ -124,7 +173,13 @@ impl Drop for ClientGuard {
 
 impl ClientRegistry {
     /// Lists a newly logged-in client.
-    pub fn register(&self, database: &str, user: &str, addr: String) -> ClientGuard {
+    pub fn register(
+        &self,
+        database: &str,
+        user: &str,
+        addr: String,
+        idle_limits: [std::time::Duration; 2],
+    ) -> ClientGuard {
         let info = Arc::new(ClientInfo {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
             database: database.to_owned(),
@@ -133,12 +188,36 @@ impl ClientRegistry {
             since: SystemTime::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
             pin: Mutex::new(None),
+            idle: AtomicU8::new(Idle::Client as u8),
+            idle_since: AtomicU64::new(clock_ms()),
+            idle_limits: idle_limits.map(|d| d.as_millis() as u64),
+            timed_out: AtomicU8::new(0),
             kill: Notify::new(),
         });
         self.clients.lock().insert(info.id, info.clone());
         ClientGuard {
             clients: self.clients.clone(),
             info,
+        }
+    }
+
+    /// Wakes every client idle past its limit (inside a transaction:
+    /// `idle_transaction_timeout`; outside: `client_idle_timeout`); the
+    /// session checks it is still idle before it ends.
+    pub fn sweep_idle(&self) {
+        let now = clock_ms();
+        for info in self.clients.lock().values() {
+            let idle = info.idle.load(Ordering::Relaxed);
+            let limit = match idle {
+                1 => info.idle_limits[1],
+                2 => info.idle_limits[0],
+                _ => continue,
+            };
+            let since = info.idle_since.load(Ordering::Relaxed);
+            if limit > 0 && now.saturating_sub(since) >= limit {
+                info.timed_out.store(idle, Ordering::Relaxed);
+                info.kill.notify_one();
+            }
         }
     }
 

@@ -52,6 +52,14 @@ pub struct General {
     /// How long a client may wait for a server.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub query_wait_timeout: Duration,
+    /// A client idle inside a transaction longer than this is disconnected
+    /// (25P03) and its transaction rolled back; 0 turns it off.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub idle_transaction_timeout: Duration,
+    /// A client idle outside a transaction longer than this is disconnected
+    /// (57P05), freeing its `max_client_conn` slot; 0 (default) turns it off.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub client_idle_timeout: Duration,
     /// Limit on opening one server connection (TCP + login).
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub server_connect_timeout: Duration,
@@ -119,6 +127,8 @@ impl Default for General {
             min_pool_size: 0,
             max_client_conn: 10_000,
             query_wait_timeout: Duration::from_secs(30),
+            idle_transaction_timeout: Duration::from_secs(300),
+            client_idle_timeout: Duration::ZERO,
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(3600),
@@ -166,6 +176,20 @@ pub struct Database {
     /// Overrides `[pgmux] session_state` for this database.
     #[serde(default)]
     pub session_state: Option<SessionState>,
+    /// Overrides `[pgmux] idle_transaction_timeout` for this database.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Overrides `[pgmux] client_idle_timeout` for this database.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub client_idle_timeout: Option<Duration>,
     /// Log in to the server as this role instead of the client's.
     #[serde(default, deserialize_with = "de::opt_env_string")]
     pub server_user: Option<String>,
@@ -205,6 +229,20 @@ pub struct User {
     /// Overrides the database's `session_state` for this user.
     #[serde(default)]
     pub session_state: Option<SessionState>,
+    /// Overrides the database's `idle_transaction_timeout` for this user.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Overrides the database's `client_idle_timeout` for this user.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// The `[metrics]` table: where Prometheus scrapes `/metrics`.

@@ -79,6 +79,10 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Session state that cannot move: pin the client, or refuse.
     pub session_state: crate::config::SessionState,
+    /// Client idle inside a transaction: disconnected past this (0: never).
+    pub idle_transaction_timeout: Duration,
+    /// Client idle outside a transaction: disconnected past this (0: never).
+    pub client_idle_timeout: Duration,
 }
 
 /// ParameterStatus names and values, as a server reported them.

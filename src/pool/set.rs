@@ -36,7 +36,8 @@ fn plan(
     looked_up: Option<&Secret>,
 ) -> Option<(ServerTarget, PoolSettings)> {
     let db = cfg.databases.get(&key.database)?;
-    let (user_secret, user_mode, user_state) = match cfg.users.get(&key.user) {
+    let user = cfg.users.get(&key.user);
+    let (user_secret, user_mode, user_state) = match user {
         Some(u) => (Secret::parse(&u.password), u.pool_mode, u.session_state),
         None => (looked_up?.clone(), None, None),
     };
@@ -66,6 +67,14 @@ fn plan(
         max_message_size: g.max_message_size,
         reset_query: g.server_reset_query.clone(),
         session_state: user_state.or(db.session_state).unwrap_or(g.session_state),
+        idle_transaction_timeout: user
+            .and_then(|u| u.idle_transaction_timeout)
+            .or(db.idle_transaction_timeout)
+            .unwrap_or(g.idle_transaction_timeout),
+        client_idle_timeout: user
+            .and_then(|u| u.client_idle_timeout)
+            .or(db.client_idle_timeout)
+            .unwrap_or(g.client_idle_timeout),
     };
     Some((target, settings))
 }

@@ -27,6 +27,10 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
     /// 57P01: the pooler is shutting down.
     pub const ADMIN_SHUTDOWN: Self = Self("57P01");
+    /// 25P03: idle in a transaction past the timeout.
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: Self = Self("25P03");
+    /// 57P05: idle outside a transaction past the timeout.
+    pub const IDLE_SESSION_TIMEOUT: Self = Self("57P05");
     /// 42501: insufficient privilege.
     pub const INSUFFICIENT_PRIVILEGE: Self = Self("42501");
     /// 42601: syntax error (unknown admin command).

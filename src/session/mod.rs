@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
-use crate::context::{ClientGuard, ClientInfo, Context};
+use crate::context::{ClientGuard, ClientInfo, Context, Idle};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
 use crate::prepared::{Hook, Limits, Tracker};
 use crate::protocol::expect::{Expect, Reply, Req};
@@ -155,6 +155,8 @@ struct Session {
     /// Why the client keeps its server between transactions (session state
     /// that cannot move), if it does.
     pinned: Option<&'static str>,
+    /// Whether the client waits on itself, as last told to the registry.
+    idle: Idle,
     /// The first words of the last statement that may have pinned it.
     pin_hint: Option<Box<str>>,
     cancel: CancelHandle,
@@ -204,9 +206,14 @@ impl Session {
             per_server: cfg.pgmux.max_prepared_statements,
             track_unnamed: cfg.pgmux.track_unnamed_statements,
         };
-        let listed = ctx
-            .clients
-            .register(&login.key.database, &login.key.user, peer.to_string());
+        let st = login.pool.settings();
+        let idle_limits = [st.idle_transaction_timeout, st.client_idle_timeout];
+        let listed = ctx.clients.register(
+            &login.key.database,
+            &login.key.user,
+            peer.to_string(),
+            idle_limits,
+        );
         Self {
             listed,
             _counted: login.pool.client(),
@@ -232,6 +239,7 @@ impl Session {
             identity: None,
             touched: Effects::NONE,
             pinned: None,
+            idle: Idle::Client,
             pin_hint: None,
             cancel: login.cancel,
             max_msg,
@@ -273,7 +281,10 @@ impl Session {
                 },
                 r = self.client.read_buf(&mut self.cbuf), if !self.terminated => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
-                    Ok(_) => self.on_client_data().await,
+                    Ok(_) => {
+                        self.mark_idle(Idle::Busy);
+                        self.on_client_data().await
+                    }
                 },
                 signal = outside.as_mut() => match signal {
                     Outside::Phase(now, watch) => {
@@ -281,13 +292,66 @@ impl Session {
                         outside = next_outside(watch, listed.clone());
                         Ok(())
                     }
-                    Outside::Kill => Err(fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (KILL)")),
+                    Outside::Kill => match self.killed_for() {
+                        Some(end) => Err(end),
+                        None => {
+                            outside = next_outside(self.ctx.shutdown.watch(), listed.clone());
+                            Ok(())
+                        }
+                    },
                 },
             };
             if let Err(end) = res {
                 return end;
             }
+            self.mark_idle(self.waits_on());
         }
+    }
+
+    /// What the session waits for now, as the idle timeouts see it.
+    fn waits_on(&self) -> Idle {
+        if !self.expect.is_empty() || self.unsynced {
+            Idle::Busy
+        } else if self.tx == TxStatus::Idle {
+            Idle::Client
+        } else {
+            Idle::InTransaction
+        }
+    }
+
+    /// Tells the registry (and so the idle sweeper) when this changes.
+    fn mark_idle(&mut self, idle: Idle) {
+        if idle != self.idle {
+            self.idle = idle;
+            self.listed.info.set_idle(idle);
+        }
+    }
+
+    /// Why the session was woken: the admin console's KILL, or an idle
+    /// timeout it still deserves (the client may have sent something since
+    /// the sweep); `None` to go on.
+    fn killed_for(&self) -> Option<End> {
+        let info = &self.listed.info;
+        let (kind, code, msg) = match info.take_timeout() {
+            None => {
+                let msg = "terminating connection due to administrator command (KILL)";
+                return Some(fatal(SqlState::ADMIN_SHUTDOWN, msg));
+            }
+            Some(t) if t != self.idle => return None,
+            Some(Idle::InTransaction) => (
+                "idle_transaction",
+                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout",
+            ),
+            Some(_) => (
+                "client_idle",
+                SqlState::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout",
+            ),
+        };
+        tracing::info!(client = info.id, database = %info.database, user = %info.user, kind, "client timed out");
+        self.ctx.metrics.client_timeout(kind);
+        Some(fatal(code, msg))
     }
 
     /// During shutdown a session ends once it holds no transaction.

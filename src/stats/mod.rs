@@ -50,6 +50,8 @@ pub mod names {
     pub const PINNED_CLIENTS: &str = "pgmux_pinned_clients";
     /// Clients that started keeping their server, by reason.
     pub const PINS: &str = "pgmux_pins_total";
+    /// Clients disconnected by an idle timeout, by kind.
+    pub const CLIENT_TIMEOUTS: &str = "pgmux_client_timeouts_total";
 }
 
 /// Why a client got an error, as counted in `pgmux_errors_total{reason}`.
@@ -333,6 +335,13 @@ impl Metrics {
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
+    /// Counts a client disconnected by a timeout (`idle_transaction`,
+    /// `client_idle`).
+    pub fn client_timeout(&self, kind: &'static str) {
+        let key = Key::from_parts(names::CLIENT_TIMEOUTS, vec![Label::new("kind", kind)]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].increment(1);
@@ -391,6 +400,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::ERRORS, "Errors sent to clients, by reason."),
         (names::PREPARED, "Prepared statements: hit (Parse answered by pgmux), miss (Parse sent), reprepare (injected), evicted."),
         (names::RELOADS, "Configuration reloads by result."),
+        (names::CLIENT_TIMEOUTS, "Clients disconnected by an idle timeout: idle_transaction (idle_transaction_timeout, 25P03), client_idle (client_idle_timeout, 57P05)."),
         (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));

@@ -1,0 +1,125 @@
+//! Serverless clients: instances frozen inside a transaction or left idle
+//! do not hold locks or client slots for ever.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+/// A psql process frozen (SIGSTOP) right after an UPDATE inside a
+/// transaction: another client updating the same row goes through once
+/// `idle_transaction_timeout` passes, the frozen client's write is rolled
+/// back, and no server is left idle in transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_client_in_a_transaction_releases_its_locks() {
+    let p = setup("t_frozen", 2, "idle_transaction_timeout = \"1s\"").await;
+    let direct = format!(
+        "host=127.0.0.1 port={} user=t_frozen password={PASSWORD} dbname=t_frozen",
+        cluster().port()
+    );
+    connect(&direct)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let mut psql = Command::new(cluster().bin_dir().join("psql"))
+        .args(["-X", "-q"])
+        .arg(url(&p, "t_frozen"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let su = superuser(cluster()).await;
+    let locked = eventually(Duration::from_secs(10), || async {
+        server_states_with(&su, "t_frozen")
+            .await
+            .iter()
+            .any(|s| s == "idle in transaction")
+    })
+    .await;
+    assert!(locked, "the psql transaction holds its row");
+    signal(psql.id(), "-STOP");
+    let b = client(&p, "t_frozen").await;
+    let started = Instant::now();
+    b.execute("UPDATE t SET v = 2 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    let v: i32 = b
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "the frozen client's write was rolled back");
+    let idle_in_tx = server_states_with(&su, "t_frozen")
+        .await
+        .iter()
+        .filter(|s| s.starts_with("idle in transaction"))
+        .count();
+    assert_eq!(idle_in_tx, 0);
+    let text = p.context().render_metrics();
+    assert_eq!(
+        sample(
+            &parse_prometheus(&text),
+            "pgmux_client_timeouts_total",
+            &[("kind", "idle_transaction")]
+        ),
+        Some(1.0)
+    );
+    signal(psql.id(), "-CONT");
+    let _ = psql.kill();
+    let _ = psql.wait();
+}
+
+/// Idle clients filling `max_client_conn`: a new client gets in once
+/// `client_idle_timeout` has ended them (57P05 to each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_give_their_slots_back() {
+    let p = setup(
+        "t_idle_slots",
+        2,
+        "max_client_conn = 2\nclient_idle_timeout = \"1s\"",
+    )
+    .await;
+    let a = client(&p, "t_idle_slots").await;
+    let b = client(&p, "t_idle_slots").await;
+    for c in [&a, &b] {
+        assert_eq!(
+            c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
+    }
+    assert_eq!(
+        refused(&url(&p, "t_idle_slots")).await.as_deref(),
+        Some("53300")
+    );
+    let got_in = eventually(Duration::from_secs(10), || async {
+        let url = url(&p, "t_idle_slots");
+        match connect(&url).await {
+            Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(got_in, "a new client got a slot");
+    let err = a.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P05"),
+        "{err}"
+    );
+}
