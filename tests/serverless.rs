@@ -59,6 +59,7 @@ async fn frozen_client_in_a_transaction_releases_its_locks() {
         .await
         .unwrap();
     let waited = started.elapsed();
+    eprintln!("blocked update waited {waited:?}");
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     let v: i32 = b
         .query_one("SELECT v FROM t WHERE id = 1", &[])
