@@ -143,9 +143,12 @@ async fn sweep_idle(ctx: std::sync::Weak<Context>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match ctx.upgrade() {
-            Some(ctx) => ctx.clients.sweep_idle(),
-            None => return,
+        let Some(ctx) = ctx.upgrade() else { return };
+        for (info, (pid, secret)) in ctx.clients.sweep_idle() {
+            tracing::info!(client = info.id, database = %info.database, user = %info.user, kind = "query", "request cancelled by query_timeout");
+            ctx.metrics.client_timeout("query");
+            let cancels = ctx.cancels.clone();
+            tokio::spawn(async move { cancels.cancel(pid, secret).await });
         }
     }
 }

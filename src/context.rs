@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -73,10 +73,15 @@ pub struct ClientInfo {
     /// What the client is waiting for: [`Idle::Busy`] (a request of its
     /// own is under way) or itself, outside or inside a transaction.
     idle: AtomicU8,
-    /// When it last became idle, in milliseconds of [`clock_ms`].
+    /// When it entered its [`Idle`] state, in milliseconds of [`clock_ms`].
     idle_since: AtomicU64,
-    /// Idle limits in milliseconds (0: none): inside a transaction, outside.
-    idle_limits: [u64; 2],
+    /// Limits in milliseconds (0: none): idle inside a transaction, idle
+    /// outside, busy with a request (`query_timeout`).
+    idle_limits: [u64; 3],
+    /// Its cancel key (pgmux's), for `query_timeout`.
+    cancel_key: (i32, i32),
+    /// A cancel was sent for the current request.
+    cancel_sent: AtomicBool,
     /// Set by [`ClientRegistry::sweep_idle`] before it wakes the session:
     /// which idle state the client overstayed.
     timed_out: AtomicU8,
@@ -102,9 +107,8 @@ impl ClientInfo {
 
     /// Records whether the client waits on itself (and since when).
     pub fn set_idle(&self, idle: Idle) {
-        if idle != Idle::Busy {
-            self.idle_since.store(clock_ms(), Ordering::Relaxed);
-        }
+        self.idle_since.store(clock_ms(), Ordering::Relaxed);
+        self.cancel_sent.store(false, Ordering::Relaxed);
         self.idle.store(idle as u8, Ordering::Relaxed);
     }
 
@@ -178,7 +182,8 @@ impl ClientRegistry {
         database: &str,
         user: &str,
         addr: String,
-        idle_limits: [std::time::Duration; 2],
+        idle_limits: [std::time::Duration; 3],
+        cancel_key: (i32, i32),
     ) -> ClientGuard {
         let info = Arc::new(ClientInfo {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
@@ -191,6 +196,8 @@ impl ClientRegistry {
             idle: AtomicU8::new(Idle::Client as u8),
             idle_since: AtomicU64::new(clock_ms()),
             idle_limits: idle_limits.map(|d| d.as_millis() as u64),
+            cancel_key,
+            cancel_sent: AtomicBool::new(false),
             timed_out: AtomicU8::new(0),
             kill: Notify::new(),
         });
@@ -203,22 +210,33 @@ impl ClientRegistry {
 
     /// Wakes every client idle past its limit (inside a transaction:
     /// `idle_transaction_timeout`; outside: `client_idle_timeout`); the
-    /// session checks it is still idle before it ends.
-    pub fn sweep_idle(&self) {
+    /// session checks it is still idle before it ends. Returns the cancel
+    /// keys of requests running past `query_timeout` (once per request),
+    /// for the caller to cancel as a client's CancelRequest would.
+    pub fn sweep_idle(&self) -> Vec<(Arc<ClientInfo>, (i32, i32))> {
         let now = clock_ms();
+        let mut cancels = Vec::new();
         for info in self.clients.lock().values() {
             let idle = info.idle.load(Ordering::Relaxed);
             let limit = match idle {
                 1 => info.idle_limits[1],
                 2 => info.idle_limits[0],
-                _ => continue,
+                _ => info.idle_limits[2],
             };
             let since = info.idle_since.load(Ordering::Relaxed);
-            if limit > 0 && now.saturating_sub(since) >= limit {
-                info.timed_out.store(idle, Ordering::Relaxed);
-                info.kill.notify_one();
+            if limit == 0 || now.saturating_sub(since) < limit {
+                continue;
             }
+            if idle == Idle::Busy as u8 {
+                if !info.cancel_sent.swap(true, Ordering::Relaxed) {
+                    cancels.push((info.clone(), info.cancel_key));
+                }
+                continue;
+            }
+            info.timed_out.store(idle, Ordering::Relaxed);
+            info.kill.notify_one();
         }
+        cancels
     }
 
     /// Every logged-in client.

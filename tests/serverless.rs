@@ -124,3 +124,32 @@ async fn idle_clients_give_their_slots_back() {
         "{err}"
     );
 }
+
+/// `query_timeout` cancels a request on the server with a real
+/// CancelRequest (57014); the client keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_and_the_client_goes_on() {
+    let p = setup("t_query_timeout", 2, "query_timeout = \"1s\"").await;
+    let c = client(&p, "t_query_timeout").await;
+    let started = Instant::now();
+    let err = c.simple_query("SELECT pg_sleep(60)").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(took < Duration::from_secs(5), "cancelled after {took:?}");
+    eprintln!("pg_sleep(60) cancelled after {took:?}");
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    // A short request in the same session is not touched.
+    c.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
+    let text = p.context().render_metrics();
+    assert_eq!(
+        sample(
+            &parse_prometheus(&text),
+            "pgmux_client_timeouts_total",
+            &[("kind", "query")]
+        ),
+        Some(1.0)
+    );
+}

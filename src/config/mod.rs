@@ -60,6 +60,10 @@ pub struct General {
     /// (57P05), freeing its `max_client_conn` slot; 0 (default) turns it off.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub client_idle_timeout: Duration,
+    /// A request running longer than this is cancelled on the server
+    /// (57014); 0 (default) turns it off.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub query_timeout: Duration,
     /// Limit on opening one server connection (TCP + login).
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub server_connect_timeout: Duration,
@@ -129,6 +133,7 @@ impl Default for General {
             query_wait_timeout: Duration::from_secs(30),
             idle_transaction_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(3600),
@@ -190,6 +195,13 @@ pub struct Database {
         serialize_with = "de::ser_opt_duration"
     )]
     pub client_idle_timeout: Option<Duration>,
+    /// Overrides `[pgmux] query_timeout` for this database.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub query_timeout: Option<Duration>,
     /// Log in to the server as this role instead of the client's.
     #[serde(default, deserialize_with = "de::opt_env_string")]
     pub server_user: Option<String>,
@@ -243,6 +255,13 @@ pub struct User {
         serialize_with = "de::ser_opt_duration"
     )]
     pub client_idle_timeout: Option<Duration>,
+    /// Overrides the database's `query_timeout` for this user.
+    #[serde(
+        default,
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration"
+    )]
+    pub query_timeout: Option<Duration>,
 }
 
 /// The `[metrics]` table: where Prometheus scrapes `/metrics`.

@@ -83,6 +83,8 @@ pub struct PoolSettings {
     pub idle_transaction_timeout: Duration,
     /// Client idle outside a transaction: disconnected past this (0: never).
     pub client_idle_timeout: Duration,
+    /// A request running past this is cancelled on the server (0: never).
+    pub query_timeout: Duration,
 }
 
 /// ParameterStatus names and values, as a server reported them.

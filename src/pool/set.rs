@@ -75,6 +75,10 @@ fn plan(
             .and_then(|u| u.client_idle_timeout)
             .or(db.client_idle_timeout)
             .unwrap_or(g.client_idle_timeout),
+        query_timeout: user
+            .and_then(|u| u.query_timeout)
+            .or(db.query_timeout)
+            .unwrap_or(g.query_timeout),
     };
     Some((target, settings))
 }

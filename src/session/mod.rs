@@ -207,12 +207,18 @@ impl Session {
             track_unnamed: cfg.pgmux.track_unnamed_statements,
         };
         let st = login.pool.settings();
-        let idle_limits = [st.idle_transaction_timeout, st.client_idle_timeout];
+        let timeouts = [
+            st.idle_transaction_timeout,
+            st.client_idle_timeout,
+            st.query_timeout,
+        ];
+        let key = (login.cancel.slot.pid, login.cancel.slot.secret);
         let listed = ctx.clients.register(
             &login.key.database,
             &login.key.user,
             peer.to_string(),
-            idle_limits,
+            timeouts,
+            key,
         );
         Self {
             listed,
