@@ -8,6 +8,7 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 
+use crate::config::General;
 use crate::context::Context;
 use crate::protocol::SqlState;
 use crate::session;
@@ -15,16 +16,23 @@ use crate::shutdown::Phase;
 use crate::stats::ErrorReason;
 use crate::tls::Stream;
 
-/// No Nagle delay, and keepalives that find a vanished client in about a
-/// minute. Set on the listening socket, whose options Linux copies to every
-/// accepted one (four system calls less per connection); elsewhere on each
-/// accepted socket too.
-pub fn tune(socket: SockRef<'_>) {
+/// No Nagle delay, and the configured keepalive and TCP_USER_TIMEOUT (by
+/// default a vanished client is found in about a minute). Set on the
+/// listening socket, whose options Linux copies to every accepted one
+/// (system calls saved per connection); elsewhere on each accepted socket
+/// too. Changing them takes a restart.
+pub fn tune(socket: SockRef<'_>, g: &General) {
     let _ = socket.set_tcp_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    let _ = socket.set_tcp_keepalive(&keepalive);
+    if g.client_tcp_keepalive {
+        let keepalive = TcpKeepalive::new()
+            .with_time(g.client_tcp_keepidle)
+            .with_interval(g.client_tcp_keepintvl)
+            .with_retries(g.client_tcp_keepcnt);
+        let _ = socket.set_tcp_keepalive(&keepalive);
+    }
+    if !g.client_tcp_user_timeout.is_zero() {
+        let _ = socket.set_tcp_user_timeout(Some(g.client_tcp_user_timeout));
+    }
 }
 
 /// Accepts clients until shutdown begins.
@@ -51,7 +59,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
             }
         };
         if cfg!(not(target_os = "linux")) {
-            tune(SockRef::from(&tcp));
+            tune(SockRef::from(&tcp), &ctx.config().pgmux);
         }
         let mut stream = Stream::Plain(tcp);
         tracing::debug!(%peer, "client connected");
@@ -72,5 +80,30 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_socket_options_follow_the_config() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let g = General {
+            client_tcp_keepidle: Duration::from_secs(7),
+            client_tcp_keepintvl: Duration::from_secs(3),
+            client_tcp_keepcnt: 4,
+            client_tcp_user_timeout: Duration::from_secs(11),
+            ..General::default()
+        };
+        tune(SockRef::from(&socket), &g);
+        let s = SockRef::from(&socket);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(11)));
+        assert!(s.tcp_nodelay().unwrap());
     }
 }

@@ -64,6 +64,20 @@ pub struct General {
     /// (57014); 0 (default) turns it off.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub query_timeout: Duration,
+    /// TCP keepalive on client sockets (finds clients whose host vanished).
+    pub client_tcp_keepalive: bool,
+    /// Idle time before the first keepalive probe.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub client_tcp_keepidle: Duration,
+    /// Time between keepalive probes.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub client_tcp_keepintvl: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub client_tcp_keepcnt: u32,
+    /// TCP_USER_TIMEOUT on client sockets: unacknowledged data older than
+    /// this drops the connection (0: the system's default).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub client_tcp_user_timeout: Duration,
     /// Limit on opening one server connection (TCP + login).
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub server_connect_timeout: Duration,
@@ -134,6 +148,11 @@ impl Default for General {
             idle_transaction_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,
+            client_tcp_keepalive: true,
+            client_tcp_keepidle: Duration::from_secs(30),
+            client_tcp_keepintvl: Duration::from_secs(10),
+            client_tcp_keepcnt: 3,
+            client_tcp_user_timeout: Duration::ZERO,
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(3600),
