@@ -86,16 +86,22 @@ impl CancelRegistry {
             let target = *slot.target.lock();
             target
         };
-        let Some(key) = target else { return };
-        let mut out = BytesMut::new();
-        encode::cancel_request(&mut out, key.pid, key.secret);
-        match TcpStream::connect(key.addr).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&out).await;
-                // The server closes the socket when it has read the request.
-                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
+        if let Some(key) = target {
+            cancel_server(key).await;
         }
+    }
+}
+
+/// Sends a CancelRequest for whatever the server connection `key` runs.
+pub async fn cancel_server(key: BackendKey) {
+    let mut out = BytesMut::new();
+    encode::cancel_request(&mut out, key.pid, key.secret);
+    match TcpStream::connect(key.addr).await {
+        Ok(mut s) => {
+            let _ = s.write_all(&out).await;
+            // The server closes the socket when it has read the request.
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "could not send cancel request"),
     }
 }

@@ -153,3 +153,86 @@ async fn query_timeout_cancels_and_the_client_goes_on() {
         Some(1.0)
     );
 }
+
+/// A client killed (SIGKILL) inside a transaction: its server is rolled
+/// back and reused rather than closed, and nothing it wrote survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_server_is_rolled_back_and_reused() {
+    let p = setup("t_killed", 1, "").await;
+    let direct = format!(
+        "host=127.0.0.1 port={} user=t_killed password={PASSWORD} dbname=t_killed",
+        cluster().port()
+    );
+    connect(&direct)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let su = superuser(cluster()).await;
+    let mut psql = Command::new(cluster().bin_dir().join("psql"))
+        .args(["-X", "-q"])
+        .arg(url(&p, "t_killed"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\nINSERT INTO t VALUES (2, 2);\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let in_tx = eventually(Duration::from_secs(10), || async {
+        server_states_with(&su, "t_killed")
+            .await
+            .iter()
+            .any(|s| s == "idle in transaction")
+    })
+    .await;
+    assert!(in_tx);
+    let pid_before: i32 = su
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 't_killed' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    signal(psql.id(), "-KILL");
+    let _ = psql.wait();
+    let b = client(&p, "t_killed").await;
+    b.execute("UPDATE t SET v = 3 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let rows: i64 = b
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the killed client's insert was rolled back");
+    let pids: Vec<i32> = su
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 't_killed' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        pids,
+        vec![pid_before],
+        "the same server connection serves on"
+    );
+    let text = p.context().render_metrics();
+    assert_eq!(
+        sample(
+            &parse_prometheus(&text),
+            "pgmux_abandoned_transactions_total",
+            &[("outcome", "recovered")]
+        ),
+        Some(1.0)
+    );
+}

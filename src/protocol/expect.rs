@@ -287,6 +287,11 @@ impl<H> Expect<H> {
         }
     }
 
+    /// Whether the server is reading COPY data from the client.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
     /// The server is gone: empties the queue and returns how many
     /// ReadyForQuery the client is still owed, whether it still has requests
     /// waiting for a Sync, and the hooks of everything abandoned (to undo,

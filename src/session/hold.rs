@@ -124,10 +124,18 @@ impl Session {
         self.cancel.slot.set_target(None);
         let clean = idle && server.rbuf.is_empty();
         if !clean {
-            tracing::debug!(pool = %self.pool.name(), "closing server left mid-transaction by its client");
-            self.close_server();
-            return;
+            // Left mid-transaction or with requests in flight.
+            let recovered = Box::pin(self.recover_abandoned()).await;
+            self.ctx.metrics.abandoned(recovered);
+            tracing::debug!(pool = %self.pool.name(), recovered, "server left mid-transaction by its client");
+            if !recovered {
+                self.close_server();
+                return;
+            }
         }
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
         // Session mode, and a client that kept its server for state that
         // could not move: reset before anyone else gets it (DISCARD ALL
         // also drops temporary tables, advisory locks, LISTEN, cursors).

@@ -6,6 +6,7 @@
 //! transaction mode the server goes back to the pool as soon as the queue is
 //! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
 
+mod abandoned;
 mod effects;
 mod hold;
 pub mod identity;

@@ -63,7 +63,7 @@ impl Session {
     /// What a server message tells the session: parameter changes, the
     /// transaction status, and for an error (is the plan stale, is the
     /// server closing).
-    fn note_server_frame(&mut self, frame: &Frame) -> (bool, bool) {
+    pub(super) fn note_server_frame(&mut self, frame: &Frame) -> (bool, bool) {
         let Some(server) = self.server.as_mut() else {
             return (false, false);
         };
@@ -88,7 +88,7 @@ impl Session {
 
     /// Matches a server message to the request it answers, passing it on
     /// (or not) and settling the request's bookkeeping.
-    fn settle_reply(&mut self, frame: &Frame, stale_plan: bool) {
+    pub(super) fn settle_reply(&mut self, frame: &Frame, stale_plan: bool) {
         match self.expect.on_server(frame, &mut self.cout) {
             Outcome::Pending => {}
             Outcome::Done(hook) => self.on_done(hook),

@@ -52,6 +52,8 @@ pub mod names {
     pub const PINS: &str = "pgmux_pins_total";
     /// Clients disconnected by an idle timeout, by kind.
     pub const CLIENT_TIMEOUTS: &str = "pgmux_client_timeouts_total";
+    /// Servers a client left mid-transaction, by outcome.
+    pub const ABANDONED: &str = "pgmux_abandoned_transactions_total";
 }
 
 /// Why a client got an error, as counted in `pgmux_errors_total{reason}`.
@@ -342,6 +344,14 @@ impl Metrics {
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
+    /// Counts a server a client left mid-transaction: rolled back and
+    /// reused, or closed.
+    pub fn abandoned(&self, recovered: bool) {
+        let outcome = if recovered { "recovered" } else { "closed" };
+        let key = Key::from_parts(names::ABANDONED, vec![Label::new("outcome", outcome)]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].increment(1);
@@ -400,6 +410,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::ERRORS, "Errors sent to clients, by reason."),
         (names::PREPARED, "Prepared statements: hit (Parse answered by pgmux), miss (Parse sent), reprepare (injected), evicted."),
         (names::RELOADS, "Configuration reloads by result."),
+        (names::ABANDONED, "Servers a client left mid-transaction or with requests in flight: recovered (rolled back, reused) or closed."),
         (names::CLIENT_TIMEOUTS, "Clients disconnected by an idle timeout: idle_transaction (idle_transaction_timeout, 25P03), client_idle (client_idle_timeout, 57P05)."),
         (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
