@@ -516,11 +516,7 @@ fn check_reports_bad_key_with_line() {
         "[pgmux]\nlisten = \"127.0.0.1:6432\"\ndefault_pool_sise = 3\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = pgmux_check(&path, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -532,11 +528,7 @@ fn check_reports_bad_key_with_line() {
         "[pgmux]\n[users.a]\npassword = \"hunter2\"\n[databases.a]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = pgmux_check(&path, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
@@ -567,12 +559,10 @@ async fn session_future_stays_small() {
 #[test]
 fn shipped_config_checks_in_a_fresh_shell() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgmux.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
-        .args(["check", "--config", shipped])
-        .env_remove("PGMUX_ADMIN_PASSWORD")
-        .env_remove("APP_PASSWORD")
-        .output()
-        .unwrap();
+    let out = pgmux_check(
+        std::path::Path::new(shipped),
+        &["PGMUX_ADMIN_PASSWORD", "APP_PASSWORD"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -586,11 +576,7 @@ fn shipped_config_checks_in_a_fresh_shell() {
         "[pgmux]\n[users.a]\npassword = \"${PGMUX_T_UNSET_1}\"\n[users.b]\npassword = \"${PGMUX_T_UNSET_2}\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = pgmux_check(&path, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -598,4 +584,14 @@ fn shipped_config_checks_in_a_fresh_shell() {
             && err.contains("line 5: environment variable PGMUX_T_UNSET_2"),
         "{err}"
     );
+}
+
+/// Runs `pgmux check --config path` with the named variables removed.
+fn pgmux_check(path: &std::path::Path, unset: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"));
+    cmd.args(["check", "--config"]).arg(path);
+    for v in unset {
+        cmd.env_remove(v);
+    }
+    cmd.output().unwrap()
 }

@@ -13,15 +13,16 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
 
-/// A psql process frozen (SIGSTOP) right after an UPDATE inside a
-/// transaction: another client updating the same row goes through once
-/// `idle_transaction_timeout` passes, the frozen client's write is rolled
-/// back, and no server is left idle in transaction.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_client_in_a_transaction_releases_its_locks() {
-    let p = setup("t_frozen", 2, "idle_transaction_timeout = \"1s\"").await;
+/// Creates table `t` with row (1, 0) in the test's database, then starts a
+/// psql through pgmux that runs `script` and stays connected; returns once
+/// the server shows its transaction idle.
+async fn psql_inside_a_transaction(
+    p: &pgmux::app::Proxy,
+    name: &str,
+    script: &[u8],
+) -> std::process::Child {
     let direct = format!(
-        "host=127.0.0.1 port={} user=t_frozen password={PASSWORD} dbname=t_frozen",
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
         cluster().port()
     );
     connect(&direct)
@@ -32,26 +33,43 @@ async fn frozen_client_in_a_transaction_releases_its_locks() {
         .unwrap();
     let mut psql = Command::new(cluster().bin_dir().join("psql"))
         .args(["-X", "-q"])
-        .arg(url(&p, "t_frozen"))
+        .arg(url(p, name))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut stdin = psql.stdin.take().unwrap();
-    stdin
-        .write_all(b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\n")
-        .unwrap();
+    stdin.write_all(script).unwrap();
     stdin.flush().unwrap();
+    // Keep stdin open: psql would exit at its end.
+    std::mem::forget(stdin);
     let su = superuser(cluster()).await;
-    let locked = eventually(Duration::from_secs(10), || async {
-        server_states_with(&su, "t_frozen")
+    let in_tx = eventually(Duration::from_secs(10), || async {
+        server_states_with(&su, name)
             .await
             .iter()
             .any(|s| s == "idle in transaction")
     })
     .await;
-    assert!(locked, "the psql transaction holds its row");
+    assert!(in_tx, "the psql transaction is open");
+    psql
+}
+
+/// A psql process frozen (SIGSTOP) right after an UPDATE inside a
+/// transaction: another client updating the same row goes through once
+/// `idle_transaction_timeout` passes, the frozen client's write is rolled
+/// back, and no server is left idle in transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_client_in_a_transaction_releases_its_locks() {
+    let p = setup("t_frozen", 2, "idle_transaction_timeout = \"1s\"").await;
+    let mut psql = psql_inside_a_transaction(
+        &p,
+        "t_frozen",
+        b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\n",
+    )
+    .await;
+    let su = superuser(cluster()).await;
     signal(psql.id(), "-STOP");
     let b = client(&p, "t_frozen").await;
     let started = Instant::now();
@@ -159,38 +177,9 @@ async fn query_timeout_cancels_and_the_client_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_server_is_rolled_back_and_reused() {
     let p = setup("t_killed", 1, "").await;
-    let direct = format!(
-        "host=127.0.0.1 port={} user=t_killed password={PASSWORD} dbname=t_killed",
-        cluster().port()
-    );
-    connect(&direct)
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
-        .await
-        .unwrap();
+    let script = b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\nINSERT INTO t VALUES (2, 2);\n";
+    let mut psql = psql_inside_a_transaction(&p, "t_killed", script).await;
     let su = superuser(cluster()).await;
-    let mut psql = Command::new(cluster().bin_dir().join("psql"))
-        .args(["-X", "-q"])
-        .arg(url(&p, "t_killed"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = psql.stdin.take().unwrap();
-    stdin
-        .write_all(b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\nINSERT INTO t VALUES (2, 2);\n")
-        .unwrap();
-    stdin.flush().unwrap();
-    let in_tx = eventually(Duration::from_secs(10), || async {
-        server_states_with(&su, "t_killed")
-            .await
-            .iter()
-            .any(|s| s == "idle in transaction")
-    })
-    .await;
-    assert!(in_tx);
     let pid_before: i32 = su
         .query_one(
             "SELECT pid FROM pg_stat_activity WHERE datname = 't_killed' AND backend_type = 'client backend'",
