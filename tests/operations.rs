@@ -187,6 +187,19 @@ async fn admin_console_show_pause_resume() {
         "{text}"
     );
     assert!(text.contains("t_admin,t_admin,"), "{text}");
+    // PgBouncer's name for the console works too (exporters use it).
+    let out = Command::new(cluster().bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-c", "SHOW VERSION"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=admin password={ADMIN_PASSWORD} dbname=pgbouncer"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let a = admin(port).await;
     for cmd in [
         "SHOW STATS",

@@ -25,6 +25,15 @@ pub const SERVER_VERSION: &str = "15.0 (pgmux admin)";
 /// The name of the admin console's virtual database.
 pub const ADMIN_DATABASE: &str = "pgmux";
 
+/// PgBouncer's name for it, which exporters and scripts connect to; the
+/// console answers to it too unless a real database has that name.
+pub const PGBOUNCER_DATABASE: &str = "pgbouncer";
+
+/// Whether a client asking for `database` reaches the admin console.
+pub fn is_console(database: &str, configured: bool) -> bool {
+    database == ADMIN_DATABASE || (database == PGBOUNCER_DATABASE && !configured)
+}
+
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
 

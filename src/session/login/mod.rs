@@ -19,7 +19,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::params::ClientParams;
-use crate::admin::ADMIN_DATABASE;
 use crate::auth::{Secret, UserAuth};
 use crate::cancel::CancelHandle;
 use crate::config::{Config, PoolMode};
@@ -166,7 +165,7 @@ struct Target {
 async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, LoginError> {
     let (user, database) = (&req.user, &req.database);
     let db = cfg.databases.contains_key(database);
-    let admin = database == ADMIN_DATABASE;
+    let admin = crate::admin::is_console(database, db);
     let configured = ctx.user(user);
     let looked_up = configured.is_none() && !admin && db && cfg.pgmux.auth_user.is_some();
     let auth = match configured {
