@@ -57,8 +57,12 @@ pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
 pub enum SqlEffect {
     /// Nothing pgmux tracks.
     None,
-    /// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`: every statement goes.
-    DropAll,
+    /// `DISCARD ALL` (`discard`) or `DEALLOCATE [PREPARE] ALL`: every
+    /// statement goes.
+    DropAll {
+        /// It is `DISCARD ALL`, which no transaction block may run.
+        discard: bool,
+    },
     /// `DEALLOCATE [PREPARE] name`, with the name as the server reads it.
     Deallocate(Vec<u8>),
 }
@@ -87,8 +91,9 @@ pub fn sql_effect(query: &[u8]) -> SqlEffect {
     let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     match lower.as_slice() {
-        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
-            SqlEffect::DropAll
+        ["discard", "all"] => SqlEffect::DropAll { discard: true },
+        ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
+            SqlEffect::DropAll { discard: false }
         }
         ["deallocate", _] | ["deallocate", "prepare", _] => {
             let name = words[words.len() - 1];
@@ -219,8 +224,14 @@ mod tests {
 
     #[test]
     fn recognizes_sql_effects() {
-        assert_eq!(sql_effect(b"discard all;"), SqlEffect::DropAll);
-        assert_eq!(sql_effect(b" DEALLOCATE  PREPARE ALL "), SqlEffect::DropAll);
+        assert_eq!(
+            sql_effect(b"discard all;"),
+            SqlEffect::DropAll { discard: true }
+        );
+        assert_eq!(
+            sql_effect(b" DEALLOCATE  PREPARE ALL "),
+            SqlEffect::DropAll { discard: false }
+        );
         assert_eq!(
             sql_effect(b"DEALLOCATE S_1"),
             SqlEffect::Deallocate(b"s_1".to_vec())

@@ -12,6 +12,19 @@ pub(super) fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// An ErrorResponse pgmux makes itself.
+pub(super) fn error(code: SqlState, msg: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    write_error(&mut b, Severity::Error, code.0, msg);
+    b
+}
+
+/// PostgreSQL's 42P05 for a statement name the client already uses.
+pub(super) fn duplicate(name: &[u8]) -> BytesMut {
+    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
+    error(SqlState::DUPLICATE_PSTATEMENT, &msg)
+}
+
 /// Limits and switches, from the configuration as of login.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -43,10 +56,10 @@ pub struct Flags {
     pub forward: bool,
     /// A local error ended the batch: drop the client's messages up to Sync.
     pub skip_to_sync: bool,
-    /// An extended-protocol message went to the server (Sync is owed).
-    pub unsynced: bool,
-    /// What runs may change in the session.
-    pub effects: crate::sql::Effects,
+    /// What runs may change in the session, when the tracker knows it
+    /// better than the message text does (a Bind or `EXECUTE` of a known
+    /// statement, a mapped `PREPARE`); `None` leaves it to the text.
+    pub effects: Option<crate::sql::Effects>,
 }
 
 impl<'a> Outbox<'a> {
@@ -66,8 +79,7 @@ impl<'a> Outbox<'a> {
     /// Answers a request with an ErrorResponse pgmux makes itself; the
     /// server would drop the client's messages up to Sync, so pgmux does.
     pub(super) fn local_error(&mut self, req: Req, code: SqlState, msg: &str) {
-        let mut b = BytesMut::new();
-        write_error(&mut b, Severity::Error, code.0, msg);
+        let b = error(code, msg);
         self.expect(req, Reply::Synthetic(b.freeze()), Hook::None);
         self.flags.skip_to_sync = true;
     }

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::messages::{self, ParseRef, SqlEffect, SqlPrepared};
-use super::outbox::{lossy, Limits, Malformed, Outbox, Routed};
+use super::outbox::{duplicate, lossy, Limits, Malformed, Outbox, Routed};
 use super::{ClientStatements, Hook, Registry, ServerStatements, Statement, SQL_PREPARE};
-use crate::protocol::error::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::cstr;
 use crate::protocol::{encode, fe, Frame, SqlState, TxStatus};
+use crate::sql::Effects;
 
 /// Names of pgmux's own server-side statements: clients may not use them.
 fn is_reserved(name: &[u8]) -> bool {
@@ -143,7 +143,6 @@ impl Tracker {
         if !self.tracks(p.name) {
             held!(server);
             self.unnamed_here = true;
-            out.flags.unsynced = true;
             out.forward(Req::Parse, Hook::None);
             return Ok(Routed::Done);
         }
@@ -158,17 +157,10 @@ impl Tracker {
             return Ok(Routed::Done);
         }
         let stmt = registry.get_or_insert(p.query, p.types);
-        // With no server held, a statement some server already accepted is
-        // answered here: a client blocked in a synchronous prepare must not
-        // need a server its neighbours hold (pgbench -M prepared).
-        let answer_here = match &server {
-            Some(s) => s.has(&stmt),
-            None => stmt.is_confirmed(),
-        };
-        if !answer_here && server.is_none() {
+        let Some(answer_here) = answerable(&stmt, &server) else {
             return Ok(Routed::NeedServer);
-        }
-        let here = (Req::Parse, encode::parse_complete());
+        };
+        let here = || (Req::Parse, encode::parse_complete());
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
         Ok(Routed::Done)
     }
@@ -197,7 +189,7 @@ impl Tracker {
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-        here: (Req, Bytes),
+        here: impl FnOnce() -> (Req, Bytes),
     ) {
         // A Parse into the unnamed statement replaces it, as in PostgreSQL.
         let replaced = if name.is_empty() {
@@ -221,7 +213,8 @@ impl Tracker {
                     s.touch(&parse.stmt);
                 }
                 registry.counters.hits.fetch_add(1, Ordering::Relaxed);
-                out.expect(here.0, Reply::Synthetic(here.1), parse.hook(false));
+                let (req, reply) = here();
+                out.expect(req, Reply::Synthetic(reply), parse.hook(false));
             }
         }
     }
@@ -243,17 +236,17 @@ impl Tracker {
             return Routed::Done;
         }
         let stmt = registry.get_or_insert(rest, SQL_PREPARE);
-        let answer_here = match &server {
-            Some(s) => s.has(&stmt),
-            None => stmt.is_confirmed(),
-        };
-        if !answer_here && server.is_none() {
+        let Some(answer_here) = answerable(&stmt, &server) else {
             return Routed::NeedServer;
-        }
-        let mut reply = BytesMut::new();
-        encode::command_complete(&mut reply, "PREPARE");
-        encode::ready_for_query(&mut reply, tx);
-        let here = (Req::Query, reply.freeze());
+        };
+        let here = || {
+            let mut reply = BytesMut::new();
+            encode::command_complete(&mut reply, "PREPARE");
+            encode::ready_for_query(&mut reply, tx);
+            (Req::Query, reply.freeze())
+        };
+        // Preparing runs nothing: the statement's effects come with EXECUTE.
+        out.flags.effects = Some(Effects::NONE);
         let name = Bytes::from(name);
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
         Routed::Done
@@ -283,23 +276,12 @@ impl Tracker {
                 return Ok(Routed::Done);
             }
             held!(server);
-            out.flags.unsynced = true;
             out.forward(req, Hook::None);
             return Ok(Routed::Done);
         };
         let server = held!(server);
-        if !server.touch(&stmt) {
-            registry.counters.reprepares.fetch_add(1, Ordering::Relaxed);
-            let parse = NewParse {
-                stmt: stmt.clone(),
-                client: None,
-                replaced: None,
-            };
-            send_parse(server, parse, Reply::Swallow, self.limits, registry, out);
-        }
-        out.flags.effects |= stmt.effects;
+        ensure_prepared(server, &stmt, self.limits, registry, out);
         write(out.sout, &stmt.name);
-        out.flags.unsynced = true;
         out.expect(req, Reply::Forward, Hook::Uses(stmt));
         Ok(Routed::Done)
     }
@@ -310,7 +292,6 @@ impl Tracker {
     /// none), and the client gets PostgreSQL's 26000 instead.
     fn use_unnamed(&mut self, req: Req, held: bool, out: &mut Outbox<'_>) -> Routed {
         if self.unnamed_here && held {
-            out.flags.unsynced = true;
             out.forward(req, Hook::None);
         } else {
             out.no_such_statement(req, b"");
@@ -343,7 +324,6 @@ impl Tracker {
             );
             return Ok(Routed::Done);
         }
-        out.flags.unsynced = true;
         out.forward(Req::Close, Hook::None);
         Ok(Routed::Done)
     }
@@ -403,10 +383,12 @@ impl Tracker {
             }
             // The server refuses it in a failed transaction, and DISCARD ALL
             // in any transaction block: nothing is dropped then.
-            (SqlEffect::DropAll, _) if drop_all_refused(sql, tx) => {
+            (SqlEffect::DropAll { discard }, _)
+                if tx == TxStatus::Failed || (discard && tx == TxStatus::InTransaction) =>
+            {
                 out.forward(Req::Query, Hook::None)
             }
-            (SqlEffect::DropAll, _) => {
+            (SqlEffect::DropAll { .. }, _) => {
                 self.names.clear();
                 out.forward(Req::Query, Hook::DropAll);
             }
@@ -424,16 +406,11 @@ fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
     const CHECK: &[u8] = b"pgmux_check";
     encode::parse_raw(out.sout, CHECK, p.query, p.types);
     encode::close_statement(out.sout, CHECK);
-    out.flags.unsynced = true;
-    let mut err = BytesMut::new();
-    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
-    write_error(
-        &mut err,
-        Severity::Error,
-        SqlState::DUPLICATE_PSTATEMENT.0,
-        &msg,
+    out.expect(
+        Req::Parse,
+        Reply::Replace(duplicate(name).freeze()),
+        Hook::None,
     );
-    out.expect(Req::Parse, Reply::Replace(err.freeze()), Hook::None);
     out.expect(Req::Close, Reply::Swallow, Hook::None);
     out.flags.skip_to_sync = true;
 }
@@ -449,7 +426,22 @@ fn sql_execute(
     registry: &Registry,
     out: &mut Outbox<'_>,
 ) {
-    if !server.touch(&stmt) {
+    ensure_prepared(server, &stmt, limits, registry, out);
+    encode::query_raw(out.sout, &[&query[..at.0], &stmt.name, &query[at.1..]]);
+    out.expect(Req::Query, Reply::Forward, Hook::Uses(stmt));
+}
+
+/// Makes sure the held server has `stmt`, injecting its Parse (or SQL
+/// `PREPARE`) in the same batch, its reply swallowed, when it lacks it;
+/// what running it may change is the statement's, known from its text.
+fn ensure_prepared(
+    server: &mut ServerStatements,
+    stmt: &Arc<Statement>,
+    limits: Limits,
+    registry: &Registry,
+    out: &mut Outbox<'_>,
+) {
+    if !server.touch(stmt) {
         registry.counters.reprepares.fetch_add(1, Ordering::Relaxed);
         let parse = NewParse {
             stmt: stmt.clone(),
@@ -458,30 +450,22 @@ fn sql_execute(
         };
         send_parse(server, parse, Reply::Swallow, limits, registry, out);
     }
-    out.flags.effects |= stmt.effects;
-    encode::query_raw(out.sout, &[&query[..at.0], &stmt.name, &query[at.1..]]);
-    out.expect(Req::Query, Reply::Forward, Hook::Uses(stmt));
+    out.flags.effects = Some(stmt.effects);
 }
 
 /// `PREPARE` of a name the client already uses: PostgreSQL's 42P05. Outside
 /// a transaction it is answered here; inside one the server must raise it,
 /// so that the transaction is aborted as PostgreSQL would.
 fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) {
-    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
     if tx == TxStatus::Idle {
-        let mut reply = BytesMut::new();
-        write_error(
-            &mut reply,
-            Severity::Error,
-            SqlState::DUPLICATE_PSTATEMENT.0,
-            &msg,
-        );
+        let mut reply = duplicate(name);
         encode::ready_for_query(&mut reply, tx);
         out.expect(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);
         return;
     }
     // An escape string inside a dollar-quoted body: a name can close
     // neither (quotes are doubled, backslashes escaped, `$` dropped).
+    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
     let quoted = msg
         .replace('\\', "\\\\")
         .replace('\'', "''")
@@ -493,14 +477,15 @@ fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) {
     out.expect(Req::Query, Reply::Forward, Hook::None);
 }
 
-/// Whether the server will refuse a `DISCARD ALL` / `DEALLOCATE ALL` sent
-/// in this transaction state.
-fn drop_all_refused(sql: &[u8], tx: TxStatus) -> bool {
-    let discard = sql
-        .trim_ascii_start()
-        .get(..7)
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"));
-    tx == TxStatus::Failed || (discard && tx == TxStatus::InTransaction)
+/// Whether a Parse (or SQL `PREPARE`) of `stmt` is answered here: the held
+/// server has it, or, with none held, some server has accepted it (a
+/// client blocked in a synchronous prepare must not need a server its
+/// neighbours hold: pgbench -M prepared). `None` when a server is needed.
+fn answerable(stmt: &Statement, server: &Option<&mut ServerStatements>) -> Option<bool> {
+    match server {
+        Some(s) => Some(s.has(stmt)),
+        None => stmt.is_confirmed().then_some(true),
+    }
 }
 
 /// A statement to prepare, and the client name it is for.
@@ -557,7 +542,6 @@ fn send_parse(
     if stmt.sql {
         out.expect(Req::Query, reply, parse.hook(true));
     } else {
-        out.flags.unsynced = true;
         out.expect(Req::Parse, reply, parse.hook(true));
     }
 }

@@ -261,22 +261,8 @@ impl ServerConn {
         Some((k, v))
     }
 
-    /// Records that pgmux set (Some) or reset (None) an unreported parameter.
-    pub fn note_unreported(&mut self, lower_name: &str, value: Option<&str>) {
-        self.unreported_set.retain(|n| n != lower_name);
-        match value {
-            Some(v) => {
-                self.unreported_set.push(lower_name.to_owned());
-                self.current.insert(lower_name.to_owned(), v.to_owned());
-            }
-            None => {
-                self.current.remove(lower_name);
-            }
-        }
-    }
-
     /// Replaces what pgmux knows of the unreported parameters set on this
-    /// connection (read back from the server).
+    /// connection (after a sync, or read back from the server).
     pub fn set_unreported(&mut self, values: std::collections::BTreeMap<String, String>) {
         for name in std::mem::take(&mut self.unreported_set) {
             self.current.remove(&name);

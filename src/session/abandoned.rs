@@ -45,7 +45,6 @@ impl Session {
         if !self.drain_replies(deadline).await {
             return false;
         }
-        self.cout.clear();
         if self.tx != TxStatus::Idle {
             let Some(server) = self.server.as_mut() else {
                 return false;

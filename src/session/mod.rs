@@ -168,8 +168,9 @@ struct Session {
 enum Outside {
     /// The process moved to a new shutdown phase (the receiver watches on).
     Phase(Phase, watch::Receiver<Phase>),
-    /// The admin console killed this client.
-    Kill,
+    /// The admin console killed this client, or the idle sweep woke it
+    /// (the receiver watches on).
+    Kill(watch::Receiver<Phase>),
 }
 
 /// Waits for the next shutdown phase or a KILL of this client. Boxed: it
@@ -180,7 +181,7 @@ fn next_outside(
 ) -> Pin<Box<dyn Future<Output = Outside> + Send>> {
     Box::pin(async move {
         tokio::select! {
-            _ = info.kill.notified() => Outside::Kill,
+            _ = info.kill.notified() => Outside::Kill(watch),
             Ok(()) = watch.changed() => {
                 let now = *watch.borrow_and_update();
                 Outside::Phase(now, watch)
@@ -299,10 +300,10 @@ impl Session {
                         outside = next_outside(watch, listed.clone());
                         Ok(())
                     }
-                    Outside::Kill => match self.killed_for() {
+                    Outside::Kill(watch) => match self.killed_for() {
                         Some(end) => Err(end),
                         None => {
-                            outside = next_outside(self.ctx.shutdown.watch(), listed.clone());
+                            outside = next_outside(watch, listed.clone());
                             Ok(())
                         }
                     },

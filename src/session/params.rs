@@ -230,24 +230,17 @@ impl ClientParams {
 
     /// After a sync: the server holds exactly this client's values.
     fn record_synced(&mut self, server: &mut ServerConn) {
-        let stale: Vec<String> = server
-            .unreported_set()
-            .iter()
-            .filter(|k| !self.desired.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in stale {
-            server.note_unreported(&k, None);
-        }
+        let mut unreported = BTreeMap::new();
         for (k, v) in self.desired.iter_mut() {
             if TRACKED_REPORTED.contains(&k.as_str()) {
                 if let Some(now) = server.param(k) {
                     *v = now.to_owned();
                 }
             } else {
-                server.note_unreported(k, Some(v));
+                unreported.insert(k.clone(), v.clone());
             }
         }
+        server.set_unreported(unreported);
         self.refresh();
         server.params_fingerprint = self.fingerprint;
     }

@@ -62,13 +62,12 @@ impl Session {
             tracing::warn!(pool = %self.pool.name(), error = %e, "closing a server whose session state could not be read");
             let was_pinned = self.pinned.is_some();
             self.close_server();
-            return match was_pinned {
-                true => Err(fatal(
-                    SqlState::CONNECTION_FAILURE,
-                    "server connection lost; session state (temporary tables, locks, ...) is gone",
-                )),
-                false => Ok(()),
-            };
+            if !was_pinned {
+                return Ok(());
+            }
+            let msg =
+                "server connection lost; session state (temporary tables, locks, ...) is gone";
+            return Err(fatal(SqlState::CONNECTION_FAILURE, msg));
         }
         let reason = rows
             .first()
@@ -89,7 +88,7 @@ impl Session {
     /// `PREPARE` (so it creates no state that pins).
     pub(super) fn maps_sql_prepare(&self, frame: &Frame) -> bool {
         use crate::prepared::messages::{sql_prepared, SqlPrepared};
-        let text = crate::protocol::frame::cstr(frame.body()).map(|(s, _)| s);
+        let text = super::effects::statement_text(frame);
         self.stmts.is_some()
             && frame.tag() == fe::QUERY
             && matches!(

@@ -8,6 +8,7 @@ use crate::prepared::{Flags, Hook, Outbox, Routed};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::split_frame;
 use crate::protocol::{encode, fe, Frame, SqlState};
+use crate::sql::Effects;
 use crate::stats::ErrorReason;
 
 impl Session {
@@ -60,35 +61,46 @@ impl Session {
             self.refuse_session_state(&frame);
             return Ok(());
         }
-        self.route_client_frame(&frame).await?;
+        // What the tracker knows of a statement beats what its text says
+        // (an EXECUTE of a known statement, a mapped PREPARE).
+        let effects = self.route_client_frame(&frame).await?.unwrap_or(effects);
         if effects.any() {
             self.note_effects(&frame, effects);
         }
         Ok(())
     }
 
-    pub(super) async fn route_client_frame(&mut self, frame: &Frame) -> Result<(), End> {
+    /// Routes a client message; returns what it may change in the session
+    /// when the prepared-statement tracker knows it.
+    pub(super) async fn route_client_frame(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<Option<Effects>, End> {
         let tag = frame.tag();
-        if self.route_tracked(frame).await? {
-            return Ok(());
+        if let Some(known) = self.route_tracked(frame).await? {
+            return Ok(known);
         }
         match tag {
             // With no server held nothing is outstanding: answer it here.
             fe::SYNC if self.server.is_none() => {
                 encode::ready_for_query(&mut self.cout, self.tx);
-                Ok(())
             }
-            fe::FLUSH if self.server.is_none() => Ok(()),
-            _ => self.forward_needing_server(frame).await,
+            fe::FLUSH if self.server.is_none() => {}
+            _ => self.forward_needing_server(frame).await?,
         }
+        Ok(None)
     }
 
     /// Lets the prepared-statement tracker route a message, taking a server
-    /// when it needs one; `false` when the message is not a tracked one.
-    pub(super) async fn route_tracked(&mut self, frame: &Frame) -> Result<bool, End> {
+    /// when it needs one; `None` when the message is not a tracked one,
+    /// else the effects the tracker knows (if it does).
+    pub(super) async fn route_tracked(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<Option<Option<Effects>>, End> {
         loop {
             let Some(tracker) = self.stmts.as_mut() else {
-                return Ok(false);
+                return Ok(None);
             };
             let mut out = Outbox::new(&mut self.sout, &mut self.routed);
             let server = self.server.as_mut().map(|s| &mut s.statements);
@@ -96,11 +108,11 @@ impl Session {
             let flags = out.flags;
             match routed {
                 Err(e) => return Err(fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())),
-                Ok(Routed::Untracked) => return Ok(false),
+                Ok(Routed::Untracked) => return Ok(None),
                 Ok(Routed::NeedServer) => self.ensure_server().await?,
                 Ok(Routed::Done) => {
                     self.carry_out(frame, flags);
-                    return Ok(true);
+                    return Ok(Some(flags.effects));
                 }
             }
         }
@@ -114,12 +126,23 @@ impl Session {
         }
         let mut routed = std::mem::take(&mut self.routed);
         for (req, reply, hook) in routed.drain(..) {
+            if !matches!(reply, Reply::Synthetic(_)) {
+                self.note_sent(req);
+            }
             self.push(req, reply, hook);
         }
         self.routed = routed;
-        self.unsynced |= flags.unsynced;
         self.skip_to_sync |= flags.skip_to_sync;
-        self.touched |= flags.effects;
+    }
+
+    /// A request went to the server: an extended-protocol message owes a
+    /// Sync until one follows.
+    fn note_sent(&mut self, req: Req) {
+        match req {
+            Req::Sync => self.unsynced = false,
+            Req::Query | Req::FunctionCall => {}
+            _ => self.unsynced = true,
+        }
     }
 
     /// A request completed: the tracker learns what the server now holds.
@@ -150,11 +173,7 @@ impl Session {
             self.expect.end_copy_in();
         }
         if let Some(req) = Req::from_tag(frame.tag()) {
-            match req {
-                Req::Sync => self.unsynced = false,
-                Req::Query | Req::FunctionCall => {}
-                _ => self.unsynced = true,
-            }
+            self.note_sent(req);
             self.push(req, Reply::Forward, hook);
         }
         self.sout.extend_from_slice(frame.raw());

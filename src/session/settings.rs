@@ -13,7 +13,7 @@
 use bytes::BytesMut;
 
 use super::{End, Session};
-use crate::protocol::frame::{cstr, split_frame};
+use crate::protocol::frame::split_frame;
 use crate::protocol::TxStatus;
 
 impl Session {
@@ -54,16 +54,10 @@ impl Session {
         {
             return self.on_server_lost(e).await;
         }
+        // The client's values follow the reports, as for its own SETs.
         let mut frames = reports.clone();
         while let Ok(Some(f)) = split_frame(&mut frames, self.max_msg) {
-            let pair = cstr(f.body()).and_then(|(k, rest)| Some((k, cstr(rest)?.0)));
-            if let Some((k, v)) = pair {
-                let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
-                self.params.on_parameter_status(&k, &v);
-            }
-        }
-        if let Some(server) = self.server.as_mut() {
-            server.params_fingerprint = self.params.fingerprint();
+            self.note_server_frame(&f);
         }
         self.cout.extend_from_slice(&reports);
         self.flush_client().await

@@ -102,30 +102,44 @@ impl std::ops::BitOrAssign for Effects {
 /// `SET LOCAL`, `SET TRANSACTION` and `SET CONSTRAINTS` are left to
 /// PostgreSQL: they end with the transaction, while the client still holds
 /// the server.
+/// The words that can start a statement with an effect pgmux follows.
+const STARTERS: [&str; 14] = [
+    "set",
+    "reset",
+    "discard",
+    "do",
+    "call",
+    "execute",
+    "create",
+    "listen",
+    "unlisten",
+    "declare",
+    "prepare",
+    "drop",
+    "close",
+    "deallocate",
+];
+
+/// `w` as one of [`STARTERS`], if it is one (any case).
+fn starter(w: &[u8]) -> Option<&'static str> {
+    STARTERS
+        .iter()
+        .find(|s| w.eq_ignore_ascii_case(s.as_bytes()))
+        .copied()
+}
+
+/// What `set_config` may change: its target may be `role`.
+const SET_CONFIG: Effects = Effects {
+    identity: true,
+    settings: true,
+    ..Effects::NONE
+};
+
 fn head_effects(h: &Head<'_>) -> Effects {
     let identity_name = |i: usize| h.is(i, "role") || h.is(i, "session_authorization");
     let session_auth = |i: usize| h.is(i, "session") && h.is(i + 1, "authorization");
-    let word = |i: usize| -> &str {
-        const WORDS: [&str; 16] = [
-            "set",
-            "reset",
-            "discard",
-            "do",
-            "call",
-            "execute",
-            "create",
-            "listen",
-            "unlisten",
-            "declare",
-            "prepare",
-            "drop",
-            "close",
-            "deallocate",
-            "temp",
-            "temporary",
-        ];
-        WORDS.iter().find(|w| h.is(i, w)).copied().unwrap_or("")
-    };
+    let word = |i: usize| -> &str { starter(h.word(i)).unwrap_or("") };
+    let temp = |i: usize| h.is(i, "temp") || h.is(i, "temporary");
     match word(0) {
         "set" if h.is(1, "local") || h.is(1, "transaction") || h.is(1, "constraints") => {
             Effects::NONE
@@ -151,11 +165,7 @@ fn head_effects(h: &Head<'_>) -> Effects {
         "discard" => Effects::UNPINS,
         "do" | "call" | "execute" => Effects::ALL,
         // CREATE [GLOBAL | LOCAL] TEMP[ORARY] ...
-        "create" if matches!(word(1), "temp" | "temporary") => Effects::PINS,
-        "create"
-            if (h.is(1, "local") || h.is(1, "global"))
-                && matches!(word(2), "temp" | "temporary") =>
-        {
+        "create" if temp(1) || ((h.is(1, "local") || h.is(1, "global")) && temp(2)) => {
             Effects::PINS
         }
         "listen" => Effects::PINS,
@@ -180,12 +190,7 @@ fn function_effects(sql: &[u8]) -> Effects {
     let mut found = Effects::NONE;
     for i in memchr::memchr_iter(b'_', sql) {
         if i >= 3 && at(i - 3, b"set") && at(i + 1, b"config") {
-            found |= Effects {
-                opaque: false,
-                unpins: false,
-                resets: false,
-                ..Effects::ALL
-            };
+            found |= SET_CONFIG;
         } else if at(i + 1, b"advisory_lock") || at(i + 1, b"advisory_unlock") {
             found |= if at(i + 10, b"un") {
                 Effects::UNPINS
@@ -233,23 +238,7 @@ pub fn effects(sql: &[u8]) -> Effects {
     // its first word alone.
     if single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
         if let Some(w) = leading_word(sql) {
-            const STARTERS: [&[u8]; 14] = [
-                b"set",
-                b"reset",
-                b"discard",
-                b"do",
-                b"call",
-                b"execute",
-                b"create",
-                b"listen",
-                b"unlisten",
-                b"declare",
-                b"prepare",
-                b"drop",
-                b"close",
-                b"deallocate",
-            ];
-            if !STARTERS.iter().any(|s| w.eq_ignore_ascii_case(s)) {
+            if starter(w).is_none() {
                 return found;
             }
         }
@@ -283,7 +272,7 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
             Token::QuotedIdent(_) if after_ampersand => return Effects::ALL,
             Token::QuotedIdent(w) => {
                 if w.eq_ignore_ascii_case(b"set_config") {
-                    return Effects::ALL;
+                    found |= SET_CONFIG;
                 }
                 head.push(w);
             }
