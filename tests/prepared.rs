@@ -549,3 +549,28 @@ async fn randomized_against_direct(
 fn rng_pause(client: u64, batch: u64) -> u64 {
     (client * 7 + batch * 3) % 4
 }
+
+/// A simple Query destroys the unnamed statement whatever it runs, SQL
+/// PREPARE and EXECUTE included (which pgmux rewrites): same answers as
+/// directly, with the unnamed statement shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_and_execute_destroy_the_unnamed_statement() {
+    let p = setup("t_unnamed_sql", 2, "track_unnamed_statements = true").await;
+    let mut answers = Vec::new();
+    for port in [cluster().port(), p.addr().port()] {
+        let mut c = Raw::connect(port, "t_unnamed_sql", PASSWORD, "t_unnamed_sql").await;
+        let mut got = Vec::new();
+        for step in 0..6 {
+            match step {
+                0 | 3 => c.parse("", "SELECT 1").sync(),
+                1 => c.query("PREPARE p AS SELECT 2"),
+                4 => c.query("EXECUTE p"),
+                _ => c.bind("", "", &[]).execute("").sync(),
+            };
+            let msgs = c.round_trip().await;
+            got.push((tags(&msgs), error_code(&msgs)));
+        }
+        answers.push(got);
+    }
+    assert_eq!(answers[1], answers[0], "pgmux, then PostgreSQL");
+}

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw::{error_code, Raw};
 use common::*;
 
 fn signal(pid: u32, sig: &str) {
@@ -116,13 +117,12 @@ async fn idle_clients_give_their_slots_back() {
     )
     .await;
     let a = client(&p, "t_idle_slots").await;
-    let b = client(&p, "t_idle_slots").await;
-    for c in [&a, &b] {
-        assert_eq!(
-            c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
-            1
-        );
-    }
+    assert_eq!(
+        a.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+    // The second on a raw connection, to read the FATAL pgmux sends it.
+    let mut b = Raw::connect(p.addr().port(), "t_idle_slots", PASSWORD, "t_idle_slots").await;
     assert_eq!(
         refused(&url(&p, "t_idle_slots")).await.as_deref(),
         Some("53300")
@@ -141,6 +141,15 @@ async fn idle_clients_give_their_slots_back() {
         err.is_closed() || sqlstate(&err).as_deref() == Some("57P05"),
         "{err}"
     );
+    let fatal = b.read().await;
+    assert_eq!(error_code(&[fatal]).as_deref(), Some("57P05"));
+    let text = p.context().render_metrics();
+    let timeouts = sample(
+        &parse_prometheus(&text),
+        "pgmux_client_timeouts_total",
+        &[("kind", "client_idle")],
+    );
+    assert_eq!(timeouts, Some(2.0));
 }
 
 /// `query_timeout` cancels a request on the server with a real

@@ -339,6 +339,12 @@ impl Tracker {
         let sql = cstr(frame.body())
             .map(|(s, _)| s)
             .ok_or(Malformed("Query"))?;
+        // A simple Query destroys the unnamed statement, whatever it runs
+        // (done again if this returns NeedServer: it is idempotent).
+        self.unnamed_here = false;
+        if self.limits.track_unnamed {
+            self.names.remove(b"");
+        }
         // SQL-level PREPARE / EXECUTE: the same names as the protocol's, so
         // the same per-client map. A failed transaction goes to the server,
         // which refuses it as PostgreSQL does.
@@ -365,11 +371,6 @@ impl Tracker {
         };
         if owned.is_none() {
             held!(server);
-        }
-        // A simple Query destroys the unnamed statement.
-        self.unnamed_here = false;
-        if self.limits.track_unnamed {
-            self.names.remove(b"");
         }
         match (effect, owned) {
             (SqlEffect::Deallocate(name), Some(stmt)) => {

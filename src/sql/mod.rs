@@ -230,10 +230,9 @@ fn single_statement(sql: &[u8]) -> bool {
 /// What running `sql` may change (see [`head_effects`]); a text that calls
 /// `set_config` anywhere may change both, since its target may be `role`.
 pub fn effects(sql: &[u8]) -> Effects {
+    // A function call anywhere, then the statements themselves: a text
+    // may call set_config and create a temporary table.
     let mut found = function_effects(sql);
-    if found.identity {
-        return found;
-    }
     // Fast path: one statement starting with an ordinary word, read from
     // its first word alone.
     if single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
@@ -353,6 +352,8 @@ mod tests {
         let unpins = |sql: &str| effects(sql.as_bytes()).unpins;
         assert!(pins("CREATE TEMP TABLE t (a int)"));
         assert!(!pins("DO $$ BEGIN END $$") && effects(b"CALL p()").opaque);
+        assert!(pins("SELECT set_config('a', 'b', false); LISTEN x"));
+        assert!(effects(b"SELECT set_config('a', 'b', false); RESET ALL").resets);
         assert!(pins("create temporary table t as select 1"));
         assert!(pins("CREATE LOCAL TEMPORARY TABLE t (a int)"));
         assert!(pins("CREATE GLOBAL TEMP SEQUENCE s"));
