@@ -16,11 +16,13 @@ fn signal(pid: u32, sig: &str) {
 
 /// Creates table `t` with row (1, 0) in the test's database, then starts a
 /// psql through pgmux that runs `script` and stays connected; returns once
-/// the server shows its transaction idle.
+/// the server shows its backend in `state` (`idle in transaction`,
+/// `active`).
 async fn psql_inside_a_transaction(
     p: &pgmux::app::Proxy,
     name: &str,
     script: &[u8],
+    state: &str,
 ) -> std::process::Child {
     let direct = format!(
         "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
@@ -50,10 +52,10 @@ async fn psql_inside_a_transaction(
         server_states_with(&su, name)
             .await
             .iter()
-            .any(|s| s == "idle in transaction")
+            .any(|s| s == state)
     })
     .await;
-    assert!(in_tx, "the psql transaction is open");
+    assert!(in_tx, "the psql transaction is {state}");
     psql
 }
 
@@ -68,6 +70,7 @@ async fn frozen_client_in_a_transaction_releases_its_locks() {
         &p,
         "t_frozen",
         b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\n",
+        "idle in transaction",
     )
     .await;
     let su = superuser(cluster()).await;
@@ -187,16 +190,9 @@ async fn query_timeout_cancels_and_the_client_goes_on() {
 async fn killed_client_server_is_rolled_back_and_reused() {
     let p = setup("t_killed", 1, "").await;
     let script = b"BEGIN;\nUPDATE t SET v = 1 WHERE id = 1;\nINSERT INTO t VALUES (2, 2);\n";
-    let mut psql = psql_inside_a_transaction(&p, "t_killed", script).await;
+    let mut psql = psql_inside_a_transaction(&p, "t_killed", script, "idle in transaction").await;
     let su = superuser(cluster()).await;
-    let pid_before: i32 = su
-        .query_one(
-            "SELECT pid FROM pg_stat_activity WHERE datname = 't_killed' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let before = backends(&su, "t_killed").await;
     signal(psql.id(), "-KILL");
     let _ = psql.wait();
     let b = client(&p, "t_killed").await;
@@ -209,19 +205,9 @@ async fn killed_client_server_is_rolled_back_and_reused() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 1, "the killed client's insert was rolled back");
-    let pids: Vec<i32> = su
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE datname = 't_killed' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        pids,
-        vec![pid_before],
+        backends(&su, "t_killed").await,
+        before,
         "the same server connection serves on"
     );
     let text = p.context().render_metrics();
@@ -233,4 +219,58 @@ async fn killed_client_server_is_rolled_back_and_reused() {
         ),
         Some(1.0)
     );
+}
+
+/// A client killed while its query runs inside a transaction: pgmux cancels
+/// the query, reads its replies, rolls back and reuses the server (the same
+/// backend serves the next client at once, nothing written survives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_query_is_cancelled_and_the_server_reused() {
+    let p = setup("t_killed_q", 1, "").await;
+    let script = b"BEGIN;\nINSERT INTO t VALUES (2, 2);\nSELECT pg_sleep(30);\n";
+    let mut psql = psql_inside_a_transaction(&p, "t_killed_q", script, "active").await;
+    let su = superuser(cluster()).await;
+    let before = backends(&su, "t_killed_q").await;
+    signal(psql.id(), "-KILL");
+    let _ = psql.wait();
+    let started = Instant::now();
+    let b = client(&p, "t_killed_q").await;
+    let rows: i64 = b
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let took = started.elapsed();
+    assert_eq!(rows, 1, "the killed client's insert was rolled back");
+    assert!(
+        took < Duration::from_secs(5),
+        "the next client waited {took:?}"
+    );
+    assert_eq!(
+        backends(&su, "t_killed_q").await,
+        before,
+        "the same server connection serves on"
+    );
+    let text = p.context().render_metrics();
+    assert_eq!(
+        sample(
+            &parse_prometheus(&text),
+            "pgmux_abandoned_transactions_total",
+            &[("outcome", "recovered")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// The backend pids serving database `name`.
+async fn backends(su: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    su.query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
