@@ -24,7 +24,7 @@ pub struct Proxy {
     accept: JoinHandle<()>,
 }
 
-fn bind(addr: SocketAddr, general: &crate::config::General) -> anyhow::Result<TcpListener> {
+fn bind(addr: SocketAddr, cfg: &Config) -> anyhow::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -32,7 +32,7 @@ fn bind(addr: SocketAddr, general: &crate::config::General) -> anyhow::Result<Tc
     )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
-    crate::listener::tune(socket2::SockRef::from(&socket), general);
+    crate::listener::tune(socket2::SockRef::from(&socket), cfg);
     socket
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -54,13 +54,10 @@ impl Proxy {
     }
 
     async fn start_with_path(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let listener = bind(config.listen_addr()?, &config.pgmux)?;
+        let listener = bind(config.listen_addr()?, &config)?;
         let addr = listener.local_addr()?;
         let metrics_listener = match &config.metrics {
-            Some(m) => Some(bind(
-                m.listen.parse().context("metrics.listen")?,
-                &config.pgmux,
-            )?),
+            Some(m) => Some(bind(m.listen.parse().context("metrics.listen")?, &config)?),
             None => None,
         };
         let ctx = Arc::new(Context::new(config, path).map_err(|e| anyhow::anyhow!(e))?);

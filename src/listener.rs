@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
+use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use crate::config::General;
+use crate::config::Config;
 use crate::context::Context;
 use crate::protocol::SqlState;
 use crate::session;
@@ -21,18 +21,8 @@ use crate::tls::Stream;
 /// listening socket, whose options Linux copies to every accepted one
 /// (system calls saved per connection); elsewhere on each accepted socket
 /// too. Changing them takes a restart.
-pub fn tune(socket: SockRef<'_>, g: &General) {
-    let _ = socket.set_tcp_nodelay(true);
-    if g.client_tcp_keepalive {
-        let keepalive = TcpKeepalive::new()
-            .with_time(g.client_tcp_keepidle)
-            .with_interval(g.client_tcp_keepintvl)
-            .with_retries(g.client_tcp_keepcnt);
-        let _ = socket.set_tcp_keepalive(&keepalive);
-    }
-    if !g.client_tcp_user_timeout.is_zero() {
-        let _ = socket.set_tcp_user_timeout(Some(g.client_tcp_user_timeout));
-    }
+pub fn tune(socket: SockRef<'_>, cfg: &Config) {
+    cfg.client_tcp().apply(socket);
 }
 
 /// Accepts clients until shutdown begins.
@@ -59,7 +49,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
             }
         };
         if cfg!(not(target_os = "linux")) {
-            tune(SockRef::from(&tcp), &ctx.config().pgmux);
+            tune(SockRef::from(&tcp), &ctx.config());
         }
         let mut stream = Stream::Plain(tcp);
         tracing::debug!(%peer, "client connected");
@@ -86,18 +76,17 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn client_socket_options_follow_the_config() {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let g = General {
-            client_tcp_keepidle: Duration::from_secs(7),
-            client_tcp_keepintvl: Duration::from_secs(3),
-            client_tcp_keepcnt: 4,
-            client_tcp_user_timeout: Duration::from_secs(11),
-            ..General::default()
-        };
-        tune(SockRef::from(&socket), &g);
+        let mut cfg = Config::default();
+        cfg.pgmux.client_tcp_keepidle = Duration::from_secs(7);
+        cfg.pgmux.client_tcp_keepintvl = Duration::from_secs(3);
+        cfg.pgmux.client_tcp_keepcnt = 4;
+        cfg.pgmux.client_tcp_user_timeout = Duration::from_secs(11);
+        tune(SockRef::from(&socket), &cfg);
         let s = SockRef::from(&socket);
         assert!(s.keepalive().unwrap());
         assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));

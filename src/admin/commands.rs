@@ -309,10 +309,15 @@ fn show_databases(ctx: &Context) -> Table {
         .map(|(name, db)| {
             let paused = ctx.pools.matching(Some(name)).iter().any(Pool::is_paused);
             let mode = db.pool_mode.unwrap_or(cfg.pgmux.pool_mode);
+            // Several hosts show as libpq writes them: comma-separated.
+            let hosts = cfg.hosts(db).unwrap_or_default();
+            let list = |f: fn(&crate::config::HostPort) -> String| {
+                hosts.iter().map(f).collect::<Vec<_>>().join(",")
+            };
             vec![
                 text(name),
-                text(&db.host),
-                text(db.port),
+                text(list(|h| h.host.clone())),
+                text(list(|h| h.port.to_string())),
                 text(db.dbname.as_deref().unwrap_or(name)),
                 db.server_user.clone(),
                 text(cfg.pool_size(db)),

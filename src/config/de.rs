@@ -118,6 +118,14 @@ pub fn opt_env_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
     env_string(d).map(Some)
 }
 
+/// serde: a list of strings, each with `${VAR}` expanded.
+pub fn env_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| expand_env(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// serde: writes a secret as a mask.
 pub fn ser_secret<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("********")

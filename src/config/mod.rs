@@ -5,7 +5,7 @@
 pub mod de;
 mod modes;
 
-pub use modes::{AuthType, PoolMode, SessionState, TlsMode};
+pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +78,38 @@ pub struct General {
     /// this drops the connection (0: the system's default).
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub client_tcp_user_timeout: Duration,
+    /// TCP keepalive on server sockets (PgBouncer's key): finds a server
+    /// that vanished without a word (instance lost, network cut).
+    pub tcp_keepalive: bool,
+    /// Idle time before the first keepalive probe to a server.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub tcp_keepidle: Duration,
+    /// Time between keepalive probes to a server.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub tcp_keepintvl: Duration,
+    /// Unanswered probes before a server connection is dropped.
+    pub tcp_keepcnt: u32,
+    /// TCP_USER_TIMEOUT on server sockets: data (or keepalive probes)
+    /// unacknowledged this long drop the connection (0: the system's
+    /// default, which retransmits for about 15 minutes).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub tcp_user_timeout: Duration,
+    /// Query run on a server idle longer than `server_check_delay` before
+    /// it is lent again; empty (default) relies on keepalive and a
+    /// non-blocking liveness check instead.
+    pub server_check_query: String,
+    /// Idle time after which `server_check_query` runs.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub server_check_delay: Duration,
+    /// Longest pause between attempts to open a server connection after
+    /// failures (the pause starts at 100ms and doubles, with jitter).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub server_login_retry: Duration,
+    /// How long a resolved host name is trusted: names are resolved again
+    /// this often, and connections to addresses no longer in the answer
+    /// are closed when next released.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub dns_max_ttl: Duration,
     /// Limit on opening one server connection (TCP + login).
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub server_connect_timeout: Duration,
@@ -153,6 +185,15 @@ impl Default for General {
             client_tcp_keepintvl: Duration::from_secs(10),
             client_tcp_keepcnt: 3,
             client_tcp_user_timeout: Duration::ZERO,
+            tcp_keepalive: true,
+            tcp_keepidle: Duration::from_secs(5),
+            tcp_keepintvl: Duration::from_secs(2),
+            tcp_keepcnt: 5,
+            tcp_user_timeout: Duration::from_secs(15),
+            server_check_query: String::new(),
+            server_check_delay: Duration::from_secs(30),
+            server_login_retry: Duration::from_secs(2),
+            dns_max_ttl: Duration::from_secs(15),
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(3600),
@@ -188,6 +229,18 @@ pub struct Database {
     /// Server port.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Several servers, `"host:port"` (or `"host"` with `port`), tried in
+    /// order (or randomly, see `load_balance_hosts`) until one qualifies
+    /// under `target_session_attrs`; replaces `host` when set.
+    #[serde(default, deserialize_with = "de::env_strings")]
+    pub hosts: Vec<String>,
+    /// Which of the hosts the pool may use (libpq's meaning).
+    #[serde(default)]
+    pub target_session_attrs: TargetSessionAttrs,
+    /// Spread connections over the qualifying hosts (`random`) or fill the
+    /// first one that qualifies (`disable`).
+    #[serde(default)]
+    pub load_balance_hosts: LoadBalanceHosts,
     /// Database name on the server (default: the table's name).
     #[serde(default, deserialize_with = "de::opt_env_string")]
     pub dbname: Option<String>,
@@ -245,6 +298,91 @@ fn default_host() -> String {
 
 fn default_port() -> u16 {
     5432
+}
+
+/// One server address as written: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or IP address (no brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Reads `host`, `host:port`, `[v6]` or `[v6]:port`; `port` when none is
+    /// written.
+    pub fn parse(s: &str, port: u16) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not host, host:port or [address]:port");
+        let (host, p) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
+            match tail {
+                "" => (h, None),
+                t => (h, Some(t.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else if s.matches(':').count() > 1 {
+            (s, None) // a bare IPv6 address
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = match p {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => port,
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Keepalive and user-timeout settings of a TCP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Send keepalive probes.
+    pub keepalive: bool,
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+    /// TCP_USER_TIMEOUT (zero: the system's default).
+    pub user_timeout: Duration,
+}
+
+impl TcpOptions {
+    /// Sets no-delay, keepalive and TCP_USER_TIMEOUT on a socket (best
+    /// effort: a platform without an option keeps its default).
+    pub fn apply(&self, socket: socket2::SockRef<'_>) {
+        let _ = socket.set_tcp_nodelay(true);
+        if self.keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(self.idle)
+                .with_interval(self.interval)
+                .with_retries(self.count);
+            let _ = socket.set_tcp_keepalive(&keepalive);
+        }
+        if !self.user_timeout.is_zero() {
+            let _ = socket.set_tcp_user_timeout(Some(self.user_timeout));
+        }
+    }
 }
 
 /// A `[users.NAME]` table.
@@ -355,6 +493,45 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(vec![format!("pgmux.listen: {e}")]))
     }
 
+    /// TCP options of client sockets.
+    pub fn client_tcp(&self) -> TcpOptions {
+        let g = &self.pgmux;
+        TcpOptions {
+            keepalive: g.client_tcp_keepalive,
+            idle: g.client_tcp_keepidle,
+            interval: g.client_tcp_keepintvl,
+            count: g.client_tcp_keepcnt,
+            user_timeout: g.client_tcp_user_timeout,
+        }
+    }
+
+    /// TCP options of server sockets.
+    pub fn server_tcp(&self) -> TcpOptions {
+        let g = &self.pgmux;
+        TcpOptions {
+            keepalive: g.tcp_keepalive,
+            idle: g.tcp_keepidle,
+            interval: g.tcp_keepintvl,
+            count: g.tcp_keepcnt,
+            user_timeout: g.tcp_user_timeout,
+        }
+    }
+
+    /// The servers of a database, in the order written: `hosts` when set,
+    /// else `host` and `port`.
+    pub fn hosts(&self, db: &Database) -> Result<Vec<HostPort>, String> {
+        if db.hosts.is_empty() {
+            return Ok(vec![HostPort {
+                host: db.host.clone(),
+                port: db.port,
+            }]);
+        }
+        db.hosts
+            .iter()
+            .map(|h| HostPort::parse(h, db.port))
+            .collect()
+    }
+
     /// Pool size for a database.
     pub fn pool_size(&self, db: &Database) -> u32 {
         db.pool_size.unwrap_or(self.pgmux.default_pool_size)
@@ -419,9 +596,12 @@ impl Config {
         }
     }
 
-    /// `[databases.*]`: pool sizes, server credentials, server TLS.
+    /// `[databases.*]`: hosts, pool sizes, server credentials, server TLS.
     fn check_databases(&self, errs: &mut Vec<String>) {
         for (name, db) in &self.databases {
+            if let Err(e) = self.hosts(db) {
+                errs.push(format!("databases.{name}.hosts: {e}"));
+            }
             if db.pool_size == Some(0) {
                 errs.push(format!("databases.{name}.pool_size must be at least 1"));
             }

@@ -66,3 +66,43 @@ impl TlsMode {
         self >= Self::Require
     }
 }
+
+/// Which servers a pool may use, as libpq's `target_session_attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Any server that accepts the login.
+    #[default]
+    Any,
+    /// A server whose sessions can write (not a standby, and
+    /// `default_transaction_read_only` off).
+    ReadWrite,
+    /// A server whose sessions are read-only (a standby, or
+    /// `default_transaction_read_only` on).
+    ReadOnly,
+    /// A server that is not in hot standby.
+    Primary,
+    /// A server in hot standby.
+    Standby,
+    /// A standby when one answers, otherwise any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// The pool must write: a server that turns read-only leaves it.
+    pub fn wants_writer(self) -> bool {
+        matches!(self, Self::ReadWrite | Self::Primary)
+    }
+}
+
+/// How a pool with several hosts spreads its connections, as libpq's
+/// `load_balance_hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalanceHosts {
+    /// Hosts are tried in the order written.
+    #[default]
+    Disable,
+    /// Hosts are tried in a random order for each new connection.
+    Random,
+}

@@ -28,6 +28,14 @@ impl Checkout {
         }
     }
 
+    /// Closes the connection: its server is no longer a writer, so every
+    /// other connection to that address goes too.
+    pub fn demoted(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.host_demoted(c);
+        }
+    }
+
     /// Closes the connection instead of reusing it.
     pub fn discard(mut self) {
         if let Some(c) = self.conn.take() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use super::PoolError;
-use crate::server::ServerConn;
+use crate::server::{Failure, ServerConn};
 
 /// What a waiting client receives.
 pub type Delivery = Result<ServerConn, PoolError>;
@@ -37,6 +37,40 @@ pub struct Inner {
     pub waiters: VecDeque<(Instant, oneshot::Sender<Delivery>)>,
     /// Every open connection by id.
     pub servers: HashMap<u64, ServerRow>,
+    /// Failed attempts to open a connection since the last success.
+    pub failures: u32,
+    /// After a failure, no attempt starts before this (but the one retry).
+    pub backoff_until: Option<Instant>,
+    /// A retry is scheduled for `backoff_until`.
+    pub retry_pending: bool,
+    /// The last failure to open a connection, until one succeeds.
+    pub last_error: Option<(PoolError, Failure)>,
+    /// Addresses whose connections opened before the instant must not be
+    /// lent again: the host changed role, or its name no longer resolves
+    /// to it.
+    pub stale_addrs: Vec<(SocketAddr, Instant)>,
+}
+
+/// Whether to open a connection for a new waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Nothing to do: one is opening, or the pool is full.
+    No,
+    /// Open one now.
+    Now,
+    /// Open one at this instant (the end of a backoff).
+    At(Instant),
+}
+
+/// The pause before the next attempt after `failures` failures in a row:
+/// 100ms doubling up to `max`, the upper half of it at random so that
+/// pools (and pgmux instances) do not retry in step.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    use rand::RngExt;
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max);
+    base.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// The outcome of asking for a connection.
@@ -45,9 +79,12 @@ pub struct Inner {
 pub enum Take {
     /// An idle connection.
     Ready(ServerConn),
-    /// Wait on this receiver; `open` says whether the caller must start a
-    /// new connection for the pool.
-    Wait(oneshot::Receiver<Delivery>, bool),
+    /// Wait on this receiver; `Open` says whether (and when) the caller
+    /// must start a new connection for the pool.
+    Wait(oneshot::Receiver<Delivery>, Open),
+    /// The pool failed to open a connection moments ago for a reason
+    /// waiting will not fix (backoff running): this error, at once.
+    Fail(PoolError),
 }
 
 impl Inner {
@@ -64,9 +101,66 @@ impl Inner {
         if let Some(conn) = self.take_idle(lifetime, generation, dead) {
             return Take::Ready(conn);
         }
+        if let Some((err, kind)) = &self.last_error {
+            if *kind != Failure::Transient && self.in_backoff(Instant::now()) {
+                return Take::Fail(err.clone());
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((Instant::now(), tx));
-        Take::Wait(rx, self.reserve_open(size))
+        if self.reserve_open(size) {
+            return Take::Wait(rx, Open::Now);
+        }
+        Take::Wait(rx, self.schedule_retry())
+    }
+
+    fn in_backoff(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|t| now < t)
+    }
+
+    /// After failures, when nothing is opening: the one retry, at the end
+    /// of the backoff (`Open::No` when it is already scheduled).
+    pub fn schedule_retry(&mut self) -> Open {
+        match self.backoff_until {
+            Some(t) if self.failures > 0 && self.opening == 0 && !self.retry_pending => {
+                self.retry_pending = true;
+                Open::At(t)
+            }
+            _ => Open::No,
+        }
+    }
+
+    /// The scheduled retry is due: the backoff is over.
+    pub fn retry_due(&mut self) {
+        self.retry_pending = false;
+        self.backoff_until = None;
+    }
+
+    /// Whether a connection to `addr` opened at `opened` must not be lent.
+    pub fn is_stale_addr(&self, addr: SocketAddr, opened: Instant) -> bool {
+        self.stale_addrs
+            .iter()
+            .any(|(a, since)| *a == addr && opened <= *since)
+    }
+
+    /// Connections to `addr` opened until now go when next seen; idle ones
+    /// are returned to be closed outside the lock.
+    pub fn mark_stale(&mut self, addr: SocketAddr, now: Instant) -> Vec<ServerConn> {
+        self.stale_addrs.retain(|(a, _)| *a != addr);
+        self.stale_addrs.push((addr, now));
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.idle.len() {
+            if self.idle[i].key.addr == addr {
+                if let Some(c) = self.idle.remove(i) {
+                    self.forget(c.id);
+                    out.push(c);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
     }
 
     /// Takes the most recently used idle connection that is still good,
@@ -80,7 +174,10 @@ impl Inner {
     ) -> Option<ServerConn> {
         let now = Instant::now();
         while let Some(conn) = self.idle.pop_back() {
-            if conn.age(now) < lifetime && conn.generation >= generation && conn.is_clean_idle(now)
+            if conn.age(now) < lifetime
+                && conn.generation >= generation
+                && conn.is_clean_idle(now)
+                && !self.is_stale_addr(conn.key.addr, conn.created())
             {
                 return Some(conn);
             }
@@ -104,9 +201,11 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// Counts a new connection to open, if there is room and someone waits.
+    /// Counts a new connection to open, if there is room and someone waits
+    /// (after failures: one attempt at a time, none during the backoff).
     pub fn reserve_open(&mut self, size: usize) -> bool {
-        if self.total < size && self.opening < self.live_waiters() {
+        let held_back = self.failures > 0 && (self.opening > 0 || self.in_backoff(Instant::now()));
+        if !held_back && self.total < size && self.opening < self.live_waiters() {
             self.total += 1;
             self.opening += 1;
             true
@@ -115,9 +214,12 @@ impl Inner {
         }
     }
 
-    /// A connection finished opening.
+    /// A connection finished opening: failures are over.
     pub fn opened(&mut self, conn: &ServerConn) {
         self.opening -= 1;
+        self.failures = 0;
+        self.backoff_until = None;
+        self.last_error = None;
         self.servers.insert(
             conn.id,
             ServerRow {
@@ -147,17 +249,30 @@ impl Inner {
         self.servers.remove(&id);
     }
 
-    /// A connection attempt failed: tell the oldest waiter, and every waiter
-    /// when nothing else is open or opening that could serve them.
-    pub fn open_failed(&mut self, err: PoolError) {
+    /// A connection attempt failed. A failure retrying may fix (a
+    /// failover under way) leaves the waiters waiting; any other is told to
+    /// the oldest waiter, and to every waiter when nothing else is open or
+    /// opening that could serve them. Either way the next attempt waits
+    /// out a backoff; returns when to retry, if a retry is needed.
+    pub fn open_failed(&mut self, err: PoolError, kind: Failure, retry_max: Duration) -> Open {
         self.opening -= 1;
         self.total -= 1;
-        let all = self.total == 0;
-        while let Some((_, w)) = self.waiters.pop_front() {
-            let delivered = w.send(Err(err.clone())).is_ok();
-            if delivered && !all {
-                break;
+        self.failures = self.failures.saturating_add(1);
+        self.backoff_until = Some(Instant::now() + backoff(self.failures, retry_max));
+        if kind != Failure::Transient {
+            let all = self.total == 0;
+            while let Some((_, w)) = self.waiters.pop_front() {
+                let delivered = w.send(Err(err.clone())).is_ok();
+                if delivered && !all {
+                    break;
+                }
             }
+        }
+        self.last_error = Some((err, kind));
+        if self.live_waiters() > 0 {
+            self.schedule_retry()
+        } else {
+            Open::No
         }
     }
 

@@ -3,8 +3,11 @@
 //! A pool opens servers lazily up to its size, queues clients FIFO when all
 //! are busy, hands a returned server straight to the oldest waiter, and
 //! closes servers past their idle timeout or lifetime in the background.
-//! Its settings can change while it runs (reload); a retired pool keeps
-//! serving the sessions that hold it and closes servers as they come back.
+//! When opening fails it backs off (one attempt at a time, jittered), and
+//! during a failover its clients keep waiting rather than fail. Its
+//! settings and its servers' address can change while it runs (reload):
+//! servers of the old address close as they come back. A retired pool
+//! (database or user removed) serves the sessions that still hold it.
 
 mod checkout;
 mod inner;
@@ -23,10 +26,10 @@ pub use checkout::Checkout;
 pub use inner::ServerRow;
 pub use set::{PoolKey, PoolSet};
 
-use crate::config::PoolMode;
-use crate::server::{connect, ServerConn, ServerError, ServerTarget};
+use crate::config::{PoolMode, TcpOptions};
+use crate::server::{ConnectOptions, ServerConn, ServerError, ServerTarget};
 use crate::stats::{PoolMetrics, PoolSnapshot};
-use inner::{Inner, Take};
+use inner::{Inner, Open, Take};
 
 /// Why a client got no server.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,8 +70,18 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// How long a client waits for a server.
     pub wait_timeout: Duration,
-    /// Limit on opening one server connection.
+    /// Limit on opening one server connection (per address tried).
     pub connect_timeout: Duration,
+    /// Keepalive and user timeout of server sockets.
+    pub tcp: TcpOptions,
+    /// Query checking a server idle longer than `check_delay` (empty: none).
+    pub check_query: String,
+    /// Idle time after which `check_query` runs before lending.
+    pub check_delay: Duration,
+    /// Longest pause between attempts after failures.
+    pub retry_max: Duration,
+    /// How often host names are resolved again.
+    pub dns_ttl: Duration,
     /// Idle servers older than this are closed.
     pub idle_timeout: Duration,
     /// Servers older than this are closed once released.
@@ -87,14 +100,37 @@ pub struct PoolSettings {
     pub query_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// How this pool opens server connections.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            timeout: self.connect_timeout,
+            max_message_size: self.max_message_size,
+            tcp: self.tcp,
+        }
+    }
+
+    /// The idle time past which a server is checked before it is lent,
+    /// when a check query is set.
+    pub fn check_due(&self) -> Option<Duration> {
+        (!self.check_query.is_empty()).then_some(self.check_delay)
+    }
+}
+
 /// ParameterStatus names and values, as a server reported them.
 pub type ParamList = Arc<Vec<(String, String)>>;
+
+/// Where a pool's servers are and the TLS to reach them; replaced whole
+/// when a reload moves the database.
+struct Route {
+    target: Arc<ServerTarget>,
+    tls: Option<TlsConnector>,
+}
 
 struct Shared {
     name: String,
     key: PoolKey,
-    target: ServerTarget,
-    tls: Option<TlsConnector>,
+    route: RwLock<Arc<Route>>,
     settings: RwLock<Arc<PoolSettings>>,
     inner: Mutex<Inner>,
     /// ParameterStatus values of the first server opened, shown to clients at login.
@@ -136,8 +172,10 @@ impl Pool {
             shared: Arc::new(Shared {
                 name: format!("{}/{}", key.database, key.user),
                 key,
-                target,
-                tls,
+                route: RwLock::new(Arc::new(Route {
+                    target: Arc::new(target),
+                    tls,
+                })),
                 settings: RwLock::new(Arc::new(settings)),
                 inner: Mutex::new(Inner::default()),
                 startup_params: Mutex::new(None),
@@ -168,8 +206,18 @@ impl Pool {
     }
 
     /// Where its servers are.
-    pub fn target(&self) -> &ServerTarget {
-        &self.shared.target
+    pub fn target(&self) -> Arc<ServerTarget> {
+        self.shared.route.read().target.clone()
+    }
+
+    /// Whether the pool was retired (its database or user removed).
+    pub fn is_retired(&self) -> bool {
+        self.shared.retired.load(Ordering::Relaxed)
+    }
+
+    /// Logged-in clients of this pool.
+    pub fn clients(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
     }
 
     /// Its statistics.
@@ -190,23 +238,69 @@ impl Pool {
         if *s.paused.borrow() {
             return None;
         }
-        let lifetime = s.settings.read().lifetime;
+        let (lifetime, check) = {
+            let st = s.settings.read();
+            (st.lifetime, st.check_due())
+        };
         let generation = s.generation.load(Ordering::Relaxed);
         let mut dead = Vec::new();
-        let conn = s.inner.lock().take_idle(lifetime, generation, &mut dead);
+        let conn = {
+            let mut inner = s.inner.lock();
+            let conn = inner.take_idle(lifetime, generation, &mut dead);
+            match conn {
+                // Checking it is async: leave it to `get`.
+                Some(c) if check.is_some_and(|d| c.last_used.elapsed() >= d) => {
+                    inner.idle.push_back(c);
+                    None
+                }
+                c => c,
+            }
+        };
         drop(dead);
         conn.map(|c| Checkout::new(self.clone(), c))
     }
 
     /// Gets a server connection, waiting in line up to `query_wait_timeout`
-    /// (time spent paused counts too).
+    /// (time spent paused counts too); a server idle past
+    /// `server_check_delay` is checked first.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
-        let s = &self.shared;
         let st = self.settings();
         let deadline = tokio::time::Instant::now() + st.wait_timeout;
-        let timeout = || PoolError::WaitTimeout {
-            pool: s.name.clone(),
-            timeout: st.wait_timeout,
+        loop {
+            let mut conn = self.get_until(deadline, &st).await?;
+            let due = st.check_due();
+            if due.is_none_or(|d| conn.last_used.elapsed() < d) {
+                return Ok(conn);
+            }
+            let checked = tokio::time::timeout(
+                st.connect_timeout,
+                conn.run_internal(&st.check_query, st.max_message_size),
+            )
+            .await;
+            match checked {
+                Ok(Ok(crate::protocol::TxStatus::Idle)) => return Ok(conn),
+                _ => {
+                    tracing::info!(pool = %self.name(), server = conn.id, "server failed server_check_query; closed");
+                    conn.discard();
+                }
+            }
+        }
+    }
+
+    async fn get_until(
+        &self,
+        deadline: tokio::time::Instant,
+        st: &PoolSettings,
+    ) -> Result<Checkout, PoolError> {
+        let s = &self.shared;
+        // Past the deadline a client hears why the pool could not open a
+        // server (a failover that outlasted its wait), else that all were busy.
+        let timeout = || match &s.inner.lock().last_error {
+            Some((e, _)) => e.clone(),
+            None => PoolError::WaitTimeout {
+                pool: s.name.clone(),
+                timeout: st.wait_timeout,
+            },
         };
         if *s.paused.borrow() {
             let mut paused = s.paused.subscribe();
@@ -226,10 +320,9 @@ impl Pool {
         drop(dead);
         let mut rx = match take {
             Take::Ready(conn) => return Ok(Checkout::new(self.clone(), conn)),
+            Take::Fail(e) => return Err(e),
             Take::Wait(rx, open) => {
-                if open {
-                    self.spawn_open();
-                }
+                self.act(open);
                 rx
             }
         };
@@ -268,18 +361,32 @@ impl Pool {
             .clone()
     }
 
-    /// Returns a clean connection to the pool.
+    /// Returns a clean connection to the pool. One that is too old, of an
+    /// old generation (RECONNECT, a moved database), to an address retired,
+    /// or whose server no longer has the role the pool needs, is closed.
     fn checkin(&self, conn: ServerConn) {
         let s = &self.shared;
         let st = self.settings();
         let now = Instant::now();
+        let attrs = self.target().target_session_attrs;
+        let wrong_role = conn
+            .reported_role()
+            .is_some_and(|r| !crate::server::accepts(attrs, r));
+        if wrong_role && attrs.wants_writer() {
+            return self.host_demoted(conn);
+        }
         let stale = conn.age(now) >= st.lifetime
+            || wrong_role
             || conn.generation < s.generation.load(Ordering::Relaxed)
-            || s.retired.load(Ordering::Relaxed);
+            || (s.retired.load(Ordering::Relaxed) && s.clients.load(Ordering::Relaxed) == 0);
         if stale {
             return self.discard(conn);
         }
         let mut inner = s.inner.lock();
+        if inner.is_stale_addr(conn.key.addr, conn.created()) {
+            drop(inner);
+            return self.discard(conn);
+        }
         // After a shrink, a connection beyond the new size closes unless
         // someone is waiting for it.
         if inner.total > st.size && inner.live_waiters() == 0 {
@@ -305,18 +412,53 @@ impl Pool {
         }
     }
 
+    /// The server of `conn` is no longer a writer (it answered 25006, or
+    /// reported hot standby) and this pool needs one: it and every other
+    /// connection to that address opened so far go, and the next
+    /// connection looks for the new primary.
+    pub fn host_demoted(&self, conn: ServerConn) {
+        let addr = conn.key.addr;
+        tracing::warn!(pool = %self.name(), server = %addr, "server is no longer a writer; its connections are closed and a new primary is looked for");
+        self.address_gone(addr);
+        self.discard(conn);
+    }
+
+    /// A host name no longer resolves to `addr`: connections to it opened
+    /// so far are not lent again.
+    pub fn address_gone(&self, addr: std::net::SocketAddr) {
+        let idle = self.shared.inner.lock().mark_stale(addr, Instant::now());
+        drop(idle);
+    }
+
+    /// Starts opening a connection now, or schedules the retry.
+    fn act(&self, open: Open) {
+        match open {
+            Open::No => {}
+            Open::Now => self.spawn_open(),
+            Open::At(when) => {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(when.into()).await;
+                    let size = pool.settings().size;
+                    let open = {
+                        let mut inner = pool.shared.inner.lock();
+                        inner.retry_due();
+                        inner.reserve_open(size)
+                    };
+                    if open {
+                        pool.spawn_open();
+                    }
+                });
+            }
+        }
+    }
+
     fn spawn_open(&self) {
         let pool = self.clone();
         tokio::spawn(async move {
-            let s = &pool.shared;
-            let st = pool.settings();
-            let res = tokio::time::timeout(
-                st.connect_timeout,
-                connect(&s.target, s.tls.as_ref(), st.max_message_size),
-            )
-            .await
-            .unwrap_or(Err(ServerError::Timeout));
-            match res {
+            let route = pool.shared.route.read().clone();
+            let opts = pool.settings().connect_options();
+            match crate::server::open(&route.target, route.tls.as_ref(), &opts).await {
                 Ok(conn) => pool.opened(conn),
                 Err(e) => pool.open_failed(e),
             }
@@ -330,24 +472,41 @@ impl Pool {
         s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);
         conn.generation = s.generation.load(Ordering::Relaxed);
         self.note_startup_params(&conn);
-        let mut inner = s.inner.lock();
-        inner.opened(&conn);
-        inner.put(conn, Instant::now());
+        let size = self.settings().size;
+        let mut more = 0;
+        {
+            let mut inner = s.inner.lock();
+            inner.opened(&conn);
+            inner.put(conn, Instant::now());
+            // After failures only one attempt ran: the rest of the queue
+            // gets its connections now.
+            while inner.reserve_open(size) {
+                more += 1;
+            }
+        }
+        for _ in 0..more {
+            self.spawn_open();
+        }
     }
 
-    /// Opening failed: waiting clients are told why.
+    /// Opening failed: waiting clients are told why, unless a retry may
+    /// fix it (they keep waiting while the pool backs off and retries).
     fn open_failed(&self, e: ServerError) {
         let s = &self.shared;
-        tracing::warn!(pool = %s.name, error = %e, "server connection failed");
-        let code = match &e {
-            ServerError::Server { code, .. } => Some(code.clone()),
-            _ => None,
-        };
-        s.inner.lock().open_failed(PoolError::Connect {
+        let kind = e.failure();
+        tracing::warn!(pool = %s.name, error = %e, ?kind, "server connection failed");
+        s.metrics
+            .counters
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let err = PoolError::Connect {
             pool: s.name.clone(),
             reason: e.to_string(),
-            code,
-        });
+            code: e.code(),
+        };
+        let retry_max = self.settings().retry_max;
+        let open = s.inner.lock().open_failed(err, kind, retry_max);
+        self.act(open);
     }
 
     /// Applies new settings: a smaller pool closes idle servers now and busy
@@ -392,11 +551,27 @@ impl Pool {
         drop(closed);
     }
 
-    /// Takes the pool out of service: sessions holding it go on, servers
-    /// close as they come back (reload removed or moved its database).
+    /// Points the pool at new servers (a reload changed the database's
+    /// hosts, TLS or server login): idle servers close now, busy ones when
+    /// released, and every client's next transaction opens at the new target.
+    pub fn retarget(&self, target: ServerTarget, tls: Option<TlsConnector>) {
+        *self.shared.route.write() = Arc::new(Route {
+            target: Arc::new(target),
+            tls,
+        });
+        *self.shared.startup_params.lock() = None;
+        self.reconnect();
+    }
+
+    /// Takes the pool out of service (its database or user was removed):
+    /// sessions holding it go on; once the last has left its servers close.
     pub fn retire(&self) {
         self.shared.retired.store(true, Ordering::Relaxed);
-        self.reconnect();
+    }
+
+    /// A retired pool with nothing left: no client, no server.
+    pub fn is_drained(&self) -> bool {
+        self.is_retired() && self.clients() == 0 && self.shared.inner.lock().total == 0
     }
 
     /// State for monitoring.

@@ -24,6 +24,9 @@ pub struct PoolKey {
 #[derive(Default)]
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Pools whose database or user was removed, kept (and shown) until
+    /// their last client and server are gone.
+    retired: Mutex<Vec<(PoolKey, Pool)>>,
     /// Server login secrets of users found with `auth_query`, by pool.
     looked_up: Mutex<HashMap<PoolKey, Secret>>,
 }
@@ -47,8 +50,9 @@ fn plan(
     };
     let (tls_mode, tls_ca) = cfg.server_tls(db);
     let target = ServerTarget {
-        host: db.host.clone(),
-        port: db.port,
+        hosts: cfg.hosts(db).ok()?,
+        target_session_attrs: db.target_session_attrs,
+        load_balance: db.load_balance_hosts,
         dbname: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
         user: server_user,
         password: Some(password),
@@ -62,6 +66,11 @@ fn plan(
         mode: user_mode.or(db.pool_mode).unwrap_or(g.pool_mode),
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
+        tcp: cfg.server_tcp(),
+        check_query: g.server_check_query.clone(),
+        check_delay: g.server_check_delay,
+        retry_max: g.server_login_retry,
+        dns_ttl: g.dns_max_ttl,
         idle_timeout: g.server_idle_timeout,
         lifetime: g.server_lifetime,
         max_message_size: g.max_message_size,
@@ -83,6 +92,11 @@ fn plan(
     Some((target, settings))
 }
 
+/// The TLS connector for a target's settings.
+fn connector(t: &ServerTarget) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+    crate::tls::connector::build(t.tls_mode, t.tls_ca.as_deref())
+}
+
 impl PoolSet {
     /// The pool for `key`, created from `cfg` if this is its first use.
     /// Fails when the database or user is not configured, or the server TLS
@@ -101,29 +115,36 @@ impl PoolSet {
         secret: Option<Secret>,
     ) -> Result<Pool, String> {
         let mut pools = self.pools.lock();
+        let mut new_secret = false;
         if let Some(s) = &secret {
             let mut looked_up = self.looked_up.lock();
             if looked_up.get(key) != Some(s) {
                 looked_up.insert(key.clone(), s.clone());
-                if let Some(old) = pools.remove(key) {
-                    old.retire();
-                }
+                new_secret = true;
             }
         }
+        let looked_up = self.looked_up.lock().get(key).cloned();
         if let Some(p) = pools.get(key) {
+            if new_secret {
+                // A new password: servers logged in with the old one go.
+                if let Some((target, _)) = plan(cfg, key, looked_up.as_ref()) {
+                    let connector = connector(&target)?;
+                    p.retarget(target, connector);
+                }
+            }
             return Ok(p.clone());
         }
-        let looked_up = self.looked_up.lock().get(key).cloned();
         let (target, settings) =
             plan(cfg, key, looked_up.as_ref()).ok_or("database or user is no longer configured")?;
-        let connector = crate::tls::connector::build(target.tls_mode, target.tls_ca.as_deref())?;
+        let connector = connector(&target)?;
         let metrics = metrics.pool(&key.database, &key.user);
         let pool = Pool::new(key.clone(), target, settings, connector, metrics);
         pools.insert(key.clone(), pool.clone());
         Ok(pool)
     }
 
-    /// Every pool, for monitoring, in key order.
+    /// Every pool, for monitoring, in key order: the live ones, then the
+    /// retired ones still draining.
     pub fn all(&self) -> Vec<(PoolKey, Pool)> {
         let mut v: Vec<_> = self
             .pools
@@ -132,17 +153,23 @@ impl PoolSet {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut retired = self.retired.lock();
+        retired.retain(|(_, p)| !p.is_drained());
+        v.extend(retired.iter().cloned());
         v
     }
 
     /// Brings the pools in line with a new configuration. Pools whose
-    /// database or user is gone, or whose server target changed, are retired
-    /// (their sessions go on, their servers drain); others take the new
-    /// settings in place. Returns one line per change.
+    /// database or user is gone are retired (their sessions go on, then
+    /// their servers close); pools whose servers moved (hosts, TLS, server
+    /// login) are pointed at the new ones in place, so every client moves
+    /// at its next transaction; others take the new settings in place.
+    /// Returns one line per change.
     pub fn reconcile(&self, cfg: &Config) -> Vec<String> {
         let mut changes = Vec::new();
         let mut pools = self.pools.lock();
         let looked_up = self.looked_up.lock();
+        let mut retired = Vec::new();
         pools.retain(|key, pool| {
             let name = pool.name().to_owned();
             let found = if cfg.pgmux.auth_user.is_some() {
@@ -152,18 +179,25 @@ impl PoolSet {
             };
             match plan(cfg, key, found) {
                 None => {
-                    changes.push(format!("pool {name}: removed (open servers drain)"));
-                    pool.retire();
-                    false
-                }
-                Some((target, _)) if &target != pool.target() => {
                     changes.push(format!(
-                        "pool {name}: server changed; old servers drain, new ones open on demand"
+                        "pool {name}: removed (its sessions go on; servers close after the last)"
                     ));
                     pool.retire();
+                    retired.push((key.clone(), pool.clone()));
                     false
                 }
-                Some((_, settings)) => {
+                Some((target, settings)) => {
+                    if target != *pool.target() {
+                        match connector(&target) {
+                            Ok(tls) => {
+                                changes.push(format!(
+                                    "pool {name}: server changed; clients move at their next transaction, old servers close as released"
+                                ));
+                                pool.retarget(target, tls);
+                            }
+                            Err(e) => changes.push(format!("pool {name}: server unchanged: {e}")),
+                        }
+                    }
                     let old = pool.settings();
                     if *old != settings {
                         if old.size != settings.size {
@@ -180,6 +214,7 @@ impl PoolSet {
                 }
             }
         });
+        self.retired.lock().extend(retired);
         changes
     }
 

@@ -1,6 +1,7 @@
-//! Opening a server connection: TCP, StartupMessage, authentication as
-//! whatever the server asks (SCRAM-SHA-256, MD5, cleartext or trust), then
-//! the ParameterStatus and BackendKeyData that precede ReadyForQuery.
+//! Logging in over a new server socket: TLS, StartupMessage,
+//! authentication as whatever the server asks (SCRAM-SHA-256, MD5,
+//! cleartext or trust), then the ParameterStatus and BackendKeyData that
+//! precede ReadyForQuery. Which host to connect to is `hosts`' business.
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -8,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::{HostPort, LoadBalanceHosts, TargetSessionAttrs};
 use crate::tls::connector::server_name;
 use crate::tls::{Stream, TlsMode};
 
@@ -20,10 +22,12 @@ use crate::protocol::{be, encode, Frame};
 /// Where a pool's servers live and whom to log in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
+    /// The servers, in the order written (at least one).
+    pub hosts: Vec<HostPort>,
+    /// Which servers qualify.
+    pub target_session_attrs: TargetSessionAttrs,
+    /// Whether hosts are tried in a random order.
+    pub load_balance: LoadBalanceHosts,
     /// Database name on the server.
     pub dbname: String,
     /// Role to log in as.
@@ -40,6 +44,7 @@ pub struct ServerTarget {
 /// answer (nothing may be buffered before the handshake), then the handshake.
 async fn negotiate_tls(
     t: &ServerTarget,
+    host: &str,
     mut tcp: TcpStream,
     tls: Option<&TlsConnector>,
 ) -> Result<Stream, ServerError> {
@@ -52,7 +57,7 @@ async fn negotiate_tls(
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
-        b'S' => handshake(t, tcp, connector).await,
+        b'S' => handshake(host, tcp, connector).await,
         b'N' if !t.tls_mode.required() => Ok(Stream::Plain(tcp)),
         b'N' => Err(ServerError::Tls(format!(
             "the server does not support TLS and server_tls_mode is {:?}",
@@ -66,11 +71,11 @@ async fn negotiate_tls(
 
 /// The TLS handshake after the server said `S`.
 async fn handshake(
-    t: &ServerTarget,
+    host: &str,
     tcp: TcpStream,
     connector: &TlsConnector,
 ) -> Result<Stream, ServerError> {
-    let name = server_name(&t.host).map_err(ServerError::Tls)?;
+    let name = server_name(host).map_err(ServerError::Tls)?;
     let s = connector
         .connect(name, tcp)
         .await
@@ -78,16 +83,17 @@ async fn handshake(
     Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(s))))
 }
 
-/// Opens and logs in a new server connection (no timeout: the pool adds one).
-pub async fn connect(
+/// Logs in over a new socket to `host` (its name, for TLS verification);
+/// no timeout: the caller adds one.
+pub(super) async fn login(
     t: &ServerTarget,
+    host: &str,
+    tcp: TcpStream,
     tls: Option<&TlsConnector>,
     max_msg: usize,
 ) -> Result<ServerConn, ServerError> {
-    let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
-    tcp.set_nodelay(true)?;
     let addr = tcp.peer_addr()?;
-    let stream = negotiate_tls(t, tcp, tls).await?;
+    let stream = negotiate_tls(t, host, tcp, tls).await?;
     let mut conn = ServerConn::new(stream, addr);
     let mut out = BytesMut::new();
     encode::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)])?;

@@ -3,6 +3,7 @@
 //! between clients (parameter sync and reset).
 
 mod connect;
+mod hosts;
 mod identity;
 
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::tls::Stream;
 
-pub use connect::{connect, ServerTarget};
+pub use connect::ServerTarget;
+pub use hosts::{accepts, ask_role, open, resolve, ConnectOptions, Failure, Role};
 pub use identity::{Restored, SessionIdentity};
 
 use crate::protocol::frame::{cstr, make_room, split_frame};
@@ -47,6 +49,18 @@ pub enum ServerError {
     /// TLS could not be set up as configured.
     #[error("{0}")]
     Tls(String),
+    /// The server logged in but its role does not suit the pool's
+    /// `target_session_attrs`.
+    #[error("{0}")]
+    Role(String),
+    /// Every host failed, each for its own reason.
+    #[error("no host could be used: {}", hosts_summary(.0))]
+    Hosts(Vec<(crate::config::HostPort, ServerError)>),
+}
+
+fn hosts_summary(all: &[(crate::config::HostPort, ServerError)]) -> String {
+    let parts: Vec<String> = all.iter().map(|(h, e)| format!("{h}: {e}")).collect();
+    parts.join("; ")
 }
 
 impl From<FrameError> for ServerError {
@@ -128,6 +142,9 @@ pub struct ServerConn {
     /// under a name any later client may execute (statement tracking off):
     /// every hold ends with a check.
     identity_sticky: bool,
+    /// The server answered a write with "read-only transaction" (25006):
+    /// its role is checked before it goes back to a pool that must write.
+    pub role_suspect: bool,
 }
 
 /// The columns of a DataRow as text (`None` for NULL or malformed).
@@ -196,7 +213,13 @@ impl ServerConn {
             login: Default::default(),
             identity_changed: false,
             identity_sticky: false,
+            role_suspect: false,
         }
+    }
+
+    /// When the connection was opened.
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// Age of the connection.
@@ -239,6 +262,17 @@ impl ServerConn {
     /// Current value of a parameter by lowercase name.
     pub fn param(&self, lower_name: &str) -> Option<&str> {
         self.current.get(lower_name).map(String::as_str)
+    }
+
+    /// The server's role as it reports it (PostgreSQL 14 and later report
+    /// `in_hot_standby`, and follow a promotion with a new value).
+    pub fn reported_role(&self) -> Option<Role> {
+        let standby = self.param("in_hot_standby")? == "on";
+        let read_only = self.param("default_transaction_read_only") == Some("on");
+        Some(Role {
+            standby,
+            read_only: standby || read_only,
+        })
     }
 
     /// Lowercase names pgmux set on this server that it does not report.

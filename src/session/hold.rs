@@ -78,11 +78,17 @@ impl Session {
     pub(super) fn close_server(&mut self) {
         self.touched = Effects::NONE;
         self.set_pin(None);
-        self.cancel.slot.set_target(None);
-        self.listed.info.set_state(ClientState::Idle);
-        if let Some(s) = self.server.take() {
+        if let Some(s) = self.let_go() {
             s.discard();
         }
+    }
+
+    /// Stops holding the server: cancels no longer go to it, and the
+    /// client shows as idle. The caller says how the server ends.
+    pub(super) fn let_go(&mut self) -> Option<Checkout> {
+        self.cancel.slot.set_target(None);
+        self.listed.info.set_state(ClientState::Idle);
+        self.server.take()
     }
 
     /// Holds a server: the client's requests go there now.
@@ -96,10 +102,10 @@ impl Session {
     }
 
     pub(super) fn release(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.cancel.slot.set_target(None);
-            self.listed.info.set_state(ClientState::Idle);
-            s.release();
+        if self.server.is_some() {
+            if let Some(s) = self.let_go() {
+                s.release();
+            }
         }
     }
 

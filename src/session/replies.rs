@@ -52,6 +52,9 @@ impl Session {
             if self.touched.settings {
                 Box::pin(self.settle_settings()).await?;
             }
+            if self.server.as_ref().is_some_and(|s| s.role_suspect) {
+                Box::pin(self.check_role()).await;
+            }
             if self.identity_needs_restore() {
                 Box::pin(self.restore_identity()).await?;
             }
@@ -80,7 +83,11 @@ impl Session {
                 }
                 self.on_ready();
             }
-            be::ERROR_RESPONSE => return classify_error(frame),
+            be::ERROR_RESPONSE => {
+                let (stale, fatal, read_only) = classify_error(frame);
+                server.role_suspect |= read_only;
+                return (stale, fatal);
+            }
             _ => {}
         }
         (false, false)
@@ -187,19 +194,45 @@ impl Session {
         self.cout.clear();
         res.map_err(|_| End::ClientGone)
     }
+
+    /// The server answered "read-only transaction" (25006). A client can
+    /// cause that itself (SET TRANSACTION READ ONLY), so the server is
+    /// asked its role; one that no longer suits the pool (a writer pool
+    /// landed on a demoted primary or a reader) is closed with every other
+    /// connection to its address, and the pool looks for the new primary.
+    async fn check_role(&mut self) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        server.role_suspect = false;
+        let attrs = self.pool.target().target_session_attrs;
+        if !attrs.wants_writer() {
+            return;
+        }
+        match crate::server::ask_role(server, self.max_msg).await {
+            Ok(role) if crate::server::accepts(attrs, role) => {}
+            Ok(_) => {
+                if let Some(s) = self.let_go() {
+                    s.demoted();
+                }
+            }
+            Err(_) => self.close_server(),
+        }
+    }
 }
 
 /// Reads a server ErrorResponse: (is it "cached plan must not change result
 /// type", i.e. the statement must be prepared again after a schema change;
-/// is it FATAL, i.e. the server is closing).
-pub(super) fn classify_error(frame: &Frame) -> (bool, bool) {
+/// is it FATAL, i.e. the server is closing; is it 25006 "read-only
+/// transaction").
+pub(super) fn classify_error(frame: &Frame) -> (bool, bool, bool) {
     let Some(f) = ErrorFields::parse(frame.body()) else {
-        return (false, false);
+        return (false, false, false);
     };
     tracing::debug!(code = %String::from_utf8_lossy(f.code), message = %f.message_lossy(), "server error");
     let stale = f.code == b"0A000"
         && f.message
             .starts_with(b"cached plan must not change result type");
     let fatal = matches!(f.severity, b"FATAL" | b"PANIC");
-    (stale, fatal)
+    (stale, fatal, f.code == b"25006")
 }

@@ -38,6 +38,8 @@ pub mod names {
     pub const BYTES: &str = "pgmux_bytes_total";
     /// Server connections opened.
     pub const SERVER_CONNECTIONS_OPENED: &str = "pgmux_server_connections_opened_total";
+    /// Failed attempts to open a server connection.
+    pub const SERVER_CONNECT_FAILURES: &str = "pgmux_server_connect_failures_total";
     /// Errors by reason.
     pub const ERRORS: &str = "pgmux_errors_total";
     /// Prepared statement outcomes.
@@ -105,6 +107,8 @@ pub struct PoolCounters {
     pub bytes_out: AtomicU64,
     /// Server connections opened.
     pub opened: AtomicU64,
+    /// Failed attempts to open one (each round over the hosts counts once).
+    pub connect_failures: AtomicU64,
     /// Total microseconds clients waited for a server.
     pub wait_us: AtomicU64,
     /// Total microseconds spent in transactions.
@@ -290,6 +294,9 @@ impl Metrics {
             (counter(names::SERVER_CONNECTIONS_OPENED, None), |c| {
                 c.opened.load(Ordering::Relaxed)
             }),
+            (counter(names::SERVER_CONNECT_FAILURES, None), |c| {
+                c.connect_failures.load(Ordering::Relaxed)
+            }),
         ];
         let state = |name, s| gauge(name, Some(("state", s)));
         PoolMetrics {
@@ -407,6 +414,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::QUERIES, "Queries completed (each ReadyForQuery)."),
         (names::BYTES, "Bytes forwarded, by direction."),
         (names::SERVER_CONNECTIONS_OPENED, "Server connections opened."),
+        (names::SERVER_CONNECT_FAILURES, "Failed attempts to open a server connection (one per round over the database's hosts)."),
         (names::ERRORS, "Errors sent to clients, by reason."),
         (names::PREPARED, "Prepared statements: hit (Parse answered by pgmux), miss (Parse sent), reprepare (injected), evicted."),
         (names::RELOADS, "Configuration reloads by result."),
