@@ -36,6 +36,10 @@ pub struct ClusterOptions {
     pub data_files: Vec<(String, String)>,
     /// Replaces `pg_hba.conf` (e.g. `hostssl` lines only).
     pub hba: Option<String>,
+    /// Runs the server inside this network namespace (`ip netns exec`);
+    /// set `listen_addresses` in `extra_conf` to addresses it has. The
+    /// harness reaches it through its Unix socket.
+    pub netns: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +49,7 @@ impl Default for ClusterOptions {
             extra_conf: Vec::new(),
             data_files: Vec::new(),
             hba: None,
+            netns: None,
         }
     }
 }
@@ -56,6 +61,7 @@ pub struct Cluster {
     port: u16,
     child: Mutex<Option<Child>>,
     run_as: Option<String>,
+    netns: Option<String>,
 }
 
 /// Finds the PostgreSQL server binaries: `$PG_BIN`, the newest
@@ -262,12 +268,96 @@ impl Cluster {
             port: free_port()?,
             child: Mutex::new(None),
             run_as,
+            netns: opts.netns.clone(),
         };
         cluster.launch()?;
         Ok(cluster)
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R -X stream -c
+    /// fast` over the primary's Unix socket), started on its own port.
+    pub fn standby_of(primary: &Cluster) -> anyhow::Result<Self> {
+        let dir = scratch_dir("pg")?;
+        if let Some(u) = &primary.run_as {
+            std::os::unix::fs::chown(&dir, Some(id_of(u, "-u")?), Some(id_of(u, "-g")?))?;
+        }
+        let data = dir.join("data");
+        let mut backup = Self::command(&primary.run_as, &primary.bin.join("pg_basebackup"));
+        backup
+            .arg("-h")
+            .arg(&primary.dir)
+            .args(["-p", &primary.port.to_string(), "-U", SUPERUSER, "-D"])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast"])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD);
+        let out = backup.output().context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The copy names the primary's socket directory: later lines win.
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf_path)?;
+        text.push_str(&format!("unix_socket_directories = '{}'\n", dir.display()));
+        std::fs::write(&conf_path, text)?;
+        let cluster = Self {
+            dir,
+            bin: primary.bin.clone(),
+            port: free_port()?,
+            child: Mutex::new(None),
+            run_as: primary.run_as.clone(),
+            netns: primary.netns.clone(),
+        };
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
+    /// Runs `pg_ctl` on this cluster's data directory (as the server's user).
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Self::command(&self.run_as, &self.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(self.data_dir()).args(args);
+        let out = cmd.output().context("running pg_ctl")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Crashes the server as a lost instance would: `pg_ctl stop -m
+    /// immediate` (no checkpoint, backends killed).
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"])?;
+        if let Ok(mut guard) = self.child.lock() {
+            if let Some(mut child) = guard.take() {
+                let _ = child.wait();
+            }
+        }
+        Ok(())
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["promote", "-w"])
+    }
+
     fn command(run_as: &Option<String>, program: &Path) -> Command {
+        Self::command_in(None, run_as, program)
+    }
+
+    /// [`Cluster::command`], inside a network namespace when one is named.
+    fn command_in(netns: Option<&str>, run_as: &Option<String>, program: &Path) -> Command {
+        if let Some(ns) = netns {
+            let inner = Self::command(run_as, program);
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(inner.get_program());
+            c.args(inner.get_args());
+            return c;
+        }
         match run_as {
             Some(u) => {
                 let mut c = Command::new("setpriv");
@@ -288,7 +378,8 @@ impl Cluster {
     }
 
     fn launch(&self) -> anyhow::Result<()> {
-        let mut cmd = Self::command(&self.run_as, &self.bin.join("postgres"));
+        let program = self.bin.join("postgres");
+        let mut cmd = Self::command_in(self.netns.as_deref(), &self.run_as, &program);
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .arg("-p")
@@ -304,8 +395,13 @@ impl Cluster {
     fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            // The Unix socket: reachable whatever network namespace the
+            // server is in.
             let ok = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-q")
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string()])
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -337,6 +433,15 @@ impl Cluster {
     pub fn superuser_url(&self, dbname: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname={dbname}",
+            self.port
+        )
+    }
+
+    /// A connection string for the superuser over the Unix socket.
+    pub fn socket_url(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname={dbname}",
+            self.dir.display(),
             self.port
         )
     }

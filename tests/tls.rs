@@ -102,6 +102,7 @@ fn tls_cluster(cert: &str, key: &str) -> Cluster {
         hba: Some(
             "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n".into(),
         ),
+        ..Default::default()
     })
     .unwrap()
 }

@@ -423,6 +423,24 @@ impl Pool {
         self.discard(conn);
     }
 
+    /// A server died under a client: idle connections that died with it (a
+    /// crashed host closes them all at once) are found now, before they are
+    /// lent to the next clients.
+    pub fn drop_dead_idle(&self) {
+        let dead: std::collections::VecDeque<ServerConn> = {
+            let mut inner = self.shared.inner.lock();
+            let (live, dead) = std::mem::take(&mut inner.idle)
+                .into_iter()
+                .partition(|c| c.probe());
+            inner.idle = live;
+            for c in &dead {
+                inner.forget(c.id);
+            }
+            dead
+        };
+        drop(dead);
+    }
+
     /// A host name no longer resolves to `addr`: connections to it opened
     /// so far are not lent again.
     pub fn address_gone(&self, addr: std::net::SocketAddr) {
@@ -456,34 +474,53 @@ impl Pool {
     fn spawn_open(&self) {
         let pool = self.clone();
         tokio::spawn(async move {
-            let route = pool.shared.route.read().clone();
+            // The generation is read with the route: a connection to an
+            // old target that finishes opening after a reload is old.
+            let (route, generation) = {
+                let route = pool.shared.route.read();
+                (
+                    route.clone(),
+                    pool.shared.generation.load(Ordering::Relaxed),
+                )
+            };
             let opts = pool.settings().connect_options();
             match crate::server::open(&route.target, route.tls.as_ref(), &opts).await {
-                Ok(conn) => pool.opened(conn),
+                Ok(mut conn) => {
+                    conn.generation = generation;
+                    pool.opened(conn)
+                }
                 Err(e) => pool.open_failed(e),
             }
         });
     }
 
     /// A new connection joins the pool (or goes to the oldest waiter).
-    fn opened(&self, mut conn: ServerConn) {
+    fn opened(&self, conn: ServerConn) {
         let s = &self.shared;
         tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");
         s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);
-        conn.generation = s.generation.load(Ordering::Relaxed);
-        self.note_startup_params(&conn);
         let size = self.settings().size;
         let mut more = 0;
+        let mut old = None;
         {
             let mut inner = s.inner.lock();
             inner.opened(&conn);
-            inner.put(conn, Instant::now());
+            if conn.generation < s.generation.load(Ordering::Relaxed) {
+                // Opened for a target a reload replaced (or before a
+                // RECONNECT): closed, and its place taken by a new one.
+                inner.forget(conn.id);
+                old = Some(conn);
+            } else {
+                self.note_startup_params(&conn);
+                inner.put(conn, Instant::now());
+            }
             // After failures only one attempt ran: the rest of the queue
             // gets its connections now.
             while inner.reserve_open(size) {
                 more += 1;
             }
         }
+        drop(old);
         for _ in 0..more {
             self.spawn_open();
         }
@@ -555,12 +592,14 @@ impl Pool {
     /// hosts, TLS or server login): idle servers close now, busy ones when
     /// released, and every client's next transaction opens at the new target.
     pub fn retarget(&self, target: ServerTarget, tls: Option<TlsConnector>) {
-        *self.shared.route.write() = Arc::new(Route {
+        let mut route = self.shared.route.write();
+        *route = Arc::new(Route {
             target: Arc::new(target),
             tls,
         });
         *self.shared.startup_params.lock() = None;
         self.reconnect();
+        drop(route);
     }
 
     /// Takes the pool out of service (its database or user was removed):

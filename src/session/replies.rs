@@ -124,6 +124,7 @@ impl Session {
         // A client that kept its server for its session state lost it.
         let pinned = self.pinned.is_some();
         self.close_server();
+        self.pool.drop_dead_idle();
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
         let (readies, tail, hooks) = self.expect.abandon();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod raw;
 
 use std::sync::OnceLock;
@@ -39,7 +40,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres
 
 /// A superuser connection straight to PostgreSQL.
 pub async fn superuser(cluster: &Cluster) -> tokio_postgres::Client {
-    connect(&cluster.superuser_url("postgres"))
+    connect(&cluster.socket_url("postgres"))
         .await
         .expect("superuser connection")
 }
