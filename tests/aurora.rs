@@ -466,3 +466,92 @@ password = "{PASSWORD}"
         log.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_sessions_and_servers_on_a_read_write_pool() {
+    let name = "t_rwcheck";
+    let c = cluster();
+    create_db(c, name).await;
+    let cfg = config(
+        c,
+        name,
+        2,
+        "query_wait_timeout = \"1s\"\nserver_login_retry = \"200ms\"",
+    );
+    let mut cfg = cfg;
+    cfg.databases.get_mut(name).unwrap().target_session_attrs =
+        pgmux::config::TargetSessionAttrs::ReadWrite;
+    let proxy = Proxy::start(cfg.clone()).await.unwrap();
+    let (a, b) = (client(&proxy, name).await, client(&proxy, name).await);
+    // Two server connections open, both idle.
+    let (ra, rb) = tokio::join!(
+        a.simple_query("SELECT pg_sleep(0.2)"),
+        b.simple_query("SELECT pg_sleep(0.2)")
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let su = superuser(c).await;
+    let before = backend_pids(&su, name).await;
+    assert_eq!(before.len(), 2);
+    // A client's own read-only session gives 25006 as on a direct
+    // connection, and the server is not taken for a demoted primary.
+    a.batch_execute("SET default_transaction_read_only = on")
+        .await
+        .unwrap();
+    let err = a.batch_execute("CREATE TABLE nope ()").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"));
+    a.batch_execute("RESET default_transaction_read_only")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("BEGIN READ ONLY; CREATE TABLE nope (); COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25006"));
+    b.batch_execute("ROLLBACK").await.unwrap();
+    a.batch_execute("CREATE TABLE yes ()").await.unwrap();
+    assert_eq!(
+        backend_pids(&su, name).await,
+        before,
+        "no server connection was closed"
+    );
+    // A server whose new sessions are read-only does not qualify: the
+    // pool keeps looking, and a client's wait ends with 08001 saying why.
+    su.batch_execute(&format!(
+        "ALTER ROLE {name} SET default_transaction_read_only = on"
+    ))
+    .await
+    .unwrap();
+    for p in proxy.context().pools.matching(None) {
+        p.reconnect();
+    }
+    let err = a.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("read-only primary"), "{msg}");
+    su.batch_execute(&format!(
+        "ALTER ROLE {name} RESET default_transaction_read_only"
+    ))
+    .await
+    .unwrap();
+    let again = client(&proxy, name).await;
+    again.batch_execute("CREATE TABLE again ()").await.unwrap();
+}
+
+/// Backend pids PostgreSQL has for database `name`, sorted.
+async fn backend_pids(su: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    let sql =
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'";
+    let mut v: Vec<i32> = su
+        .query(sql, &[&name])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}

@@ -369,14 +369,13 @@ impl Pool {
         let st = self.settings();
         let now = Instant::now();
         let attrs = self.target().target_session_attrs;
-        let wrong_role = conn
+        let moved = conn
             .reported_role()
-            .is_some_and(|r| !crate::server::accepts(attrs, r));
-        if wrong_role && attrs.wants_writer() {
+            .is_some_and(|r| !crate::server::still_fits(attrs, r.standby));
+        if moved {
             return self.host_demoted(conn);
         }
         let stale = conn.age(now) >= st.lifetime
-            || wrong_role
             || conn.generation < s.generation.load(Ordering::Relaxed)
             || (s.retired.load(Ordering::Relaxed) && s.clients.load(Ordering::Relaxed) == 0);
         if stale {
@@ -412,13 +411,13 @@ impl Pool {
         }
     }
 
-    /// The server of `conn` is no longer a writer (it answered 25006, or
-    /// reported hot standby) and this pool needs one: it and every other
+    /// The server of `conn` changed role (a writer pool's server is in hot
+    /// standby, a standby pool's was promoted): it and every other
     /// connection to that address opened so far go, and the next
-    /// connection looks for the new primary.
+    /// connection looks for a server of the right role.
     pub fn host_demoted(&self, conn: ServerConn) {
         let addr = conn.key.addr;
-        tracing::warn!(pool = %self.name(), server = %addr, "server is no longer a writer; its connections are closed and a new primary is looked for");
+        tracing::warn!(pool = %self.name(), server = %addr, "server changed role; its connections are closed and another server is looked for");
         self.address_gone(addr);
         self.discard(conn);
     }

@@ -56,6 +56,17 @@ pub fn accepts(attrs: TargetSessionAttrs, role: Role) -> bool {
     }
 }
 
+/// Whether a connection in use still suits the pool, judged only by hot
+/// standby: `default_transaction_read_only` can be a client's own `SET`,
+/// so it counts only when a connection is opened.
+pub fn still_fits(attrs: TargetSessionAttrs, standby: bool) -> bool {
+    match attrs {
+        TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => !standby,
+        TargetSessionAttrs::Standby => standby,
+        _ => true,
+    }
+}
+
 /// How bad a failure to open a connection is, which decides what waiting
 /// clients are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

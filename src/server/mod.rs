@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::tls::Stream;
 
 pub use connect::ServerTarget;
-pub use hosts::{accepts, ask_role, open, resolve, ConnectOptions, Failure, Role};
+pub use hosts::{ask_role, open, resolve, still_fits, ConnectOptions, Failure, Role};
 pub use identity::{Restored, SessionIdentity};
 
 use crate::protocol::frame::{cstr, make_room, split_frame};

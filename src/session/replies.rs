@@ -197,10 +197,11 @@ impl Session {
     }
 
     /// The server answered "read-only transaction" (25006). A client can
-    /// cause that itself (SET TRANSACTION READ ONLY), so the server is
-    /// asked its role; one that no longer suits the pool (a writer pool
-    /// landed on a demoted primary or a reader) is closed with every other
-    /// connection to its address, and the pool looks for the new primary.
+    /// cause that itself (SET TRANSACTION READ ONLY, or its own
+    /// default_transaction_read_only), so the server is asked whether it
+    /// is in recovery; one that is (a writer pool on a demoted primary or
+    /// a reader) is closed with every other connection to its address, and
+    /// the pool looks for the new primary.
     async fn check_role(&mut self) {
         let Some(server) = self.server.as_mut() else {
             return;
@@ -211,7 +212,7 @@ impl Session {
             return;
         }
         match crate::server::ask_role(server, self.max_msg).await {
-            Ok(role) if crate::server::accepts(attrs, role) => {}
+            Ok(role) if crate::server::still_fits(attrs, role.standby) => {}
             Ok(_) => {
                 if let Some(s) = self.let_go() {
                     s.demoted();
