@@ -36,6 +36,9 @@ pub struct ClusterOptions {
     pub data_files: Vec<(String, String)>,
     /// Replaces `pg_hba.conf` (e.g. `hostssl` lines only).
     pub hba: Option<String>,
+    /// The port (default: a free one on 127.0.0.1); two clusters on
+    /// different addresses may share one.
+    pub port: Option<u16>,
     /// Runs the server inside this network namespace (`ip netns exec`);
     /// set `listen_addresses` in `extra_conf` to addresses it has. The
     /// harness reaches it through its Unix socket.
@@ -49,6 +52,7 @@ impl Default for ClusterOptions {
             extra_conf: Vec::new(),
             data_files: Vec::new(),
             hba: None,
+            port: None,
             netns: None,
         }
     }
@@ -265,7 +269,10 @@ impl Cluster {
         let cluster = Self {
             dir,
             bin,
-            port: free_port()?,
+            port: match opts.port {
+                Some(p) => p,
+                None => free_port()?,
+            },
             child: Mutex::new(None),
             run_as,
             netns: opts.netns.clone(),

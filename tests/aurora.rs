@@ -220,12 +220,7 @@ async fn a_reload_moves_every_client_to_the_new_host() {
     let proxy = setup_on(old, name, 3).await;
     let clients = futures_util::future::join_all((0..3).map(|_| client(&proxy, name))).await;
     for c in &clients {
-        let p: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(p, i32::from(old.port()));
+        assert_eq!(server_port(c).await, old.port());
     }
     // One client is inside a transaction when the reload lands.
     clients[0].batch_execute("BEGIN").await.unwrap();
@@ -237,22 +232,12 @@ async fn a_reload_moves_every_client_to_the_new_host() {
         "{changes:?}"
     );
     // The open transaction finishes where it began.
-    let p: i32 = clients[0]
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(p, i32::from(old.port()));
+    assert_eq!(server_port(&clients[0]).await, old.port());
     clients[0].batch_execute("COMMIT").await.unwrap();
     for c in &clients {
-        let p: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
         assert_eq!(
-            p,
-            i32::from(new.port()),
+            server_port(c).await,
+            new.port(),
             "the next transaction runs on the new host (old: {})",
             old.port()
         );
@@ -554,4 +539,146 @@ async fn backend_pids(su: &tokio_postgres::Client, name: &str) -> Vec<i32> {
         .collect();
     v.sort();
     v
+}
+
+/// pgmux run as its own process in a private mount namespace whose
+/// `/etc/hosts` is a file the test rewrites; killed on drop.
+struct PgmuxWithHosts {
+    child: std::process::Child,
+    hosts: std::path::PathBuf,
+    port: u16,
+}
+
+impl PgmuxWithHosts {
+    fn start(config: &str, hosts: &str) -> Self {
+        let dir = pgmux::cluster::scratch_dir("dns").unwrap();
+        let (hosts_path, cfg_path) = (dir.join("hosts"), dir.join("pgmux.toml"));
+        std::fs::write(&hosts_path, hosts).unwrap();
+        let port = free_port();
+        std::fs::write(&cfg_path, config.replace("LISTEN_PORT", &port.to_string())).unwrap();
+        let child = std::process::Command::new("setpriv")
+            .args(["--pdeathsig=KILL", "--", "unshare", "-m", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/hosts && exec "$2" run --config "$3""#)
+            .arg("sh")
+            .arg(&hosts_path)
+            .arg(env!("CARGO_BIN_EXE_pgmux"))
+            .arg(&cfg_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgmux");
+        Self {
+            child,
+            hosts: hosts_path,
+            port,
+        }
+    }
+
+    /// Rewrites the hosts file in place (the bind mount holds its inode).
+    fn set_hosts(&self, text: &str) {
+        std::fs::write(&self.hosts, text).unwrap();
+    }
+}
+
+impl Drop for PgmuxWithHosts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_that_moves_takes_the_pool_with_it() {
+    if !run(std::process::Command::new("unshare").args(["-m", "true"])).0 {
+        eprintln!("skipped: this machine cannot create mount namespaces");
+        return;
+    }
+    let name = "t_dns";
+    let a = cluster();
+    create_db(a, name).await;
+    // A second server on another loopback address, same port: only the
+    // name's address tells them apart, as with an endpoint that moves.
+    let port = a.port();
+    let b = tokio::task::spawn_blocking(move || {
+        Cluster::start(&ClusterOptions {
+            port: Some(port),
+            extra_conf: vec!["listen_addresses = '127.0.0.2'".into()],
+            hba: Some(
+                "local all all scram-sha-256\nhost all all 127.0.0.0/8 scram-sha-256\n".into(),
+            ),
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap()
+    .expect("second server");
+    create_db(&b, name).await;
+    let pgmux = PgmuxWithHosts::start(
+        &format!(
+            r#"
+[pgmux]
+listen = "127.0.0.1:LISTEN_PORT"
+dns_max_ttl = "1s"
+[databases.{name}]
+hosts = ["pgmux-db.test:{port}"]
+[users.{name}]
+password = "{PASSWORD}"
+"#
+        ),
+        "127.0.0.1 pgmux-db.test\n",
+    );
+    let url = format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        pgmux.port
+    );
+    let up = eventually(Duration::from_secs(20), || async {
+        connect(&url).await.is_ok()
+    })
+    .await;
+    assert!(up, "pgmux starts");
+    let clients = futures_util::future::join_all((0..3).map(|_| connect(&url))).await;
+    let clients: Vec<_> = clients.into_iter().map(Result::unwrap).collect();
+    for c in &clients {
+        assert_eq!(server_addr(c).await, "127.0.0.1");
+    }
+    clients[0].batch_execute("BEGIN").await.unwrap();
+    pgmux.set_hosts("127.0.0.2 pgmux-db.test\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        server_addr(&clients[0]).await,
+        "127.0.0.1",
+        "a transaction stays where it began"
+    );
+    clients[0].batch_execute("COMMIT").await.unwrap();
+    for c in &clients {
+        assert_eq!(
+            server_addr(c).await,
+            "127.0.0.2",
+            "the next transaction follows the name"
+        );
+    }
+    let su = superuser(a).await;
+    let gone = eventually(Duration::from_secs(3), || async {
+        server_states_with(&su, name).await.is_empty()
+    })
+    .await;
+    assert!(gone, "no connection to the old address is left");
+}
+
+/// The address of the server a client's next statement runs on.
+async fn server_addr(c: &tokio_postgres::Client) -> String {
+    c.query_one("SELECT host(inet_server_addr())", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The port of the server a client's next statement runs on.
+async fn server_port(c: &tokio_postgres::Client) -> u16 {
+    let p: i32 = c
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    p as u16
 }
