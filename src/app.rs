@@ -123,15 +123,19 @@ impl Proxy {
     }
 }
 
-/// Keeps histogram memory bounded: recorded samples are folded into buckets
-/// every few seconds. Ends with the instance.
+/// Keeps histogram memory bounded (recorded samples are folded into
+/// buckets every few seconds) and takes the statistics period's readings.
+/// Ends with the instance.
 async fn upkeep(ctx: std::sync::Weak<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        match ctx.upgrade() {
-            Some(ctx) => ctx.metrics.upkeep(),
-            None => return,
+        let Some(ctx) = ctx.upgrade() else { return };
+        ctx.metrics.upkeep();
+        let now = std::time::Instant::now();
+        if ctx.stats_period.due(now) {
+            ctx.stats_period
+                .record(now, crate::admin::totals_by_database(&ctx));
         }
     }
 }

@@ -256,6 +256,8 @@ pub struct Context {
     pub config_path: Option<PathBuf>,
     /// Server pools.
     pub pools: PoolSet,
+    /// Averages of the last statistics period (SHOW STATS).
+    pub stats_period: crate::stats::StatsPeriod,
     /// Client cancel keys.
     pub cancels: CancelRegistry,
     /// Logged-in clients.
@@ -288,6 +290,7 @@ impl Context {
             users: RwLock::new(Arc::new(users)),
             config_path,
             pools: PoolSet::default(),
+            stats_period: Default::default(),
             cancels: CancelRegistry::default(),
             clients: ClientRegistry::default(),
             shutdown: Arc::new(Shutdown::default()),

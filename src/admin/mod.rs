@@ -5,6 +5,7 @@
 
 pub mod client;
 mod commands;
+mod show;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use commands::Command;
+pub use show::{totals_by_database, Kind, Show};
 
 use crate::context::Context;
 use crate::protocol::error::{write_error, Severity};
@@ -37,13 +39,23 @@ pub fn is_console(database: &str, configured: bool) -> bool {
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
 
-/// A result set: column names and text rows.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// A result set: typed columns and text rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// Column names.
-    pub columns: Vec<&'static str>,
-    /// Rows of text values (`None` is NULL).
+    /// Column names and types.
+    pub columns: Vec<(&'static str, Kind)>,
+    /// Rows of values in text form (`None` is NULL).
     pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    /// A table with these columns and rows.
+    pub fn new(columns: &[(&'static str, Kind)], rows: Vec<Vec<Option<String>>>) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows,
+        }
+    }
 }
 
 /// What a command answers.
@@ -76,7 +88,8 @@ pub fn welcome(out: &mut BytesMut) {
 }
 
 fn write_table(out: &mut BytesMut, t: &Table) {
-    encode::row_description(out, &t.columns);
+    let columns: Vec<(&str, u32)> = t.columns.iter().map(|(n, k)| (*n, k.oid())).collect();
+    encode::row_description(out, &columns);
     for row in &t.rows {
         encode::data_row(out, row);
     }
@@ -90,10 +103,8 @@ fn write_reply(out: &mut BytesMut, reply: &Reply) {
         }
         Reply::Done(tag) => encode::command_complete(out, tag),
         Reply::Lines(tag, lines) => {
-            let t = Table {
-                columns: vec!["change"],
-                rows: lines.iter().map(|l| vec![Some(l.clone())]).collect(),
-            };
+            let rows = lines.iter().map(|l| vec![Some(l.clone())]).collect();
+            let t = Table::new(&[("change", Kind::Text)], rows);
             write_table(out, &t);
             encode::command_complete(out, tag);
         }

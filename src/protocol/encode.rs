@@ -25,9 +25,6 @@ use postgres_protocol::message::frontend;
 
 use super::TxStatus;
 
-/// The OID of type `text`, the type of every admin console column.
-const TEXT_OID: u32 = 25;
-
 // === To the client (pgwire) ===
 
 /// Appends `msg`. pgwire refuses only messages over its size limits, which
@@ -114,11 +111,12 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
     put(out, CommandComplete::new(text(tag)));
 }
 
-/// RowDescription of text columns (the admin console's result sets).
-pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+/// RowDescription of (name, type OID) columns, every value in text format
+/// (the admin console's result sets).
+pub fn row_description(out: &mut BytesMut, columns: &[(&str, u32)]) {
     let fields = columns
         .iter()
-        .map(|c| FieldDescription::new(text(c), 0, 0, TEXT_OID, -1, -1, 0))
+        .map(|(c, oid)| FieldDescription::new(text(c), 0, 0, *oid, -1, -1, 0))
         .collect();
     put(out, RowDescription::new(fields));
 }
@@ -301,7 +299,7 @@ mod tests {
         close_statement(&mut out, b"s1");
         ready_for_query(&mut out, TxStatus::Idle);
         error_response(&mut out, &[(b'S', "ERROR"), (b'M', "a\0b")]);
-        row_description(&mut out, &["a", "b"]);
+        row_description(&mut out, &[("a", 25), ("b", 1700)]);
         data_row(&mut out, &[Some("x".into()), None]);
         out.extend_from_slice(&parse_complete());
         let tags: Vec<u8> = std::iter::from_fn(|| split_frame(&mut out, 1 << 20).unwrap())

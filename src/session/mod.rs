@@ -122,6 +122,8 @@ struct Session {
     _counted: PoolClient,
     /// When the current transaction began (first request after idle).
     tx_started: Option<Instant>,
+    /// When the request now under way was sent (SHOW STATS query time).
+    query_started: Option<Instant>,
     client: Stream,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
@@ -226,6 +228,7 @@ impl Session {
             listed,
             _counted: login.pool.client(),
             tx_started: None,
+            query_started: None,
             stmts: tracking.then(|| Tracker::new(limits)),
             routed: Vec::new(),
             ctx,

@@ -1,6 +1,8 @@
 //! Server messages on their way to the client: the reply queue, transaction
 //! status, and what happens when the server goes away.
 
+use std::time::Instant;
+
 use tokio::io::AsyncWriteExt;
 
 use super::{fatal, End, Session};
@@ -176,9 +178,18 @@ impl Session {
         counters
             .queries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(q) = self.query_started.take() else {
+            return;
+        };
+        let now = Instant::now();
+        counters.query_us.fetch_add(
+            now.saturating_duration_since(q).as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if self.tx == TxStatus::Idle {
             if let Some(t) = self.tx_started.take() {
-                self.pool.metrics().observe_transaction(t.elapsed());
+                let took = now.saturating_duration_since(t);
+                self.pool.metrics().observe_transaction(took);
             }
         }
     }

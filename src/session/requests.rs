@@ -199,7 +199,11 @@ impl Session {
         counters
             .bytes_in
             .fetch_add(self.sout.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.tx_started.get_or_insert_with(Instant::now);
+        if self.query_started.is_none() {
+            let now = Instant::now();
+            self.query_started = Some(now);
+            self.tx_started.get_or_insert(now);
+        }
         self.sout.clear();
         match res {
             Ok(()) => Ok(()),

@@ -113,6 +113,128 @@ pub struct PoolCounters {
     pub wait_us: AtomicU64,
     /// Total microseconds spent in transactions.
     pub transaction_us: AtomicU64,
+    /// Total microseconds from a request to its ReadyForQuery.
+    pub query_us: AtomicU64,
+}
+
+/// PgBouncer's statistics of one database (or their averages per second
+/// over a period, times per transaction or query).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Transactions.
+    pub xact_count: u64,
+    /// Queries.
+    pub query_count: u64,
+    /// Bytes from clients.
+    pub bytes_received: u64,
+    /// Bytes to clients.
+    pub bytes_sent: u64,
+    /// Microseconds in transactions.
+    pub xact_time: u64,
+    /// Microseconds in queries.
+    pub query_time: u64,
+    /// Microseconds clients waited for a server.
+    pub wait_time: u64,
+}
+
+impl Totals {
+    /// Adds a pool's counters.
+    pub fn add(&mut self, c: &PoolCounters) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.sum(&Totals {
+            xact_count: get(&c.transactions),
+            query_count: get(&c.queries),
+            bytes_received: get(&c.bytes_in),
+            bytes_sent: get(&c.bytes_out),
+            xact_time: get(&c.transaction_us),
+            query_time: get(&c.query_us),
+            wait_time: get(&c.wait_us),
+        });
+    }
+
+    /// Adds another set.
+    pub fn sum(&mut self, o: &Totals) {
+        self.xact_count += o.xact_count;
+        self.query_count += o.query_count;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.xact_time += o.xact_time;
+        self.query_time += o.query_time;
+        self.wait_time += o.wait_time;
+    }
+
+    /// PgBouncer's averages between two readings `secs` apart: counts and
+    /// bytes per second, transaction and query times per transaction and
+    /// query, wait time per transaction.
+    pub fn averages(&self, before: &Totals, secs: u64) -> Totals {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let per = |v: u64, n: u64| v.checked_div(n).unwrap_or(0);
+        let xacts = d(self.xact_count, before.xact_count);
+        let queries = d(self.query_count, before.query_count);
+        let secs = secs.max(1);
+        Totals {
+            xact_count: xacts / secs,
+            query_count: queries / secs,
+            bytes_received: d(self.bytes_received, before.bytes_received) / secs,
+            bytes_sent: d(self.bytes_sent, before.bytes_sent) / secs,
+            xact_time: per(d(self.xact_time, before.xact_time), xacts),
+            query_time: per(d(self.query_time, before.query_time), queries),
+            wait_time: per(d(self.wait_time, before.wait_time), xacts),
+        }
+    }
+}
+
+/// The statistics period (PgBouncer's `stats_period`, 60 s): averages of
+/// the last complete period, per database.
+#[derive(Default)]
+pub struct StatsPeriod {
+    last: parking_lot::Mutex<
+        Option<(
+            std::time::Instant,
+            std::collections::BTreeMap<String, Totals>,
+        )>,
+    >,
+    averages: parking_lot::Mutex<std::collections::BTreeMap<String, Totals>>,
+}
+
+impl StatsPeriod {
+    /// Length of a period.
+    pub const PERIOD: Duration = Duration::from_secs(60);
+
+    /// Whether a period has passed since the last reading (or none was
+    /// taken yet).
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        self.last
+            .lock()
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Self::PERIOD)
+    }
+
+    /// Takes a reading; the averages become those since the previous one.
+    pub fn record(
+        &self,
+        now: std::time::Instant,
+        totals: std::collections::BTreeMap<String, Totals>,
+    ) {
+        let mut last = self.last.lock();
+        if let Some((at, before)) = last.as_ref() {
+            let secs = now.duration_since(*at).as_secs();
+            let avg = totals
+                .iter()
+                .map(|(db, t)| {
+                    let b = before.get(db).copied().unwrap_or_default();
+                    (db.clone(), t.averages(&b, secs))
+                })
+                .collect();
+            *self.averages.lock() = avg;
+        }
+        *last = Some((now, totals));
+    }
+
+    /// The averages of the last complete period.
+    pub fn averages(&self) -> std::collections::BTreeMap<String, Totals> {
+        self.averages.lock().clone()
+    }
 }
 
 /// A Prometheus counter and the atomic it mirrors.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pgbouncer;
 pub mod raw;
 
 use std::sync::OnceLock;
