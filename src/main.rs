@@ -60,8 +60,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Reload { config, user } => {
             runtime()?.block_on(pgmux::admin::client::cli(&config, user.as_deref()))
         }
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
+        Command::Check { config } => match Config::load_with_warnings(&config) {
+            Ok((cfg, warnings)) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
                 print!("{}", cfg.to_masked_toml());
                 Ok(ExitCode::SUCCESS)
             }

@@ -204,3 +204,146 @@ password = "{PASSWORD}"
     holder.batch_execute("COMMIT").await.unwrap();
     waiting.await.unwrap().unwrap();
 }
+
+/// Runs one statement with psql as `user` on `db` at `port`; returns
+/// (succeeded, unaligned output).
+fn psql(port: u16, user: &str, db: &str, sql: &str) -> (bool, String) {
+    run(std::process::Command::new(cluster().bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", user, "-d", db, "-c", sql])
+        .env("PGPASSWORD", PASSWORD))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_pgbouncer_ini_runs_on_both() {
+    let name = "t_pgb_ini";
+    let other = "t_pgb_ini_b";
+    let c = cluster();
+    create_db(c, name).await;
+    let su = superuser(c).await;
+    su.batch_execute(&format!("CREATE DATABASE {other} OWNER {name}"))
+        .await
+        .unwrap();
+    // The user's SCRAM verifier, copied from pg_authid as PgBouncer users do.
+    let verifier: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$"));
+    let port = c.port();
+    let ini = format!(
+        "; one file for both\n[databases]\n{name} = host=127.0.0.1 port={port} pool_mode=session\n* = host=127.0.0.1 port={port}\n\n[pgbouncer]\nauth_type = scram-sha-256\nadmin_users = admin\nstats_users = watcher\npool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 100\nserver_reset_query = DISCARD ALL\n"
+    );
+    let users = format!(
+        "\"{name}\" \"{verifier}\"\n\"admin\" \"{PASSWORD}\"\n\"watcher\" \"{PASSWORD}\"\n"
+    );
+    let pgb = tokio::task::spawn_blocking(move || PgBouncer::start(&ini, &users))
+        .await
+        .unwrap();
+    // pgmux reads the very file PgBouncer runs (its own port only).
+    let ours = free_port();
+    let text = std::fs::read_to_string(pgb.dir.join("pgbouncer.ini")).unwrap();
+    let path = pgb.dir.join("pgmux.ini");
+    std::fs::write(
+        &path,
+        text.replace(
+            &format!("listen_port = {}", pgb.port),
+            &format!("listen_port = {ours}"),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
+        .args(["check", "--config"])
+        .arg(&path));
+    assert!(ok, "pgmux check accepts PgBouncer's file:\n{out}");
+    let proxy = Proxy::start_file(&path).await.expect("pgmux runs the ini");
+    assert_eq!(proxy.addr().port(), ours);
+    let direct = format!("host=127.0.0.1 port={port} user={name} dbname={name}");
+    let (ok, out) = tokio::task::block_in_place(|| pgbench(&["-i", "-q", "-s", "1"], &direct));
+    assert!(ok, "{out}");
+    for (who, p) in [("PgBouncer", pgb.port), ("pgmux", ours)] {
+        tokio::task::block_in_place(|| {
+            let (ok, out) = psql(p, name, name, "SELECT current_database(), current_user");
+            assert!(ok && out.trim() == format!("{name}|{name}"), "{who}: {out}");
+            // The * fallback reaches the server database of the same name,
+            // with SCRAM pass-through from the copied verifier.
+            let (ok, out) = psql(p, name, other, "SELECT current_database()");
+            assert!(ok && out.trim() == other, "{who} via *: {out}");
+            let bench = format!("host=127.0.0.1 port={p} user={name} dbname={name}");
+            let (ok, out) = pgbench(
+                &[
+                    "-n", "-M", "prepared", "-S", "-c", "4", "-j", "2", "-t", "50",
+                ],
+                &bench,
+            );
+            assert!(ok, "{who}: pgbench -M prepared:\n{out}");
+            assert!(
+                out.contains("number of transactions actually processed: 200/200"),
+                "{who}: {out}"
+            );
+            let (ok, out) = psql(p, "admin", "pgbouncer", "SHOW POOLS");
+            assert!(
+                ok && out.contains(name),
+                "{who}: SHOW POOLS as admin: {out}"
+            );
+            let (ok, out) = psql(p, "watcher", "pgbouncer", "SHOW POOLS");
+            assert!(
+                ok && out.contains(name),
+                "{who}: SHOW POOLS as a stats user: {out}"
+            );
+            let (ok, out) = psql(p, "watcher", "pgbouncer", "PAUSE");
+            assert!(!ok, "{who}: a stats user may not PAUSE: {out}");
+        });
+    }
+}
+
+#[test]
+fn check_names_ignored_keys_and_malformed_lines() {
+    let dir = pgmux::cluster::scratch_dir("ini").unwrap();
+    std::fs::write(dir.join("userlist.txt"), "\"app\" \"secret\"\n").unwrap();
+    std::fs::write(
+        dir.join("extra.ini"),
+        "[pgbouncer]\nlog_connections = 1\napplication_name_add_host = 1\nsome_future_knob = 7\n",
+    )
+    .unwrap();
+    let good = dir.join("good.ini");
+    std::fs::write(
+        &good,
+        "[databases]\napp = host=127.0.0.1 port=5432 client_encoding=UTF8\n[pgbouncer]\nlisten_port = 6433\nauth_file = userlist.txt\n%include extra.ini\n",
+    )
+    .unwrap();
+    let check = |p: &std::path::Path| {
+        run(std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
+            .args(["check", "--config"])
+            .arg(p))
+    };
+    let (ok, out) = check(&good);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("extra.ini:4: some_future_knob is not supported"),
+        "an unknown key is named with its file and line:\n{out}"
+    );
+    assert!(
+        out.contains("good.ini:2: database app: client_encoding"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("log_connections"),
+        "process-only keys are silent:\n{out}"
+    );
+    let bad = dir.join("bad.ini");
+    std::fs::write(
+        &bad,
+        "[pgbouncer]\nauth_file = userlist.txt\nlisten_port\nmax_db_connections = 10\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&bad);
+    assert!(!ok, "{out}");
+    assert!(out.contains("bad.ini:3: expected key = value"), "{out}");
+    assert!(out.contains("bad.ini:4: max_db_connections"), "{out}");
+}

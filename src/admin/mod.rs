@@ -114,6 +114,8 @@ fn write_reply(out: &mut BytesMut, reply: &Reply) {
 /// Serves one admin console session.
 pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String, mut buf: BytesMut) {
     tracing::info!(%user, "admin console session");
+    // stats_users may look, not act.
+    let read_only = !ctx.config().admin.users.contains(&user);
     let mut out = BytesMut::new();
     loop {
         let frame = match split_frame(&mut buf, MAX_COMMAND) {
@@ -138,6 +140,12 @@ pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String, mut buf: B
             fe::QUERY => {
                 let sql = cstr(frame.body()).map(|(s, _)| String::from_utf8_lossy(s).into_owned());
                 match sql.as_deref().map(Command::parse) {
+                    Some(Ok(cmd)) if read_only && !matches!(cmd, Command::Show(_)) => write_error(
+                        &mut out,
+                        Severity::Error,
+                        SqlState::INSUFFICIENT_PRIVILEGE.0,
+                        &format!("permission denied: {user} is a stats user and may only SHOW"),
+                    ),
                     Some(Ok(cmd)) => match cmd.execute(&ctx) {
                         Ok(reply) => write_reply(&mut out, &reply),
                         Err(msg) => {

@@ -3,6 +3,7 @@
 //! of pgmux can trust.
 
 pub mod de;
+pub mod ini;
 mod modes;
 
 pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
@@ -436,6 +437,20 @@ pub struct AdminSection {
     /// Users (defined in `[users]`) allowed in the admin console.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Users allowed read-only (SHOW commands only), as PgBouncer's
+    /// `stats_users`.
+    #[serde(default)]
+    pub stats_users: Vec<String>,
+}
+
+impl AdminSection {
+    /// Whether `user` may use the console at all.
+    pub fn allows(&self, user: &str) -> bool {
+        self.users
+            .iter()
+            .chain(&self.stats_users)
+            .any(|u| u == user)
+    }
 }
 
 /// The whole file, as written.
@@ -460,13 +475,43 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file (a `.ini` as PgBouncer's
+    /// configuration); what was ignored is logged.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (cfg, warnings) = Self::load_with_warnings(path)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(cfg)
+    }
+
+    /// [`Config::load`], returning the warnings (keys of a PgBouncer file
+    /// that pgmux ignores, with their lines) instead of logging them.
+    pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        if ini::is_ini(path) {
+            return ini::load(path);
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        Ok((Self::parse(&text)?, Vec::new()))
+    }
+
+    /// The database a client's name reaches: its own entry, or the `*`
+    /// fallback (PgBouncer's), which serves any name (as the server
+    /// database of that name). The admin console's names are not reached
+    /// through the fallback.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.get(name).or_else(|| {
+            let console =
+                name == crate::admin::ADMIN_DATABASE || name == crate::admin::PGBOUNCER_DATABASE;
+            if console {
+                None
+            } else {
+                self.databases.get("*")
+            }
+        })
     }
 
     /// Parses and validates config text.
@@ -632,9 +677,9 @@ impl Config {
                 Some(_) => {}
             }
         }
-        for u in &self.admin.users {
+        for u in self.admin.users.iter().chain(&self.admin.stats_users) {
             if !self.users.contains_key(u) {
-                errs.push(format!("admin.users: {u:?} is not defined in [users]"));
+                errs.push(format!("admin: {u:?} is not defined in [users]"));
             }
         }
         let lacking: Vec<&str> = self
@@ -644,12 +689,16 @@ impl Config {
             .map(|(n, _)| n.as_str())
             .collect();
         for (name, user) in &self.users {
-            if self.admin.users.contains(name) || can_log_in(user) || lacking.is_empty() {
+            // A SCRAM verifier logs in to the server by pass-through (the
+            // ClientKey of the client's own SCRAM login).
+            let passthrough = self.pgmux.auth_type == AuthType::ScramSha256;
+            if self.admin.allows(name) || can_log_in(user) || lacking.is_empty() || passthrough {
                 continue;
             }
             errs.push(format!(
-                "users.{name}.password is a SCRAM verifier, so pgmux cannot log in to the \
-                 server as {name}; set server_user and server_password on databases: {}",
+                "users.{name}.password is a SCRAM verifier and auth_type is not scram-sha-256, \
+                 so pgmux cannot log in to the server as {name}; set server_user and \
+                 server_password on databases: {}",
                 lacking.join(", ")
             ));
         }

@@ -38,10 +38,16 @@ fn plan(
     key: &PoolKey,
     looked_up: Option<&Secret>,
 ) -> Option<(ServerTarget, PoolSettings)> {
-    let db = cfg.databases.get(&key.database)?;
+    let db = cfg.database(&key.database)?;
     let user = cfg.users.get(&key.user);
     let (user_secret, user_mode, user_state) = match user {
-        Some(u) => (Secret::parse(&u.password), u.pool_mode, u.session_state),
+        // A verifier alone cannot log in: the pass-through keys can.
+        Some(u) => match (Secret::parse(&u.password), looked_up) {
+            (Secret::Scram(_), Some(keys @ Secret::ScramKeys(..))) => {
+                (keys.clone(), u.pool_mode, u.session_state)
+            }
+            (s, _) => (s, u.pool_mode, u.session_state),
+        },
         None => (looked_up?.clone(), None, None),
     };
     let (server_user, password) = match (&db.server_user, &db.server_password) {
@@ -172,11 +178,7 @@ impl PoolSet {
         let mut retired = Vec::new();
         pools.retain(|key, pool| {
             let name = pool.name().to_owned();
-            let found = if cfg.pgmux.auth_user.is_some() {
-                looked_up.get(key)
-            } else {
-                None
-            };
+            let found = looked_up.get(key);
             match plan(cfg, key, found) {
                 None => {
                     changes.push(format!(

@@ -164,8 +164,8 @@ struct Target {
 /// and an unknown user 28000, as PostgreSQL says them.
 async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, LoginError> {
     let (user, database) = (&req.user, &req.database);
-    let db = cfg.databases.contains_key(database);
-    let admin = crate::admin::is_console(database, db);
+    let admin = crate::admin::is_console(database, cfg.databases.contains_key(database));
+    let db = !admin && cfg.database(database).is_some();
     let configured = ctx.user(user);
     let looked_up = configured.is_none() && !admin && db && cfg.pgmux.auth_user.is_some();
     let auth = match configured {
@@ -246,16 +246,17 @@ fn count_auth_failure(ctx: &Context, e: &LoginError, req: &Request) {
 }
 
 impl Target {
-    /// What pgmux logs in to the server with for a looked-up user: what
-    /// the client's own login gave (the ClientKey its SCRAM proof
-    /// revealed, for pass-through, or the md5 hash). Configured users use
-    /// the configured secret (`None`).
+    /// What pgmux logs in to the server with, when the client's own login
+    /// decides it: a looked-up user's secret, and for any user known only
+    /// by a SCRAM verifier (auth_query, or a verifier copied into the
+    /// config or userlist.txt) the ClientKey its SCRAM proof revealed, for
+    /// pass-through. Otherwise the configured secret (`None`).
     fn server_secret(&self, client_key: Option<[u8; 32]>) -> Option<Secret> {
-        self.looked_up
-            .then(|| match (&self.auth.secret, client_key) {
-                (Secret::Scram(v), Some(k)) => Secret::ScramKeys(v.clone(), k),
-                (s, _) => s.clone(),
-            })
+        match (&self.auth.secret, client_key) {
+            (Secret::Scram(v), Some(k)) => Some(Secret::ScramKeys(v.clone(), k)),
+            (s, _) if self.looked_up => Some(s.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -267,7 +268,7 @@ async fn open_admin(
     mut out: BytesMut,
     buf: BytesMut,
 ) -> Result<Opening, LoginError> {
-    if !cfg.admin.users.contains(&user) {
+    if !cfg.admin.allows(&user) {
         return Err(fatal(
             SqlState::INSUFFICIENT_PRIVILEGE,
             format!("permission denied: user \"{user}\" may not use the admin console"),
