@@ -344,6 +344,10 @@ impl Context {
         for (_, pool) in self.pools.all() {
             pool.export_metrics();
         }
+        for b in self.pools.budgets() {
+            let (used, limit) = b.usage();
+            self.metrics.budget(b.scope, &b.name, used, limit);
+        }
         let c = &self.statements.counters;
         self.metrics.prepared([
             c.hits.load(Ordering::Relaxed),

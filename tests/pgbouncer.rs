@@ -339,11 +339,11 @@ fn check_names_ignored_keys_and_malformed_lines() {
     let bad = dir.join("bad.ini");
     std::fs::write(
         &bad,
-        "[pgbouncer]\nauth_file = userlist.txt\nlisten_port\nmax_db_connections = 10\n",
+        "[pgbouncer]\nauth_file = userlist.txt\nlisten_port\nauth_hba_file = hba.conf\n",
     )
     .unwrap();
     let (ok, out) = check(&bad);
     assert!(!ok, "{out}");
     assert!(out.contains("bad.ini:3: expected key = value"), "{out}");
-    assert!(out.contains("bad.ini:4: max_db_connections"), "{out}");
+    assert!(out.contains("bad.ini:4: auth_hba_file"), "{out}");
 }

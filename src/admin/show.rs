@@ -475,7 +475,7 @@ fn databases(ctx: &Context) -> Table {
         .map(|(name, db)| {
             let pools = ctx.pools.matching(Some(name));
             let paused = pools.iter().any(Pool::is_paused);
-            let current: usize = pools.iter().map(|p| p.counts().0).sum();
+            let current = ctx.pools.database_usage(name).0;
             let mode = db.pool_mode.unwrap_or(cfg.pgmux.pool_mode);
             // Several hosts show as libpq writes them: comma-separated
             // (the port column then holds the first host's).
@@ -490,9 +490,9 @@ fn databases(ctx: &Context) -> Table {
                 db.server_user.clone(),
                 text(cfg.pool_size(db)),
                 text(cfg.pgmux.min_pool_size),
-                text(0),
+                text(db.reserve_pool.unwrap_or(cfg.pgmux.reserve_pool_size)),
                 text(format!("{mode:?}").to_lowercase()),
-                text(0),
+                text(cfg.db_limit(db)),
                 text(current),
                 text(u8::from(paused)),
                 text(0),

@@ -3,8 +3,8 @@
 //! `[pgbouncer]` settings, `%include`) and the `auth_file` in userlist.txt
 //! format, turned into pgmux's own [`Config`]. Keys pgmux has no use for are
 //! named with their line as warnings; keys whose absence would change
-//! behaviour dangerously (more server connections than configured, a
-//! skipped connect query, a looser authentication) are errors.
+//! behaviour dangerously (a skipped connect query, another authentication)
+//! are errors.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -356,11 +356,14 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
                             Ok(m) => u.pool_mode = Some(m),
                             Err(e) => errors.push(format!("{}: {e}", l.at)),
                         },
-                        "max_user_connections" => errors.push(format!(
-                            "{}: user {}: max_user_connections is not supported yet; without it the user could open more server connections than intended",
+                        "max_user_connections" => match number(&v) {
+                            Ok(n) => u.max_user_connections = Some(n),
+                            Err(e) => errors.push(format!("{}: {e}", l.at)),
+                        },
+                        _ => warnings.push(format!(
+                            "{}: user {}: {k} is not supported; ignored",
                             l.at, l.key
                         )),
-                        _ => warnings.push(format!("{}: user {}: {k} is not supported; ignored", l.at, l.key)),
                     }
                 }
             }
@@ -392,6 +395,7 @@ fn user(password: &str) -> User {
     User {
         password: password.to_owned(),
         pool_mode: None,
+        max_user_connections: None,
         session_state: None,
         idle_transaction_timeout: None,
         client_idle_timeout: None,
@@ -481,15 +485,10 @@ fn general(
                 "client_tls_ca_file" => g.client_tls_ca = Some(v.to_owned()),
                 "server_tls_sslmode" => g.server_tls_mode = tls_mode(v)?,
                 "server_tls_ca_file" => g.server_tls_ca = Some(v.to_owned()),
-                "max_db_connections" | "max_user_connections" | "reserve_pool_size"
-                    if v != "0" =>
-                {
-                    return Err(format!(
-                        "{key} is not supported yet; without it pgmux could open more server connections than intended"
-                    ))
-                }
-                "max_db_connections" | "max_user_connections" | "reserve_pool_size" => {}
-                "reserve_pool_timeout" => {}
+                "max_db_connections" => g.max_db_connections = number(v)?,
+                "max_user_connections" => g.max_user_connections = number(v)?,
+                "reserve_pool_size" => g.reserve_pool_size = number(v)?,
+                "reserve_pool_timeout" => g.reserve_pool_timeout = seconds(v)?,
                 k if PROCESS_ONLY.contains(&k) => {}
                 k => {
                     if let Some((_, why)) = REFUSED.iter().find(|(name, _)| *name == k) {
@@ -519,6 +518,8 @@ fn database(
         load_balance_hosts: Default::default(),
         dbname: None,
         pool_size: None,
+        max_db_connections: None,
+        reserve_pool: None,
         pool_mode: None,
         session_state: None,
         idle_transaction_timeout: None,
@@ -547,15 +548,17 @@ fn database(
             "password" => db.server_password = Some(v),
             "pool_size" => db.pool_size = Some(number(&v)?),
             "pool_mode" => db.pool_mode = Some(pool_mode(&v)?),
-            "max_db_connections" | "reserve_pool" if v != "0" => {
-                return Err(format!("{k} is not supported yet; without it pgmux could open more server connections than intended"))
-            }
-            "max_db_connections" | "reserve_pool" => {}
+            "max_db_connections" => db.max_db_connections = Some(number(&v)?),
+            "reserve_pool" => db.reserve_pool = Some(number(&v)?),
             "connect_query" => {
-                return Err("connect_query is not supported; sessions would start without it".into())
+                return Err(
+                    "connect_query is not supported; sessions would start without it".into(),
+                )
             }
             "auth_user" | "auth_dbname" => {
-                return Err(format!("per-database {k} is not supported; set auth_user in [pgbouncer]"))
+                return Err(format!(
+                    "per-database {k} is not supported; set auth_user in [pgbouncer]"
+                ))
             }
             "target_session_attrs" => {
                 db.target_session_attrs = serde_plain(&v)?;

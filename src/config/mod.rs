@@ -50,6 +50,18 @@ pub struct General {
     pub min_pool_size: u32,
     /// Client connections accepted at once.
     pub max_client_conn: u32,
+    /// Server connections to one database, all its users' pools together
+    /// (0: no limit); per database too.
+    pub max_db_connections: u32,
+    /// Server connections of one user, all its databases' pools together
+    /// (0: no limit); per user too.
+    pub max_user_connections: u32,
+    /// Extra server connections a pool may open once a client has waited
+    /// `reserve_pool_timeout` (0: none); per database too.
+    pub reserve_pool_size: u32,
+    /// How long a client waits before the reserve opens.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub reserve_pool_timeout: Duration,
     /// How long a client may wait for a server.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub query_wait_timeout: Duration,
@@ -177,6 +189,10 @@ impl Default for General {
             default_pool_size: 20,
             min_pool_size: 0,
             max_client_conn: 10_000,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
             query_wait_timeout: Duration::from_secs(30),
             idle_transaction_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::ZERO,
@@ -248,6 +264,12 @@ pub struct Database {
     /// Pool size (default: `default_pool_size`).
     #[serde(default)]
     pub pool_size: Option<u32>,
+    /// Overrides `[pgmux] max_db_connections` for this database.
+    #[serde(default)]
+    pub max_db_connections: Option<u32>,
+    /// Overrides `[pgmux] reserve_pool_size` for this database.
+    #[serde(default)]
+    pub reserve_pool: Option<u32>,
     /// Pool mode (default: `[pgmux] pool_mode`).
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
@@ -396,6 +418,9 @@ pub struct User {
     /// Overrides the database's pool mode for this user.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `[pgmux] max_user_connections` for this user.
+    #[serde(default)]
+    pub max_user_connections: Option<u32>,
     /// Overrides the database's `session_state` for this user.
     #[serde(default)]
     pub session_state: Option<SessionState>,
@@ -575,6 +600,20 @@ impl Config {
             .iter()
             .map(|h| HostPort::parse(h, db.port))
             .collect()
+    }
+
+    /// The limit on a database's server connections (0: none).
+    pub fn db_limit(&self, db: &Database) -> u32 {
+        db.max_db_connections
+            .unwrap_or(self.pgmux.max_db_connections)
+    }
+
+    /// The limit on a user's server connections (0: none).
+    pub fn user_limit(&self, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pgmux.max_user_connections)
     }
 
     /// Pool size for a database.

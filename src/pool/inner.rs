@@ -7,6 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
+use super::budget::Budget;
 use super::PoolError;
 use crate::server::{Failure, ServerConn};
 
@@ -49,6 +52,13 @@ pub struct Inner {
     /// lent again: the host changed role, or its name no longer resolves
     /// to it.
     pub stale_addrs: Vec<(SocketAddr, Instant)>,
+    /// Shared limits this pool's connections count against.
+    pub budgets: Vec<Arc<Budget>>,
+    /// Connections allowed beyond the size once a client has waited
+    /// `reserve_timeout` (the reserve pool).
+    pub reserve_size: usize,
+    /// How long the oldest client waits before the reserve opens.
+    pub reserve_timeout: Duration,
 }
 
 /// Whether to open a connection for a new waiter.
@@ -203,15 +213,51 @@ impl Inner {
 
     /// Counts a new connection to open, if there is room and someone waits
     /// (after failures: one attempt at a time, none during the backoff).
+    /// Room is the pool's size, plus the reserve once the oldest client has
+    /// waited `reserve_timeout`, within the shared budgets.
     pub fn reserve_open(&mut self, size: usize) -> bool {
         let held_back = self.failures > 0 && (self.opening > 0 || self.in_backoff(Instant::now()));
-        if !held_back && self.total < size && self.opening < self.live_waiters() {
-            self.total += 1;
-            self.opening += 1;
+        if held_back || self.opening >= self.live_waiters() {
+            return false;
+        }
+        let room = if self.total < size {
             true
         } else {
-            false
+            self.reserve_size > 0
+                && self.total < size + self.reserve_size
+                && self.max_wait() >= self.reserve_timeout
+        };
+        room && self.count_open()
+    }
+
+    /// Counts a connection about to be opened, if every budget has a unit
+    /// for it (a spent one is marked starved so room is made).
+    pub fn count_open(&mut self) -> bool {
+        for (i, b) in self.budgets.iter().enumerate() {
+            if !b.try_take() {
+                for taken in &self.budgets[..i] {
+                    taken.untake();
+                }
+                b.starve();
+                return false;
+            }
         }
+        self.total += 1;
+        self.opening += 1;
+        true
+    }
+
+    /// A connection (open or opening) is gone: its units go back.
+    fn uncount(&mut self) {
+        self.total -= 1;
+        for b in &self.budgets {
+            b.give_back();
+        }
+    }
+
+    /// Whether another pool waits for units this pool's idle servers hold.
+    pub fn others_starved(&self) -> bool {
+        self.budgets.iter().any(|b| b.is_starved())
     }
 
     /// A connection finished opening: failures are over.
@@ -245,7 +291,7 @@ impl Inner {
 
     /// A connection left the pool for good.
     pub fn forget(&mut self, id: u64) {
-        self.total -= 1;
+        self.uncount();
         self.servers.remove(&id);
     }
 
@@ -256,7 +302,7 @@ impl Inner {
     /// out a backoff; returns when to retry, if a retry is needed.
     pub fn open_failed(&mut self, err: PoolError, kind: Failure, retry_max: Duration) -> Open {
         self.opening -= 1;
-        self.total -= 1;
+        self.uncount();
         self.failures = self.failures.saturating_add(1);
         self.backoff_until = Some(Instant::now() + backoff(self.failures, retry_max));
         if kind != Failure::Transient {

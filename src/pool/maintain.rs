@@ -53,9 +53,15 @@ pub(super) async fn maintain(pool: Weak<Shared>) {
                 }
             }
             let mut open = 0;
-            while !retired && inner.failures == 0 && inner.total < st.min_size.min(st.size) {
-                inner.total += 1;
-                inner.opening += 1;
+            while !retired
+                && inner.failures == 0
+                && inner.total < st.min_size.min(st.size)
+                && inner.count_open()
+            {
+                open += 1;
+            }
+            // The reserve opens once a client has waited long enough.
+            while !retired && inner.reserve_open(st.size) {
                 open += 1;
             }
             (expired, open)

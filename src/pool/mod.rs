@@ -9,6 +9,7 @@
 //! servers of the old address close as they come back. A retired pool
 //! (database or user removed) serves the sessions that still hold it.
 
+mod budget;
 mod checkout;
 mod inner;
 mod maintain;
@@ -22,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
+pub use budget::Budget;
 pub use checkout::Checkout;
 pub use inner::ServerRow;
 pub use set::{PoolKey, PoolSet};
@@ -98,6 +100,10 @@ pub struct PoolSettings {
     pub client_idle_timeout: Duration,
     /// A request running past this is cancelled on the server (0: never).
     pub query_timeout: Duration,
+    /// Connections beyond `size` once a client waited `reserve_timeout`.
+    pub reserve_size: usize,
+    /// How long the oldest client waits before the reserve opens.
+    pub reserve_timeout: Duration,
 }
 
 impl PoolSettings {
@@ -167,7 +173,14 @@ impl Pool {
         settings: PoolSettings,
         tls: Option<TlsConnector>,
         metrics: PoolMetrics,
+        budgets: Vec<Arc<Budget>>,
     ) -> Self {
+        let inner = Inner {
+            reserve_size: settings.reserve_size,
+            reserve_timeout: settings.reserve_timeout,
+            budgets: budgets.clone(),
+            ..Inner::default()
+        };
         let pool = Self {
             shared: Arc::new(Shared {
                 name: format!("{}/{}", key.database, key.user),
@@ -177,7 +190,7 @@ impl Pool {
                     tls,
                 })),
                 settings: RwLock::new(Arc::new(settings)),
-                inner: Mutex::new(Inner::default()),
+                inner: Mutex::new(inner),
                 startup_params: Mutex::new(None),
                 metrics,
                 clients: AtomicUsize::new(0),
@@ -186,6 +199,9 @@ impl Pool {
                 retired: AtomicBool::new(false),
             }),
         };
+        for b in &budgets {
+            b.join(Arc::downgrade(&pool.shared));
+        }
         tokio::spawn(maintain::maintain(Arc::downgrade(&pool.shared)));
         pool
     }
@@ -386,9 +402,11 @@ impl Pool {
             drop(inner);
             return self.discard(conn);
         }
-        // After a shrink, a connection beyond the new size closes unless
-        // someone is waiting for it.
-        if inner.total > st.size && inner.live_waiters() == 0 {
+        // After a shrink (or the reserve used), a connection beyond the
+        // size closes unless someone is waiting for it; so does one another
+        // pool of a shared budget is waiting for.
+        let unwanted = inner.total > st.size || inner.others_starved();
+        if unwanted && inner.live_waiters() == 0 {
             drop(inner);
             return self.discard(conn);
         }
@@ -420,6 +438,36 @@ impl Pool {
         tracing::warn!(pool = %self.name(), server = %addr, "server changed role; its connections are closed and another server is looked for");
         self.address_gone(addr);
         self.discard(conn);
+    }
+
+    /// Closes the idle server used least recently, if there is one (a
+    /// pool sharing a budget needs the room); says whether it did.
+    pub fn close_one_idle(&self) -> bool {
+        let conn = {
+            let mut inner = self.shared.inner.lock();
+            let conn = inner.idle.pop_front();
+            if let Some(c) = &conn {
+                inner.forget(c.id);
+            }
+            conn
+        };
+        conn.is_some()
+    }
+
+    /// Opens connections for waiting clients, as far as room allows
+    /// (units came back to a shared budget).
+    pub fn open_for_waiters(&self) {
+        let size = self.settings().size;
+        let mut open = 0;
+        {
+            let mut inner = self.shared.inner.lock();
+            while inner.reserve_open(size) {
+                open += 1;
+            }
+        }
+        for _ in 0..open {
+            self.spawn_open();
+        }
     }
 
     /// A server died under a client: idle connections that died with it (a
@@ -549,9 +597,11 @@ impl Pool {
     /// ones as they are released; a larger one opens for waiting clients.
     pub fn update_settings(&self, settings: PoolSettings) {
         let size = settings.size;
+        let reserve = (settings.reserve_size, settings.reserve_timeout);
         *self.shared.settings.write() = Arc::new(settings);
         let (closed, open) = {
             let mut inner = self.shared.inner.lock();
+            (inner.reserve_size, inner.reserve_timeout) = reserve;
             let generation = self.shared.generation.load(Ordering::Relaxed);
             let closed = inner.trim_idle(size, generation);
             let mut open = 0;

@@ -2,10 +2,11 @@
 //! and reconciled with a new configuration on reload.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Pool, PoolSettings};
+use super::{Budget, Pool, PoolSettings};
 use crate::auth::Secret;
 use crate::config::Config;
 use crate::server::ServerTarget;
@@ -29,6 +30,9 @@ pub struct PoolSet {
     retired: Mutex<Vec<(PoolKey, Pool)>>,
     /// Server login secrets of users found with `auth_query`, by pool.
     looked_up: Mutex<HashMap<PoolKey, Secret>>,
+    /// Shared limits by (scope, name): `max_db_connections` per database,
+    /// `max_user_connections` per user.
+    budgets: Mutex<HashMap<(&'static str, String), Arc<Budget>>>,
 }
 
 /// Where a pool's servers are and how it is run, per `cfg`; `None` when the
@@ -94,6 +98,8 @@ fn plan(
             .and_then(|u| u.query_timeout)
             .or(db.query_timeout)
             .unwrap_or(g.query_timeout),
+        reserve_size: db.reserve_pool.unwrap_or(g.reserve_pool_size) as usize,
+        reserve_timeout: g.reserve_pool_timeout,
     };
     Some((target, settings))
 }
@@ -144,9 +150,40 @@ impl PoolSet {
             plan(cfg, key, looked_up.as_ref()).ok_or("database or user is no longer configured")?;
         let connector = connector(&target)?;
         let metrics = metrics.pool(&key.database, &key.user);
-        let pool = Pool::new(key.clone(), target, settings, connector, metrics);
+        let budgets = vec![
+            self.budget(
+                "database",
+                &key.database,
+                cfg.database(&key.database).map_or(0, |d| cfg.db_limit(d)),
+            ),
+            self.budget("user", &key.user, cfg.user_limit(&key.user)),
+        ];
+        let pool = Pool::new(key.clone(), target, settings, connector, metrics, budgets);
         pools.insert(key.clone(), pool.clone());
         Ok(pool)
+    }
+
+    /// The budget of a database or user, created on first use.
+    fn budget(&self, scope: &'static str, name: &str, limit: u32) -> Arc<Budget> {
+        self.budgets
+            .lock()
+            .entry((scope, name.to_owned()))
+            .or_insert_with(|| Budget::new(scope, name, limit as usize))
+            .clone()
+    }
+
+    /// Server connections open (or opening) under a database's budget,
+    /// and its limit (0: none).
+    pub fn database_usage(&self, database: &str) -> (usize, usize) {
+        self.budgets
+            .lock()
+            .get(&("database", database.to_owned()))
+            .map_or((0, 0), |b| b.usage())
+    }
+
+    /// Every budget, for monitoring.
+    pub fn budgets(&self) -> Vec<Arc<Budget>> {
+        self.budgets.lock().values().cloned().collect()
     }
 
     /// Every pool, for monitoring, in key order: the live ones, then the
@@ -217,6 +254,19 @@ impl PoolSet {
             }
         });
         self.retired.lock().extend(retired);
+        for ((scope, name), b) in self.budgets.lock().iter() {
+            let limit = match *scope {
+                "database" => cfg.database(name).map_or(0, |d| cfg.db_limit(d)),
+                _ => cfg.user_limit(name),
+            } as usize;
+            if b.usage().1 != limit {
+                changes.push(format!(
+                    "{scope} {name}: connection limit {} -> {limit}",
+                    b.usage().1
+                ));
+                b.set_limit(limit);
+            }
+        }
         changes
     }
 

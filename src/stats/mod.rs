@@ -56,6 +56,11 @@ pub mod names {
     pub const CLIENT_TIMEOUTS: &str = "pgmux_client_timeouts_total";
     /// Servers a client left mid-transaction, by outcome.
     pub const ABANDONED: &str = "pgmux_abandoned_transactions_total";
+    /// Server connections under a shared limit (max_db_connections,
+    /// max_user_connections), by scope and name.
+    pub const LIMITED_CONNECTIONS: &str = "pgmux_limited_server_connections";
+    /// The shared limit itself (0: none).
+    pub const CONNECTION_LIMIT: &str = "pgmux_server_connection_limit";
 }
 
 /// Why a client got an error, as counted in `pgmux_errors_total{reason}`.
@@ -481,6 +486,22 @@ impl Metrics {
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
+    /// Sets a shared limit's gauges: connections under it, and the limit.
+    pub fn budget(&self, scope: &'static str, name: &str, used: usize, limit: usize) {
+        for (metric, v) in [
+            (names::LIMITED_CONNECTIONS, used),
+            (names::CONNECTION_LIMIT, limit),
+        ] {
+            let labels = vec![
+                Label::new("scope", scope),
+                Label::new("name", name.to_owned()),
+            ];
+            self.recorder
+                .register_gauge(&Key::from_parts(metric, labels), &META)
+                .set(v as f64);
+        }
+    }
+
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].increment(1);
@@ -546,6 +567,18 @@ fn describe(r: &PrometheusRecorder) {
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));
     }
+    r.describe_gauge(
+        KeyName::from(names::LIMITED_CONNECTIONS),
+        None,
+        SharedString::from("Server connections open or opening under a shared limit: scope database (max_db_connections) or user (max_user_connections)."),
+    );
+    r.describe_gauge(
+        KeyName::from(names::CONNECTION_LIMIT),
+        None,
+        SharedString::from(
+            "The shared limit on server connections of a database or user (0: none).",
+        ),
+    );
     r.describe_gauge(
         KeyName::from(names::PINNED_CLIENTS),
         None,
