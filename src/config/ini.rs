@@ -435,7 +435,16 @@ fn general(
         warnings.push("listen_addr: pgmux listens on the first address only".into());
     }
     // PgBouncer's documented defaults where they differ from pgmux's, so
-    // an ini means what it meant.
+    // an ini means what it meant (keepalive timings excepted: pgmux's
+    // find a dead server in seconds, not hours).
+    g.pool_mode = PoolMode::Session;
+    g.auth_type = AuthType::Md5;
+    g.max_client_conn = 100;
+    g.query_wait_timeout = Duration::from_secs(120);
+    g.server_idle_timeout = Duration::from_secs(600);
+    g.server_connect_timeout = Duration::from_secs(15);
+    g.client_login_timeout = Duration::from_secs(60);
+    g.idle_transaction_timeout = Duration::ZERO;
     g.server_reset_query = "DISCARD ALL".into();
     for (key, l) in settings {
         let v = l.value.as_str();

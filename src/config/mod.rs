@@ -729,13 +729,14 @@ impl Config {
             .collect();
         for (name, user) in &self.users {
             // A SCRAM verifier logs in to the server by pass-through (the
-            // ClientKey of the client's own SCRAM login).
-            let passthrough = self.pgmux.auth_type == AuthType::ScramSha256;
+            // ClientKey of the client's own SCRAM login, which md5 also
+            // uses for such a user).
+            let passthrough = self.pgmux.auth_type != AuthType::Trust;
             if self.admin.allows(name) || can_log_in(user) || lacking.is_empty() || passthrough {
                 continue;
             }
             errs.push(format!(
-                "users.{name}.password is a SCRAM verifier and auth_type is not scram-sha-256, \
+                "users.{name}.password is a SCRAM verifier and auth_type is trust, \
                  so pgmux cannot log in to the server as {name}; set server_user and \
                  server_password on databases: {}",
                 lacking.join(", ")
