@@ -347,3 +347,83 @@ fn check_names_ignored_keys_and_malformed_lines() {
     assert!(out.contains("bad.ini:3: expected key = value"), "{out}");
     assert!(out.contains("bad.ini:4: auth_hba_file"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_wait_close_wait_disable_refuses() {
+    let name = "t_pgb_pause";
+    create_db(cluster(), name).await;
+    let cfg = Config::parse(&format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+[admin]
+users = ["admin"]
+[databases.{name}]
+port = {port}
+[users.admin]
+password = "{PASSWORD}"
+[users.{name}]
+password = "{PASSWORD}"
+"#,
+        port = cluster().port()
+    ))
+    .unwrap();
+    let proxy = Proxy::start(cfg).await.unwrap();
+    let admin = connect(&format!(
+        "host=127.0.0.1 port={} user=admin password={PASSWORD} dbname=pgbouncer",
+        proxy.addr().port()
+    ))
+    .await
+    .unwrap();
+    let admin = std::sync::Arc::new(admin);
+    let su = superuser(cluster()).await;
+    let holder = client(&proxy, name).await;
+    let run_admin = |cmd: &'static str| {
+        let a = admin.clone();
+        tokio::spawn(async move { a.simple_query(cmd).await.map(|_| ()) })
+    };
+    let half_second = std::time::Duration::from_millis(500);
+
+    // PAUSE answers once the transaction under way has released its
+    // server, and closes the servers.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pause = run_admin("PAUSE t_pgb_pause");
+    tokio::time::sleep(half_second).await;
+    assert!(!pause.is_finished(), "PAUSE waits for the transaction");
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), pause)
+        .await
+        .expect("PAUSE answers")
+        .unwrap()
+        .unwrap();
+    assert!(
+        server_states_with(&su, name).await.is_empty(),
+        "servers closed"
+    );
+    admin.simple_query("RESUME t_pgb_pause").await.unwrap();
+    holder.simple_query("SELECT 1").await.unwrap();
+
+    // WAIT_CLOSE answers once the servers RECONNECT left are closed.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    admin.simple_query("RECONNECT t_pgb_pause").await.unwrap();
+    let wait = run_admin("WAIT_CLOSE t_pgb_pause");
+    tokio::time::sleep(half_second).await;
+    assert!(!wait.is_finished(), "WAIT_CLOSE waits for the old server");
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+        .await
+        .expect("WAIT_CLOSE answers")
+        .unwrap()
+        .unwrap();
+
+    // DISABLE refuses new clients (57P03) and keeps the ones there.
+    admin.simple_query("DISABLE t_pgb_pause").await.unwrap();
+    assert_eq!(refused(&url(&proxy, name)).await.as_deref(), Some("57P03"));
+    holder.simple_query("SELECT 1").await.unwrap();
+    admin.simple_query("ENABLE t_pgb_pause").await.unwrap();
+    client(&proxy, name)
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+}

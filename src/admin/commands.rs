@@ -11,8 +11,16 @@ use crate::shutdown::Phase;
 pub enum Command {
     /// SHOW POOLS, STATS, CLIENTS, ... (PgBouncer's columns and types).
     Show(Show),
-    /// PAUSE [db]: new transactions wait until RESUME.
+    /// PAUSE [db]: new transactions wait until RESUME; answers once every
+    /// server is released, and closes them.
     Pause(Option<String>),
+    /// WAIT_CLOSE [db]: answers once servers left by RECONNECT or a
+    /// reload are closed.
+    WaitClose(Option<String>),
+    /// DISABLE db: new clients of the database are refused (57P03).
+    Disable(String),
+    /// ENABLE db: ends a DISABLE.
+    Enable(String),
     /// RESUME [db]
     Resume(Option<String>),
     /// RELOAD: re-read the config file.
@@ -40,11 +48,14 @@ impl Command {
             },
             ["PAUSE"] | ["PAUSE", _] => Self::Pause(arg),
             ["RESUME"] | ["RESUME", _] => Self::Resume(arg),
+            ["WAIT_CLOSE"] | ["WAIT_CLOSE", _] => Self::WaitClose(arg),
+            ["DISABLE", _] => Self::Disable(arg.unwrap_or_default()),
+            ["ENABLE", _] => Self::Enable(arg.unwrap_or_default()),
             ["RELOAD"] => Self::Reload,
             ["RECONNECT"] | ["RECONNECT", _] => Self::Reconnect(arg),
             ["KILL", _] => Self::Kill(arg.unwrap_or_default()),
             ["SHUTDOWN"] => Self::Shutdown,
-            _ => return Err(format!("unknown admin command: {text:?}; try SHOW HELP, SHOW POOLS, PAUSE, RESUME, RELOAD, RECONNECT, KILL or SHUTDOWN")),
+            _ => return Err(format!("unknown admin command: {text:?}; try SHOW HELP, SHOW POOLS, PAUSE, RESUME, WAIT_CLOSE, ENABLE, DISABLE, RELOAD, RECONNECT, KILL or SHUTDOWN")),
         })
     }
 
@@ -53,10 +64,22 @@ impl Command {
         Ok(match self {
             Self::Show(what) => Reply::Rows(show::table(*what, ctx)),
             Self::Pause(db) => {
-                for p in pools(ctx, db.as_deref())? {
+                let targets = pools(ctx, db.as_deref())?;
+                for p in &targets {
                     p.set_paused(true);
                 }
-                Reply::Done("PAUSE")
+                Reply::Until(targets, super::Until::Released, "PAUSE")
+            }
+            Self::WaitClose(db) => Reply::Until(
+                pools(ctx, db.as_deref())?,
+                super::Until::OldClosed,
+                "WAIT_CLOSE",
+            ),
+            Self::Disable(db) | Self::Enable(db) => {
+                pools(ctx, Some(db))?;
+                let disable = matches!(self, Self::Disable(_));
+                ctx.pools.set_disabled(db, disable);
+                Reply::Done(if disable { "DISABLE" } else { "ENABLE" })
             }
             Self::Resume(db) => {
                 for p in pools(ctx, db.as_deref())? {

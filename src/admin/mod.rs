@@ -59,7 +59,7 @@ impl Table {
 }
 
 /// What a command answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Reply {
     /// Rows, with the command tag `SHOW`.
     Rows(Table),
@@ -67,6 +67,36 @@ pub enum Reply {
     Done(&'static str),
     /// Rows of text lines under one column, then a tag (RELOAD's changes).
     Lines(&'static str, Vec<String>),
+    /// The tag once the pools reach a state (PAUSE, WAIT_CLOSE wait).
+    Until(Vec<crate::pool::Pool>, Until, &'static str),
+}
+
+/// What a waiting command waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Every server released by its client (then idle ones are closed).
+    Released,
+    /// Every server of an older generation closed.
+    OldClosed,
+}
+
+/// Waits until `pools` reach the state, polling (admin commands are rare).
+async fn wait_until(pools: &[crate::pool::Pool], until: Until) {
+    loop {
+        let done = match until {
+            Until::Released => pools.iter().all(|p| p.snapshot().servers_active == 0),
+            Until::OldClosed => pools.iter().all(|p| p.old_servers() == 0),
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if until == Until::Released {
+        for p in pools {
+            p.close_idle();
+        }
+    }
 }
 
 /// Writes the ParameterStatus set of the admin console after AuthenticationOk.
@@ -97,6 +127,7 @@ fn write_table(out: &mut BytesMut, t: &Table) {
 
 fn write_reply(out: &mut BytesMut, reply: &Reply) {
     match reply {
+        Reply::Until(_, _, tag) => encode::command_complete(out, tag),
         Reply::Rows(t) => {
             write_table(out, t);
             encode::command_complete(out, "SHOW");
@@ -147,7 +178,12 @@ pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String, mut buf: B
                         &format!("permission denied: {user} is a stats user and may only SHOW"),
                     ),
                     Some(Ok(cmd)) => match cmd.execute(&ctx) {
-                        Ok(reply) => write_reply(&mut out, &reply),
+                        Ok(reply) => {
+                            if let Reply::Until(pools, until, _) = &reply {
+                                wait_until(pools, *until).await;
+                            }
+                            write_reply(&mut out, &reply)
+                        }
                         Err(msg) => {
                             write_error(&mut out, Severity::Error, SqlState::SYSTEM_ERROR.0, &msg)
                         }

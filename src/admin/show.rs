@@ -123,7 +123,8 @@ pub fn table(what: Show, ctx: &Context) -> Table {
             &[("command", Text)],
             [
                 "SHOW POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|MEM|CONFIG|VERSION",
-                "PAUSE [db]", "RESUME [db]", "RECONNECT [db]", "KILL db", "RELOAD", "SHUTDOWN",
+                "PAUSE [db]", "RESUME [db]", "WAIT_CLOSE [db]", "ENABLE db", "DISABLE db",
+                "RECONNECT [db]", "KILL db", "RELOAD", "SHUTDOWN",
             ]
             .iter()
             .map(|l| vec![text(l)])
@@ -495,7 +496,7 @@ fn databases(ctx: &Context) -> Table {
                 text(cfg.db_limit(db)),
                 text(current),
                 text(u8::from(paused)),
-                text(0),
+                text(u8::from(ctx.pools.is_disabled(name))),
             ]
         })
         .collect();

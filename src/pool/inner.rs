@@ -25,6 +25,8 @@ pub struct ServerRow {
     pub addr: SocketAddr,
     /// When it was opened.
     pub since: SystemTime,
+    /// The pool generation it belongs to (older ones close when released).
+    pub generation: u64,
 }
 
 /// Counts and queues of one pool.
@@ -272,6 +274,7 @@ impl Inner {
                 pid: conn.key.pid,
                 addr: conn.key.addr,
                 since: SystemTime::now(),
+                generation: conn.generation,
             },
         );
     }

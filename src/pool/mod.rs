@@ -680,6 +680,31 @@ impl Pool {
         }
     }
 
+    /// Server connections of an older generation (RECONNECT, a moved
+    /// database) not closed yet.
+    pub fn old_servers(&self) -> usize {
+        let current = self.shared.generation.load(Ordering::Relaxed);
+        let inner = self.shared.inner.lock();
+        inner
+            .servers
+            .values()
+            .filter(|r| r.generation < current)
+            .count()
+    }
+
+    /// Closes every idle server (PAUSE, once the busy ones are released).
+    pub fn close_idle(&self) {
+        let idle: Vec<ServerConn> = {
+            let mut inner = self.shared.inner.lock();
+            let idle: Vec<ServerConn> = inner.idle.drain(..).collect();
+            for c in &idle {
+                inner.forget(c.id);
+            }
+            idle
+        };
+        drop(idle);
+    }
+
     /// How long the oldest waiting client has waited.
     pub fn max_wait(&self) -> Duration {
         self.shared.inner.lock().max_wait()

@@ -33,6 +33,8 @@ pub struct PoolSet {
     /// Shared limits by (scope, name): `max_db_connections` per database,
     /// `max_user_connections` per user.
     budgets: Mutex<HashMap<(&'static str, String), Arc<Budget>>>,
+    /// Databases that take no new clients (DISABLE).
+    disabled: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Where a pool's servers are and how it is run, per `cfg`; `None` when the
@@ -179,6 +181,21 @@ impl PoolSet {
             .lock()
             .get(&("database", database.to_owned()))
             .map_or((0, 0), |b| b.usage())
+    }
+
+    /// Stops (DISABLE) or resumes (ENABLE) new clients of a database.
+    pub fn set_disabled(&self, database: &str, disabled: bool) {
+        let mut set = self.disabled.lock();
+        if disabled {
+            set.insert(database.to_owned());
+        } else {
+            set.remove(database);
+        }
+    }
+
+    /// Whether a database takes no new clients.
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.disabled.lock().contains(database)
     }
 
     /// Every budget, for monitoring.

@@ -27,6 +27,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
     /// 57P01: the pooler is shutting down.
     pub const ADMIN_SHUTDOWN: Self = Self("57P01");
+    /// 57P03: the database does not take connections now (DISABLE).
+    pub const CANNOT_CONNECT_NOW: Self = Self("57P03");
     /// 25P03: idle in a transaction past the timeout.
     pub const IDLE_IN_TRANSACTION_TIMEOUT: Self = Self("25P03");
     /// 57P05: idle outside a transaction past the timeout.

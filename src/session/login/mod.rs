@@ -176,6 +176,10 @@ async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, L
         None => None,
     };
     match auth {
+        Some(_) if db && ctx.pools.is_disabled(database) => Err(fatal(
+            SqlState::CANNOT_CONNECT_NOW,
+            format!("database \"{database}\" does not allow connections now (DISABLE)"),
+        )),
         Some(auth) if admin || db => Ok(Target {
             admin,
             auth,
