@@ -28,7 +28,7 @@ pub use checkout::Checkout;
 pub use inner::ServerRow;
 pub use set::{PoolKey, PoolSet};
 
-use crate::config::{PoolMode, TcpOptions};
+use crate::config::{PoolMode, TargetSessionAttrs, TcpOptions};
 use crate::server::{ConnectOptions, ServerConn, ServerError, ServerTarget};
 use crate::stats::{PoolMetrics, PoolSnapshot};
 use inner::{Inner, Open, Take};
@@ -100,6 +100,8 @@ pub struct PoolSettings {
     pub client_idle_timeout: Duration,
     /// A request running past this is cancelled on the server (0: never).
     pub query_timeout: Duration,
+    /// The target's `target_session_attrs` (read on every release).
+    pub attrs: TargetSessionAttrs,
     /// Connections beyond `size` once a client waited `reserve_timeout`.
     pub reserve_size: usize,
     /// How long the oldest client waits before the reserve opens.
@@ -384,10 +386,11 @@ impl Pool {
         let s = &self.shared;
         let st = self.settings();
         let now = Instant::now();
-        let attrs = self.target().target_session_attrs;
-        let moved = conn
-            .reported_role()
-            .is_some_and(|r| !crate::server::still_fits(attrs, r.standby));
+        // Only pools that care about the role look (two map lookups).
+        let moved = st.attrs != TargetSessionAttrs::Any
+            && conn
+                .reported_role()
+                .is_some_and(|r| !crate::server::still_fits(st.attrs, r.standby));
         if moved {
             return self.host_demoted(conn);
         }

@@ -100,6 +100,7 @@ fn plan(
             .and_then(|u| u.query_timeout)
             .or(db.query_timeout)
             .unwrap_or(g.query_timeout),
+        attrs: db.target_session_attrs,
         reserve_size: db.reserve_pool.unwrap_or(g.reserve_pool_size) as usize,
         reserve_timeout: g.reserve_pool_timeout,
     };
