@@ -20,6 +20,9 @@ use crate::shutdown::Phase;
 pub struct Proxy {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// The listening sockets, for a successor to take over.
+    listener_fd: std::os::fd::RawFd,
+    metrics_fd: Option<std::os::fd::RawFd>,
     ctx: Arc<Context>,
     accept: JoinHandle<()>,
 }
@@ -31,6 +34,9 @@ fn bind(addr: SocketAddr, cfg: &Config) -> anyhow::Result<TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if cfg.pgmux.so_reuseport {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     crate::listener::tune(socket2::SockRef::from(&socket), cfg);
     socket
@@ -54,19 +60,57 @@ impl Proxy {
     }
 
     async fn start_with_path(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let listener = bind(config.listen_addr()?, &config)?;
+        Self::start_on(config, path, Vec::new()).await
+    }
+
+    /// Starts serving, on listening sockets handed over by a running
+    /// process when there are any (the client one, then the metrics one),
+    /// else on new ones.
+    async fn start_on(
+        config: Config,
+        path: Option<PathBuf>,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
+        let mut inherited = inherited.into_iter();
+        let adopt = |l: std::net::TcpListener| -> anyhow::Result<TcpListener> {
+            l.set_nonblocking(true)?;
+            Ok(TcpListener::from_std(l)?)
+        };
+        let listener = match inherited.next() {
+            Some(l) => adopt(l)?,
+            None => bind(config.listen_addr()?, &config)?,
+        };
         let addr = listener.local_addr()?;
-        let metrics_listener = match &config.metrics {
-            Some(m) => Some(bind(m.listen.parse().context("metrics.listen")?, &config)?),
-            None => None,
+        use std::os::fd::AsRawFd;
+        let listener_fd = listener.as_raw_fd();
+        let metrics_listener = match (&config.metrics, inherited.next()) {
+            (Some(_), Some(l)) => Some(adopt(l)?),
+            (Some(m), None) => Some(bind(m.listen.parse().context("metrics.listen")?, &config)?),
+            (None, _) => None,
         };
         let ctx = Arc::new(Context::new(config, path).map_err(|e| anyhow::anyhow!(e))?);
+        let metrics_fd = metrics_listener.as_ref().map(|l| l.as_raw_fd());
         let metrics_addr = match metrics_listener {
             Some(l) => {
                 let a = l.local_addr()?;
                 let scrape = ctx.clone();
                 let render: crate::stats::http::Render = Arc::new(move || scrape.render_metrics());
-                tokio::spawn(crate::stats::http::serve(l, render, ctx.shutdown.watch()));
+                let probe = Arc::downgrade(&ctx);
+                let ready: crate::stats::http::Ready = Arc::new(move || {
+                    let ctx = probe.upgrade();
+                    Box::pin(async move {
+                        match ctx {
+                            Some(ctx) => is_ready(&ctx).await,
+                            None => false,
+                        }
+                    })
+                });
+                tokio::spawn(crate::stats::http::serve(
+                    l,
+                    render,
+                    ready,
+                    ctx.shutdown.watch(),
+                ));
                 tracing::info!(addr = %a, "metrics on /metrics");
                 Some(a)
             }
@@ -79,6 +123,8 @@ impl Proxy {
         Ok(Self {
             addr,
             metrics_addr,
+            listener_fd,
+            metrics_fd,
             ctx,
             accept,
         })
@@ -97,6 +143,20 @@ impl Proxy {
     /// The shared state, for inspection.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    /// Serves `takeover_socket` (when set) until a successor has taken the
+    /// listening sockets; never returns otherwise.
+    async fn offer_takeover(&self, path: &Path) {
+        if path.as_os_str().is_empty() {
+            return std::future::pending().await;
+        }
+        let mut fds = vec![self.listener_fd];
+        fds.extend(self.metrics_fd);
+        if let Err(e) = crate::takeover::offer(path, fds).await {
+            tracing::warn!(error = %e, path = %path.display(), "takeover_socket unavailable");
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Waits until something (the admin SHUTDOWN) starts a shutdown.
@@ -121,6 +181,33 @@ impl Proxy {
         sd.advance(Phase::Terminating);
         let _ = tokio::time::timeout(Duration::from_secs(2), sd.all_closed()).await;
     }
+}
+
+/// Ready for clients: still accepting, and a server can be reached (a pool
+/// has open connections and no connect failure, or a database's first host
+/// accepts a TCP connection within a second). No database configured:
+/// ready.
+async fn is_ready(ctx: &Context) -> bool {
+    if ctx.shutdown.phase() != Phase::Running {
+        return false;
+    }
+    if ctx.pools.all().iter().any(|(_, p)| p.is_healthy()) {
+        return true;
+    }
+    let cfg = ctx.config();
+    if cfg.databases.is_empty() {
+        return true;
+    }
+    for db in cfg.databases.values() {
+        let Some(host) = cfg.hosts(db).ok().and_then(|h| h.into_iter().next()) else {
+            continue;
+        };
+        let probe = tokio::net::TcpStream::connect((host.host.as_str(), host.port));
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// Keeps histogram memory bounded (recorded samples are folded into
@@ -157,22 +244,49 @@ async fn sweep_idle(ctx: std::sync::Weak<Context>) {
     }
 }
 
-/// Serves a config file until SIGTERM, SIGINT or the admin SHUTDOWN, then
-/// shuts down gracefully; SIGHUP reloads the file.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
+/// Serves a config file until SIGTERM, SIGINT, the admin SHUTDOWN or a
+/// successor taking over, then shuts down gracefully; SIGHUP reloads the
+/// file. With `takeover`, the listening sockets come from the process
+/// already running (its `takeover_socket`), which then drains.
+pub async fn run(path: &Path, takeover: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let proxy = Proxy::start_file(path).await?;
+    let config = Config::load(path)?;
+    let socket = PathBuf::from(&config.pgmux.takeover_socket);
+    if takeover && config.pgmux.takeover_socket.is_empty() {
+        anyhow::bail!("--takeover needs takeover_socket in the configuration");
+    }
+    let taken = if takeover {
+        let s = socket.clone();
+        Some(tokio::task::spawn_blocking(move || crate::takeover::take(&s)).await??)
+    } else {
+        None
+    };
+    let proxy = match taken {
+        Some(mut t) => {
+            let sockets = std::mem::take(&mut t.sockets);
+            let proxy = Proxy::start_on(config, Some(path.to_path_buf()), sockets).await?;
+            tokio::task::spawn_blocking(move || t.ready()).await??;
+            tracing::info!("took over the listening sockets of the running process");
+            proxy
+        }
+        None => Proxy::start_on(config, Some(path.to_path_buf()), Vec::new()).await?,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = proxy.shutdown_requested() => break,
-            _ = hup.recv() => {
-                let ctx = proxy.context().clone();
-                let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&ctx)).await;
+    {
+        let handed_over = proxy.offer_takeover(&socket);
+        tokio::pin!(handed_over);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = proxy.shutdown_requested() => break,
+                _ = &mut handed_over => break,
+                _ = hup.recv() => {
+                    let ctx = proxy.context().clone();
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&ctx)).await;
+                }
             }
         }
     }

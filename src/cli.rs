@@ -21,6 +21,11 @@ pub enum Command {
         /// Config file.
         #[arg(long, short, default_value = "config/pgmux.toml", env = "PGMUX_CONFIG")]
         config: PathBuf,
+        /// Take the listening sockets of the pgmux already running (at the
+        /// config's `takeover_socket`), which then drains: an upgrade or
+        /// restart that never refuses a connection.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file and print the effective configuration.
     Check {

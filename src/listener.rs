@@ -25,15 +25,21 @@ pub fn tune(socket: SockRef<'_>, cfg: &Config) {
     cfg.client_tcp().apply(socket);
 }
 
-/// Accepts clients until shutdown begins.
+/// Accepts clients until shutdown begins, then takes the connections
+/// already queued on the socket (they connected expecting service) and
+/// closes it. With SO_REUSEPORT, closing a listener resets what is still
+/// queued on it unless the kernel migrates it (`net.ipv4.tcp_migrate_req`);
+/// draining first leaves only the connections that complete their
+/// handshake in the instant between the last accept and the close.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
-    let limit = ctx.client_slots.clone();
     let mut phase = ctx.shutdown.watch();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = phase.changed() => {
                 if *phase.borrow() != Phase::Running {
+                    let late = drain(&listener, &ctx);
+                    tracing::info!(late, "stopped accepting; queued clients taken");
                     return;
                 }
                 continue;
@@ -48,27 +54,58 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        if cfg!(not(target_os = "linux")) {
-            tune(SockRef::from(&tcp), &ctx.config());
+        admit(tcp, peer, &ctx);
+    }
+}
+
+/// Takes every connection queued on the listener without waiting; returns
+/// how many. Like every new client, each has a moment to run its first
+/// transaction before the drain tells it 57P01.
+fn drain(listener: &TcpListener, ctx: &Arc<Context>) -> usize {
+    let mut n = 0;
+    loop {
+        match SockRef::from(listener).accept() {
+            Ok((socket, addr)) => {
+                let std: std::net::TcpStream = socket.into();
+                let Some(peer) = addr.as_socket() else {
+                    continue;
+                };
+                let tcp = std
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(std));
+                if let Ok(tcp) = tcp {
+                    admit(tcp, peer, ctx);
+                    n += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return n,
         }
-        let mut stream = Stream::Plain(tcp);
-        tracing::debug!(%peer, "client connected");
-        let ctx = ctx.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    session::serve(stream, peer, ctx).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                ctx.metrics.error(ErrorReason::MaxClientConn, "", "");
-                tokio::spawn(async move {
-                    let msg = "no more connections allowed (max_client_conn)";
-                    session::login::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg)
-                        .await;
-                });
-            }
+    }
+}
+
+/// Serves an accepted client, or answers 53300 past `max_client_conn`.
+fn admit(tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, ctx: &Arc<Context>) {
+    if cfg!(not(target_os = "linux")) {
+        tune(SockRef::from(&tcp), &ctx.config());
+    }
+    let mut stream = Stream::Plain(tcp);
+    tracing::debug!(%peer, "client connected");
+    let ctx = ctx.clone();
+    match ctx.client_slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                session::serve(stream, peer, ctx).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            ctx.metrics.error(ErrorReason::MaxClientConn, "", "");
+            tokio::spawn(async move {
+                let msg = "no more connections allowed (max_client_conn)";
+                session::login::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg)
+                    .await;
+            });
         }
     }
 }

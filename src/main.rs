@@ -52,9 +52,9 @@ fn serving_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
+        Command::Run { config, takeover } => {
             let workers = Config::load(&config)?.pgmux.workers;
-            serving_runtime(workers)?.block_on(pgmux::app::run(&config))?;
+            serving_runtime(workers)?.block_on(pgmux::app::run(&config, takeover))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config, user } => {

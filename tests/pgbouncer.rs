@@ -396,10 +396,12 @@ password = "{PASSWORD}"
         .expect("PAUSE answers")
         .unwrap()
         .unwrap();
-    assert!(
-        server_states_with(&su, name).await.is_empty(),
-        "servers closed"
-    );
+    // A closed connection's backend takes a moment to go.
+    let closed = eventually(std::time::Duration::from_secs(3), || async {
+        server_states_with(&su, name).await.is_empty()
+    })
+    .await;
+    assert!(closed, "servers closed");
     admin.simple_query("RESUME t_pgb_pause").await.unwrap();
     holder.simple_query("SELECT 1").await.unwrap();
 

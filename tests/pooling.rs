@@ -469,6 +469,10 @@ async fn graceful_shutdown_lets_open_transaction_commit() {
     let c = client(&p, "t_shutdown").await;
     c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
     let idle = client(&p, "t_shutdown").await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    // A client that has just logged in came for a transaction: it gets one
+    // even when shutdown begins before it sends it.
+    let fresh = client(&p, "t_shutdown").await;
     c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
@@ -483,6 +487,11 @@ async fn graceful_shutdown_lets_open_transaction_commit() {
     .await
     .is_err());
     assert!(idle.simple_query("SELECT 1").await.is_err());
+    fresh.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        fresh.simple_query("SELECT 1").await.is_err(),
+        "one, then 57P01"
+    );
     // ... and the open transaction finishes.
     c.batch_execute("INSERT INTO t VALUES (2); COMMIT")
         .await

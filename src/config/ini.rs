@@ -473,6 +473,7 @@ fn general(
                 "tcp_keepcnt" => g.tcp_keepcnt = number(v)?,
                 "tcp_user_timeout" => g.tcp_user_timeout = millis(v)?,
                 "max_packet_size" => g.max_message_size = number(v)?,
+                "so_reuseport" => g.so_reuseport = boolean(v)?,
                 "max_prepared_statements" => g.max_prepared_statements = number(v)?,
                 "auth_user" => g.auth_user = Some(v.to_owned()),
                 "auth_query" => g.auth_query = v.to_owned(),

@@ -40,6 +40,13 @@ pub enum ConfigError {
 pub struct General {
     /// Address clients connect to.
     pub listen: String,
+    /// SO_REUSEPORT on the listening socket (PgBouncer's key): several pgmux
+    /// processes share one address, and one can be replaced while the
+    /// others serve. Changes need a restart.
+    pub so_reuseport: bool,
+    /// Unix socket where this process hands its listening sockets to a
+    /// successor started with `pgmux run --takeover` (empty: none).
+    pub takeover_socket: String,
     /// Default pool mode.
     pub pool_mode: PoolMode,
     /// Session state that cannot move, in transaction mode: pin or error.
@@ -184,6 +191,8 @@ impl Default for General {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6432".into(),
+            so_reuseport: false,
+            takeover_socket: String::new(),
             pool_mode: PoolMode::Transaction,
             session_state: SessionState::Pin,
             default_pool_size: 20,

@@ -708,6 +708,12 @@ impl Pool {
         drop(idle);
     }
 
+    /// Has open server connections and no failure to open one since.
+    pub fn is_healthy(&self) -> bool {
+        let inner = self.shared.inner.lock();
+        inner.total > inner.opening && inner.last_error.is_none()
+    }
+
     /// How long the oldest waiting client has waited.
     pub fn max_wait(&self) -> Duration {
         self.shared.inner.lock().max_wait()

@@ -124,6 +124,10 @@ struct Session {
     tx_started: Option<Instant>,
     /// When the request now under way was sent (SHOW STATS query time).
     query_started: Option<Instant>,
+    /// Until when a client that has not finished a transaction yet is
+    /// waited for by a drain: one that connected as shutdown began (or
+    /// just before) came for a transaction and gets it.
+    first_tx_grace: Option<Instant>,
     client: Stream,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
@@ -166,6 +170,10 @@ struct Session {
     max_msg: usize,
 }
 
+/// How long a new client has to start its first transaction before a
+/// drain tells it 57P01.
+const FIRST_TX_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A signal from outside the connection.
 enum Outside {
     /// The process moved to a new shutdown phase (the receiver watches on).
@@ -190,6 +198,14 @@ fn next_outside(
             }
         }
     })
+}
+
+/// Waits for the first-transaction grace to end (lazily: the branch is
+/// built every round but only a draining session polls it).
+async fn grace_over(until: Option<Instant>) {
+    if let Some(t) = until {
+        tokio::time::sleep_until(t.into()).await;
+    }
 }
 
 /// Reads from the held server, or waits forever when there is none.
@@ -229,6 +245,7 @@ impl Session {
             _counted: login.pool.client(),
             tx_started: None,
             query_started: None,
+            first_tx_grace: Some(Instant::now() + FIRST_TX_GRACE),
             stmts: tracking.then(|| Tracker::new(limits)),
             routed: Vec::new(),
             ctx,
@@ -311,6 +328,12 @@ impl Session {
                         }
                     },
                 },
+                // Draining: a new client that never starts its first
+                // transaction is told 57P01 when its grace ends.
+                () = grace_over(self.first_tx_grace), if phase == Phase::Draining && self.first_tx_grace.is_some() => {
+                    self.first_tx_grace = None;
+                    Ok(())
+                },
             };
             if let Err(end) = res {
                 return end;
@@ -371,6 +394,7 @@ impl Session {
         match phase {
             Phase::Running => None,
             Phase::Draining if !self.is_idle() => None,
+            Phase::Draining if self.first_tx_grace.is_some_and(|t| Instant::now() < t) => None,
             _ => Some(fatal(SqlState::ADMIN_SHUTDOWN, msg)),
         }
     }

@@ -187,6 +187,7 @@ impl Session {
             std::sync::atomic::Ordering::Relaxed,
         );
         if self.tx == TxStatus::Idle {
+            self.first_tx_grace = None;
             if let Some(t) = self.tx_started.take() {
                 let took = now.saturating_duration_since(t);
                 self.pool.metrics().observe_transaction(took);

@@ -1,4 +1,7 @@
-//! The `/metrics` (and `/healthz`) HTTP endpoint on its own listener.
+//! The `/metrics` and health HTTP endpoint on its own listener:
+//! `/health/live` (the process answers), `/health/ready` (it takes clients
+//! and can reach a server: 503 otherwise, so a load balancer moves on),
+//! `/healthz` (an alias of live).
 //!
 //! A scrape is rare and tiny, so a minimal HTTP/1.1 responder is enough: one
 //! request per connection, bounded in size and time.
@@ -16,8 +19,18 @@ use crate::shutdown::Phase;
 /// live state first).
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Says whether the instance is ready for clients.
+pub type Ready = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
 /// Serves scrapes until the shutdown phase reaches `Terminating`.
-pub async fn serve(listener: TcpListener, render: Render, mut phase: watch::Receiver<Phase>) {
+pub async fn serve(
+    listener: TcpListener,
+    render: Render,
+    ready: Ready,
+    mut phase: watch::Receiver<Phase>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -27,10 +40,13 @@ pub async fn serve(listener: TcpListener, render: Render, mut phase: watch::Rece
             }
         };
         if let Ok((stream, _)) = accepted {
-            let render = render.clone();
+            let (render, ready) = (render.clone(), ready.clone());
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), respond(stream, &*render)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    respond(stream, &*render, &ready),
+                )
+                .await;
             });
         }
     }
@@ -39,6 +55,7 @@ pub async fn serve(listener: TcpListener, render: Render, mut phase: watch::Rece
 async fn respond(
     mut stream: TcpStream,
     render: &(dyn Fn() -> String + Send + Sync),
+    ready: &Ready,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -58,7 +75,15 @@ async fn respond(
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
-        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", b"/healthz" | b"/health/live") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", b"/health/ready") => match ready().await {
+            true => ("200 OK", "text/plain", "ready\n".to_string()),
+            false => (
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready\n".to_string(),
+            ),
+        },
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
     let head = format!(

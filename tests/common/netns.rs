@@ -85,13 +85,7 @@ impl Netns {
 
     /// A runtime whose threads all live in namespace `a`.
     pub fn runtime_a(&self) -> tokio::runtime::Runtime {
-        let name = self.a.clone();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || enter(&name))
-            .build()
-            .expect("runtime")
+        runtime_in(&self.a)
     }
 
     /// Cuts path 1 on the server's side (packets to it vanish: no reset,
@@ -106,6 +100,64 @@ impl Netns {
             if up { "up" } else { "down" },
         ])
         .expect("set link");
+    }
+}
+
+/// A runtime whose threads all live in a named network namespace.
+pub fn runtime_in(name: &str) -> tokio::runtime::Runtime {
+    let name = name.to_owned();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || enter(&name))
+        .build()
+        .expect("runtime")
+}
+
+/// One network namespace with only its loopback, deleted on drop.
+pub struct Single {
+    /// Its name (for `ip netns exec`).
+    pub name: String,
+}
+
+impl Single {
+    /// Creates it, or says why it cannot.
+    pub fn create(tag: &str) -> Result<Self, String> {
+        remove_stale();
+        let name = format!("pgmux-{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sysctl", "-q", "-w"])
+            .arg(format!("{key}={value}"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "sysctl {key}={value}");
+    }
+
+    /// Moves the calling thread into it.
+    pub fn enter(&self) {
+        enter(&self.name);
+    }
+
+    /// A command run inside it.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }
 

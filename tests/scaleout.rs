@@ -1,0 +1,264 @@
+//! Beyond one process: two pgmux processes sharing a port with
+//! SO_REUSEPORT, each replaced in turn under `pgbench -C`, and the one-command
+//! takeover of a running process's sockets, both without a failed
+//! connection; the health endpoint a load balancer reads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::Single;
+use common::*;
+use pgmux::app::Proxy;
+use pgmux::cluster::{Cluster, ClusterOptions};
+use pgmux::config::Config;
+
+/// A pgmux process; killed on drop.
+struct Process(Child);
+
+impl Process {
+    /// `pgmux run` (plus `extra` arguments) with this config, through
+    /// `wrap` (e.g. `ip netns exec NS`) when given.
+    fn start(config: &Path, extra: &[&str], wrap: Option<&Single>) -> Self {
+        let bin = env!("CARGO_BIN_EXE_pgmux");
+        let mut cmd = match wrap {
+            Some(ns) => ns.command(bin),
+            None => Command::new(bin),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self(cmd.spawn().expect("start pgmux"))
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to end.
+    fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        self.wait_exit(Duration::from_secs(30));
+        t.elapsed()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a config serving `name` on `listen` (plus `[pgmux]` lines).
+fn write_config(dir: &Path, name: &str, listen: &str, server: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("pgmux-{}.toml", listen.replace([':', '.'], "_")));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[pgmux]
+listen = "{listen}"
+default_pool_size = 8
+{extra}
+[databases.{name}]
+{server}
+[users.{name}]
+password = "{PASSWORD}"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The failures pgbench reports: failed transactions and aborted clients.
+fn pgbench_failures(ok: bool, out: &str) -> String {
+    let failed = out
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+        .unwrap_or("");
+    let aborted = out.lines().filter(|l| l.contains("aborted")).count();
+    format!("exit ok: {ok}; {failed}; aborted lines: {aborted}")
+}
+
+#[test]
+fn reuseport_pair_replaced_in_turn_under_connect_per_transaction() {
+    let ns = match Single::create("reuse") {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("skipped: this machine cannot create network namespaces: {e}");
+            return;
+        }
+    };
+    // The kernel moves connections queued on a closing listener to the
+    // other listeners of its SO_REUSEPORT group (Linux 5.14+).
+    ns.sysctl("net.ipv4.tcp_migrate_req", "1");
+    let cluster = Cluster::start(&ClusterOptions {
+        netns: Some(ns.name.clone()),
+        ..Default::default()
+    })
+    .expect("PostgreSQL in the namespace");
+    let name = "t_reuseport";
+    let rt = common::netns::runtime_in(&ns.name);
+    rt.block_on(create_db(&cluster, name));
+    let dir = pgmux::cluster::scratch_dir("reuseport").unwrap();
+    let cfg = write_config(
+        &dir,
+        name,
+        "127.0.0.1:6432",
+        &format!("host = \"127.0.0.1\"\nport = {}", cluster.port()),
+        "so_reuseport = true\nshutdown_timeout = \"10s\"",
+    );
+    ns.enter();
+    let mut pair = [
+        Process::start(&cfg, &[], Some(&ns)),
+        Process::start(&cfg, &[], Some(&ns)),
+    ];
+    wait_listening("127.0.0.1:6432");
+    std::thread::sleep(Duration::from_millis(300));
+    let script = dir.join("select.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let bench = {
+        let mut cmd = ns.command(cluster.bin_dir().join("pgbench"));
+        cmd.args(["-n", "-C", "-c", "40", "-j", "2", "-T", "14", "-f"])
+            .arg(&script)
+            .args(["-h", "127.0.0.1", "-p", "6432", "-U", name, name])
+            .env("PGPASSWORD", PASSWORD);
+        std::thread::spawn(move || run(&mut cmd))
+    };
+    // Four replacements while the load runs: each process in turn gets
+    // SIGTERM and a successor takes its place.
+    let mut drains = Vec::new();
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(2500));
+        let i = round % 2;
+        let old = std::mem::replace(&mut pair[i], Process::start(&cfg, &[], Some(&ns)));
+        std::thread::sleep(Duration::from_millis(300));
+        drains.push(old.stop());
+    }
+    let (ok, out) = bench.join().unwrap();
+    let verdict = pgbench_failures(ok, &out);
+    eprintln!("reuseport: drains took {drains:?}; {verdict}");
+    assert!(ok, "pgbench: {out}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "no failed transaction: {out}"
+    );
+    assert!(!out.contains("aborted"), "no client aborted: {out}");
+}
+
+#[test]
+fn takeover_under_connect_per_transaction() {
+    let c = cluster();
+    let name = "t_takeover";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(create_db(c, name));
+    let dir = pgmux::cluster::scratch_dir("takeover").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let metrics = free_port();
+    let cfg = write_config(
+        &dir,
+        name,
+        &listen,
+        &format!("port = {}", c.port()),
+        &format!(
+            "takeover_socket = \"{}\"\nshutdown_timeout = \"10s\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"",
+            dir.join("takeover.sock").display()
+        ),
+    );
+    let mut old = Process::start(&cfg, &[], None);
+    wait_listening(&listen);
+    let script = dir.join("select.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let url = format!("host=127.0.0.1 port={port} user={name} dbname={name}");
+    let bench = {
+        let script = script.clone();
+        std::thread::spawn(move || {
+            pgbench(
+                &[
+                    "-n",
+                    "-C",
+                    "-c",
+                    "40",
+                    "-j",
+                    "2",
+                    "-T",
+                    "8",
+                    "-f",
+                    script.to_str().unwrap(),
+                ],
+                &url,
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let new = Process::start(&cfg, &["--takeover"], None);
+    assert!(
+        old.wait_exit(Duration::from_secs(20)),
+        "the old process drains and exits after the takeover"
+    );
+    let handover = started.elapsed();
+    let (ok, out) = bench.join().unwrap();
+    eprintln!(
+        "takeover: old process gone {handover:?} after the new one started; {}",
+        pgbench_failures(ok, &out)
+    );
+    assert!(ok, "pgbench: {out}");
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    assert!(!out.contains("aborted"), "no client aborted: {out}");
+    // The new process serves, and says it is ready.
+    let (status, _) = rt.block_on(http_get(([127, 0, 0, 1], metrics).into(), "/health/ready"));
+    assert!(status.contains("200"), "{status}");
+    drop(new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoint_says_live_and_ready_until_draining() {
+    let name = "t_health";
+    create_db(cluster(), name).await;
+    let mut cfg: Config = config(cluster(), name, 2, "");
+    cfg.metrics = Some(pgmux::config::MetricsSection {
+        listen: "127.0.0.1:0".into(),
+    });
+    let p = Proxy::start(cfg).await.unwrap();
+    let m = p.metrics_addr().unwrap();
+    assert!(http_get(m, "/health/live").await.0.contains("200"));
+    assert!(
+        http_get(m, "/health/ready").await.0.contains("200"),
+        "ready: the server is reachable"
+    );
+    p.context()
+        .shutdown
+        .advance(pgmux::shutdown::Phase::Draining);
+    assert!(http_get(m, "/health/ready").await.0.contains("503"));
+    assert!(http_get(m, "/health/live").await.0.contains("200"));
+}
