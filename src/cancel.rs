@@ -1,6 +1,9 @@
 //! Cancel requests. Each client gets a key of pgmux's making; a cancel with
 //! that key is forwarded, with the real server's key, to the server the
-//! client holds at that moment, and to nothing when it holds none.
+//! client holds at that moment, and to nothing when it holds none. With
+//! peering (`peer_id`, `[peers]`), a key's process id carries the issuing
+//! instance's id in its upper bits, so an instance that receives a cancel
+//! for another's client (a load balancer's choice) passes it there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +38,12 @@ impl CancelSlot {
 #[derive(Default, Clone)]
 pub struct CancelRegistry {
     slots: Arc<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
+    /// This instance's peer id (0: no peering).
+    peer_id: u16,
 }
+
+/// The bits of a process id below the peer id.
+const PEER_SHIFT: u32 = 16;
 
 /// Removes a client's key from the registry when its session ends.
 pub struct CancelHandle {
@@ -51,12 +59,35 @@ impl Drop for CancelHandle {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh, unique key for a new client.
+    /// The registry of an instance with this peer id (0: no peering).
+    pub fn new(peer_id: u16) -> Self {
+        Self {
+            slots: Default::default(),
+            peer_id,
+        }
+    }
+
+    /// Which instance issued a key: `None` for this one (or without
+    /// peering), else the peer id in its process id.
+    pub fn owner(&self, pid: i32) -> Option<u16> {
+        if self.peer_id == 0 {
+            return None;
+        }
+        let owner = (pid as u32 >> PEER_SHIFT) as u16;
+        (owner != self.peer_id).then_some(owner)
+    }
+
+    /// Issues a fresh, unique key for a new client: 30 random bits of
+    /// process id, or the peer id above 16 random ones; always a random
+    /// 32-bit secret.
     pub fn register(&self) -> CancelHandle {
         let mut rng = rand::rng();
         let mut slots = self.slots.lock();
         let pid = loop {
-            let pid = (rng.next_u32() & 0x3fff_ffff) as i32 + 1;
+            let pid = match self.peer_id {
+                0 => (rng.next_u32() & 0x3fff_ffff) as i32 + 1,
+                id => ((u32::from(id) << PEER_SHIFT) | (rng.next_u32() & 0xffff)) as i32,
+            };
             if !slots.contains_key(&pid) {
                 break pid;
             }
@@ -94,9 +125,15 @@ impl CancelRegistry {
 
 /// Sends a CancelRequest for whatever the server connection `key` runs.
 pub async fn cancel_server(key: BackendKey) {
+    send_cancel(key.addr, key.pid, key.secret).await;
+}
+
+/// Sends a CancelRequest with this key to an address (a server, or a
+/// peer instance that issued the key).
+pub async fn send_cancel(addr: impl tokio::net::ToSocketAddrs, pid: i32, secret: i32) {
     let mut out = BytesMut::new();
-    encode::cancel_request(&mut out, key.pid, key.secret);
-    match TcpStream::connect(key.addr).await {
+    encode::cancel_request(&mut out, pid, secret);
+    match TcpStream::connect(addr).await {
         Ok(mut s) => {
             let _ = s.write_all(&out).await;
             // The server closes the socket when it has read the request.

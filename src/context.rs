@@ -281,6 +281,7 @@ impl Context {
     /// Builds the context for a validated configuration (fails when the
     /// TLS certificate or key can't be loaded).
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
+        let peer_id = config.pgmux.peer_id;
         let users = build_users(&config, None);
         let limit = config.pgmux.max_client_conn as usize;
         let client_tls = ClientTls::from_config(&config.pgmux)?;
@@ -291,7 +292,7 @@ impl Context {
             config_path,
             pools: PoolSet::default(),
             stats_period: Default::default(),
-            cancels: CancelRegistry::default(),
+            cancels: CancelRegistry::new(peer_id),
             clients: ClientRegistry::default(),
             shutdown: Arc::new(Shutdown::default()),
             statements: Registry::default(),
@@ -306,6 +307,24 @@ impl Context {
     /// Client-facing TLS as configured now.
     pub fn client_tls(&self) -> Arc<ClientTls> {
         self.client_tls.read().clone()
+    }
+
+    /// Handles a CancelRequest: for a key this instance issued, cancels
+    /// its client's query; for a peer's key, passes the request to that
+    /// peer (once: the peer owns the key, so it does not pass it on).
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        match self.cancels.owner(pid) {
+            None => self.cancels.cancel(pid, secret).await,
+            Some(owner) => {
+                let peer = self.config().peer(owner).cloned();
+                match peer {
+                    Some(p) => {
+                        crate::cancel::send_cancel((p.host.as_str(), p.port), pid, secret).await
+                    }
+                    None => tracing::debug!(owner, "cancel for an unknown peer dropped"),
+                }
+            }
+        }
     }
 
     /// The configuration in force.

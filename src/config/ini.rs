@@ -265,7 +265,6 @@ const PROCESS_ONLY: &[&str] = &[
     "admin_users",
     "stats_users",
     "track_extra_parameters",
-    "peer_id",
 ];
 
 /// Keys whose absence would make pgmux behave dangerously differently:
@@ -370,10 +369,34 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
             Err(e) => errors.push(format!("{}: {e}", l.at)),
         }
     }
-    for l in lines
-        .iter()
-        .filter(|l| !matches!(l.section.as_str(), "pgbouncer" | "databases" | "users"))
-    {
+    for l in lines.iter().filter(|l| l.section == "peers") {
+        let peer = connstring(&l.value).and_then(|pairs| {
+            let mut p = super::Peer {
+                host: String::new(),
+                port: 6432,
+            };
+            for (k, v) in pairs {
+                match k.as_str() {
+                    "host" => p.host = v,
+                    "port" => p.port = number(&v)?,
+                    other => return Err(format!("{other} is not supported for a peer")),
+                }
+            }
+            Ok(p)
+        });
+        match peer {
+            Ok(p) => {
+                cfg.peers.insert(l.key.clone(), p);
+            }
+            Err(e) => errors.push(format!("{}: peer {}: {e}", l.at, l.key)),
+        }
+    }
+    for l in lines.iter().filter(|l| {
+        !matches!(
+            l.section.as_str(),
+            "pgbouncer" | "databases" | "users" | "peers"
+        )
+    }) {
         warnings.push(format!(
             "{}: section [{}] is not supported; ignored",
             l.at, l.section
@@ -474,6 +497,7 @@ fn general(
                 "tcp_user_timeout" => g.tcp_user_timeout = millis(v)?,
                 "max_packet_size" => g.max_message_size = number(v)?,
                 "so_reuseport" => g.so_reuseport = boolean(v)?,
+                "peer_id" => g.peer_id = number(v)?,
                 "max_prepared_statements" => g.max_prepared_statements = number(v)?,
                 "auth_user" => g.auth_user = Some(v.to_owned()),
                 "auth_query" => g.auth_query = v.to_owned(),

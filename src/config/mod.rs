@@ -47,6 +47,10 @@ pub struct General {
     /// Unix socket where this process hands its listening sockets to a
     /// successor started with `pgmux run --takeover` (empty: none).
     pub takeover_socket: String,
+    /// This instance's id among `[peers]` (1-16383; 0: no peering): every
+    /// cancel key it issues carries it, so a CancelRequest that reaches
+    /// another instance is forwarded here. Changes need a restart.
+    pub peer_id: u16,
     /// Default pool mode.
     pub pool_mode: PoolMode,
     /// Session state that cannot move, in transaction mode: pin or error.
@@ -193,6 +197,7 @@ impl Default for General {
             listen: "127.0.0.1:6432".into(),
             so_reuseport: false,
             takeover_socket: String::new(),
+            peer_id: 0,
             pool_mode: PoolMode::Transaction,
             session_state: SessionState::Pin,
             default_pool_size: 20,
@@ -506,6 +511,26 @@ pub struct Config {
     /// `[admin]`
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[peers.ID]`: the other instances (and this one) by peer id, where
+    /// cancel requests for their clients are forwarded.
+    #[serde(default)]
+    pub peers: BTreeMap<String, Peer>,
+}
+
+/// A `[peers.ID]` table: another pgmux instance's address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its host.
+    #[serde(deserialize_with = "de::env_string")]
+    pub host: String,
+    /// Its client port.
+    #[serde(default = "default_pgmux_port")]
+    pub port: u16,
+}
+
+fn default_pgmux_port() -> u16 {
+    6432
 }
 
 impl Config {
@@ -570,6 +595,11 @@ impl Config {
             .listen
             .parse()
             .map_err(|e| ConfigError::Invalid(vec![format!("pgmux.listen: {e}")]))
+    }
+
+    /// The address of peer `id`, if configured.
+    pub fn peer(&self, id: u16) -> Option<&Peer> {
+        self.peers.get(&id.to_string())
     }
 
     /// TCP options of client sockets.
@@ -670,6 +700,14 @@ impl Config {
         }
         if g.max_client_conn == 0 {
             errs.push("pgmux.max_client_conn must be at least 1".into());
+        }
+        if g.peer_id > 16383 {
+            errs.push("pgmux.peer_id must be between 0 and 16383".into());
+        }
+        for id in self.peers.keys() {
+            if !id.parse::<u16>().is_ok_and(|n| (1..=16383).contains(&n)) {
+                errs.push(format!("peers.{id}: a peer id is a number from 1 to 16383"));
+            }
         }
         if !(1024..=1 << 30).contains(&g.max_message_size) {
             errs.push("pgmux.max_message_size must be between 1024 and 1073741824".into());

@@ -20,6 +20,8 @@ pub struct Raw {
     buf: BytesMut,
     /// Messages to send, built up by the helpers below.
     pub out: BytesMut,
+    /// The BackendKeyData the login gave (process id, secret).
+    pub key: (i32, i32),
 }
 
 impl Raw {
@@ -32,6 +34,7 @@ impl Raw {
             stream,
             buf: BytesMut::new(),
             out: BytesMut::new(),
+            key: (0, 0),
         };
         frontend::startup_message([("user", user), ("database", db)], &mut raw.out).unwrap();
         raw.flush().await;
@@ -79,6 +82,11 @@ impl Raw {
                     raw.flush().await;
                 }
                 b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+                b'K' => {
+                    let pid = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    let secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                    raw.key = (pid, secret);
+                }
                 b'Z' => return raw,
                 _ => {}
             }

@@ -54,7 +54,7 @@ pub async fn negotiate(
                 stream.write_all(b"N").await?
             }
             StartupPacket::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, secret).await;
+                ctx.cancel(pid, secret).await;
                 return Ok(Negotiated::Cancelled);
             }
             StartupPacket::Startup {
@@ -170,7 +170,7 @@ pub async fn refuse(stream: &mut Stream, ctx: &Context, code: SqlState, msg: &st
                     stream.write_all(b"N").await?
                 }
                 StartupPacket::Cancel { pid, secret } => {
-                    ctx.cancels.cancel(pid, secret).await;
+                    ctx.cancel(pid, secret).await;
                     return Ok(false);
                 }
                 StartupPacket::Startup { .. } => return Ok::<_, LoginError>(true),
