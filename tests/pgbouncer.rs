@@ -162,7 +162,9 @@ password = "{PASSWORD}"
                 "--config",
             ])
             .arg(&yml)
-            .args(["--log-file", "stdout"])
+            // Its log goes to a file in the test's scratch directory.
+            .arg("--log-file")
+            .arg(dir.join("exporter.log"))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start the exporter (pip install -r tests/drivers/requirements-exporter.txt)"),
