@@ -119,7 +119,7 @@ fn dockerfile_is_multi_stage_non_root_and_builds_where_docker_runs() {
     let user = text
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER line");
     assert!(
         user.trim() != "0" && user.trim() != "root",
