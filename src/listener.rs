@@ -94,9 +94,12 @@ fn admit(tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, ctx: &Arc<Conte
     let ctx = ctx.clone();
     match ctx.client_slots.clone().try_acquire_owned() {
         Ok(permit) => {
+            // Counted before the task runs: a drain that ends in the
+            // meantime still waits for this client.
+            let live = ctx.shutdown.track();
             tokio::spawn(async move {
                 session::serve(stream, peer, ctx).await;
-                drop(permit);
+                drop((permit, live));
             });
         }
         Err(_) => {

@@ -78,9 +78,10 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
     }
 }
 
-/// Serves one accepted client connection to the end.
+/// Serves one accepted client connection to the end. The caller counts
+/// the session as live (`Shutdown::track`) before it
+/// spawns this, so a shutdown never misses a session that has not started.
 pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
-    let _live = ctx.shutdown.track();
     let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened =
         tokio::time::timeout(login_timeout, Box::pin(login::login(&mut stream, &ctx))).await;
