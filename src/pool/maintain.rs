@@ -105,7 +105,7 @@ impl Dns {
             if let Some(before) = self.answers.insert(host.clone(), now.clone()) {
                 for gone in before.iter().filter(|a| !now.contains(a)) {
                     tracing::info!(pool = %pool.name(), host = %host, address = %gone, "host name no longer resolves to this address; its connections close");
-                    pool.address_gone(*gone);
+                    pool.retire_address(*gone);
                 }
             }
         }

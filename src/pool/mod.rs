@@ -439,7 +439,7 @@ impl Pool {
     pub fn host_demoted(&self, conn: ServerConn) {
         let addr = conn.key.addr;
         tracing::warn!(pool = %self.name(), server = %addr, "server changed role; its connections are closed and another server is looked for");
-        self.address_gone(addr);
+        self.retire_address(addr);
         self.discard(conn);
     }
 
@@ -473,27 +473,10 @@ impl Pool {
         }
     }
 
-    /// A server died under a client: idle connections that died with it (a
-    /// crashed host closes them all at once) are found now, before they are
-    /// lent to the next clients.
-    pub fn drop_dead_idle(&self) {
-        let dead: std::collections::VecDeque<ServerConn> = {
-            let mut inner = self.shared.inner.lock();
-            let (live, dead) = std::mem::take(&mut inner.idle)
-                .into_iter()
-                .partition(|c| c.probe());
-            inner.idle = live;
-            for c in &dead {
-                inner.forget(c.id);
-            }
-            dead
-        };
-        drop(dead);
-    }
-
-    /// A host name no longer resolves to `addr`: connections to it opened
-    /// so far are not lent again.
-    pub fn address_gone(&self, addr: std::net::SocketAddr) {
+    /// Connections to `addr` opened so far are not lent again: its host
+    /// name no longer resolves to it, it changed role, or a connection to
+    /// it died under a client. Idle ones close now, busy ones when released.
+    pub fn retire_address(&self, addr: std::net::SocketAddr) {
         let idle = self.shared.inner.lock().mark_stale(addr, Instant::now());
         drop(idle);
     }

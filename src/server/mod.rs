@@ -254,13 +254,6 @@ impl ServerConn {
                 .is_quiet(now.saturating_duration_since(self.last_used), PROBE_AFTER)
     }
 
-    /// True when the connection is still open with nothing unread, checked
-    /// now with a system call whatever its idle time.
-    pub fn probe(&self) -> bool {
-        use std::time::Duration;
-        self.rbuf.is_empty() && self.stream.is_quiet(Duration::ZERO, Duration::ZERO)
-    }
-
     /// ParameterStatus values to present to clients of this server's pool.
     pub fn reported_params(&self) -> &[(String, String)] {
         &self.reported

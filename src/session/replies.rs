@@ -125,8 +125,15 @@ impl Session {
         self.count_error(ErrorReason::ServerLost);
         // A client that kept its server for its session state lost it.
         let pinned = self.pinned.is_some();
+        let addr = self.server.as_ref().map(|s| s.key.addr);
         self.close_server();
-        self.pool.drop_dead_idle();
+        // After a crash every connection to that server is dead, and its
+        // backends die a few milliseconds apart: none opened before now is
+        // lent again. (When only this one died, the others are reopened:
+        // a few logins, never a client's error.)
+        if let Some(addr) = addr {
+            self.pool.retire_address(addr);
+        }
         let in_tx = self.tx != TxStatus::Idle;
         let error_sent = self.expect.error_sent();
         let (readies, tail, hooks) = self.expect.abandon();
