@@ -3,11 +3,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
-
-use std::sync::Arc;
 
 use super::budget::Budget;
 use super::PoolError;
@@ -51,8 +50,8 @@ pub struct Inner {
     /// The last failure to open a connection, until one succeeds.
     pub last_error: Option<(PoolError, Failure)>,
     /// Addresses whose connections opened before the instant must not be
-    /// lent again: the host changed role, or its name no longer resolves
-    /// to it.
+    /// lent again: the host changed role, its name no longer resolves to
+    /// it, or a connection to it died under a client.
     pub stale_addrs: Vec<(SocketAddr, Instant)>,
     /// Shared limits this pool's connections count against.
     pub budgets: Vec<Arc<Budget>>,
