@@ -343,3 +343,83 @@ impl Inner {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err() -> PoolError {
+        PoolError::Connect {
+            pool: "db/user".into(),
+            reason: "refused".into(),
+            code: None,
+        }
+    }
+
+    fn waiter(inner: &mut Inner) -> oneshot::Receiver<Delivery> {
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.push_back((Instant::now(), tx));
+        rx
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        let cap = Duration::from_secs(2);
+        for _ in 0..100 {
+            let first = backoff(1, cap);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            assert!(backoff(40, cap) <= cap && backoff(40, cap) >= cap / 2);
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_clients_waiting_and_retries_one_at_a_time() {
+        let mut inner = Inner::default();
+        let mut a = waiter(&mut inner);
+        let _b = waiter(&mut inner);
+        assert!(inner.reserve_open(4) && inner.reserve_open(4));
+        let cap = Duration::from_secs(2);
+        assert_eq!(inner.open_failed(err(), Failure::Transient, cap), Open::No);
+        assert!(matches!(
+            inner.open_failed(err(), Failure::Transient, cap),
+            Open::At(_)
+        ));
+        assert!(a.try_recv().is_err(), "still waiting");
+        assert!(!inner.reserve_open(4), "not during the backoff");
+        inner.retry_due();
+        assert!(inner.reserve_open(4));
+        assert!(
+            !inner.reserve_open(4),
+            "one attempt at a time after failures"
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_is_told_and_repeated_during_the_backoff() {
+        let mut inner = Inner::default();
+        let mut a = waiter(&mut inner);
+        assert!(inner.reserve_open(4));
+        inner.open_failed(err(), Failure::Permanent, Duration::from_secs(2));
+        assert!(matches!(a.try_recv(), Ok(Err(PoolError::Connect { .. }))));
+        let mut dead = Vec::new();
+        let take = inner.take(4, Duration::from_secs(60), 0, &mut dead);
+        assert!(matches!(take, Take::Fail(_)));
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_stops_new_connections() {
+        let budget = Budget::new("database", "db", 1);
+        let mut inner = Inner {
+            budgets: vec![budget.clone()],
+            ..Inner::default()
+        };
+        let _a = waiter(&mut inner);
+        let _b = waiter(&mut inner);
+        assert!(inner.reserve_open(4));
+        assert!(!inner.reserve_open(4), "the budget has one connection");
+        assert_eq!(budget.usage(), (1, 1));
+        inner.opening -= 1;
+        inner.uncount();
+        assert_eq!(budget.usage(), (0, 1), "a closed connection gives it back");
+    }
+}
