@@ -217,18 +217,14 @@ impl Inner {
     /// Room is the pool's size, plus the reserve once the oldest client has
     /// waited `reserve_timeout`, within the shared budgets.
     pub fn reserve_open(&mut self, size: usize) -> bool {
-        let held_back = self.failures > 0 && (self.opening > 0 || self.in_backoff(Instant::now()));
-        if held_back || self.opening >= self.live_waiters() {
-            return false;
-        }
-        let room = if self.total < size {
-            true
-        } else {
-            self.reserve_size > 0
+        // Cheapest tests first: a full pool (the common case under load)
+        // decides without walking the waiters.
+        let room = self.total < size
+            || (self.reserve_size > 0
                 && self.total < size + self.reserve_size
-                && self.max_wait() >= self.reserve_timeout
-        };
-        room && self.count_open()
+                && self.max_wait() >= self.reserve_timeout);
+        let held_back = self.failures > 0 && (self.opening > 0 || self.in_backoff(Instant::now()));
+        room && !held_back && self.opening < self.live_waiters() && self.count_open()
     }
 
     /// Counts a connection about to be opened, if every budget has a unit

@@ -262,20 +262,17 @@ impl Pool {
         };
         let generation = s.generation.load(Ordering::Relaxed);
         let mut dead = Vec::new();
-        let conn = {
-            let mut inner = s.inner.lock();
-            let conn = inner.take_idle(lifetime, generation, &mut dead);
-            match conn {
-                // Checking it is async: leave it to `get`.
-                Some(c) if check.is_some_and(|d| c.last_used.elapsed() >= d) => {
-                    inner.idle.push_back(c);
-                    None
-                }
-                c => c,
-            }
-        };
+        let mut inner = s.inner.lock();
+        let conn = inner.take_idle(lifetime, generation, &mut dead)?;
+        // Checking it is async: leave it to `get`. (Looked at in place: a
+        // connection is large, and this is the path every transaction takes.)
+        if check.is_some_and(|d| conn.last_used.elapsed() >= d) {
+            inner.idle.push_back(conn);
+            return None;
+        }
+        drop(inner);
         drop(dead);
-        conn.map(|c| Checkout::new(self.clone(), c))
+        Some(Checkout::new(self.clone(), conn))
     }
 
     /// Gets a server connection, waiting in line up to `query_wait_timeout`
