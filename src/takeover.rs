@@ -13,27 +13,50 @@ use std::path::Path;
 /// The byte a successor sends once it accepts on the sockets it received.
 const READY: u8 = b'K';
 
-/// Sends `fds` with a one-byte count.
-fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let count = [fds.len() as u8];
-    let mut iov = libc::iovec {
-        iov_base: count.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    let bytes = std::mem::size_of_val(fds) as u32;
+/// A message of one byte (`byte`) with room for `fds` descriptors of
+/// control data in `control`, which it points into: both must outlive it.
+fn message(
+    byte: &mut [u8; 1],
+    iov: &mut libc::iovec,
+    control: &mut Vec<u8>,
+    fds: usize,
+) -> libc::msghdr {
+    let bytes = (fds * std::mem::size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: a zeroed msghdr is a valid empty message; every pointer set
-    // below points into buffers that outlive the sendmsg call, and the
-    // control buffer is CMSG_SPACE(bytes) long, room for one header and
-    // the descriptors.
+    control.resize(space, 0);
+    *iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr is a valid empty message; the pointers set
+    // below point into `iov` and `control`, which the caller keeps alive
+    // for as long as it uses the message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    msg
+}
+
+/// An empty iovec, filled in by [`message`].
+fn no_iov() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+/// Sends `fds` with a one-byte count.
+fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    let mut count = [fds.len() as u8];
+    let (mut iov, mut control) = (no_iov(), Vec::new());
+    let msg = message(&mut count, &mut iov, &mut control, fds.len());
+    let bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: the control buffer is CMSG_SPACE(bytes) long, room for one
+    // header and the descriptors; `msg` points into live buffers.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if cmsg.is_null() {
             return Err(io::Error::other("no room for the descriptors"));
@@ -52,24 +75,13 @@ fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
 /// Receives up to `max` descriptors sent by [`send_fds`].
 fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
     let mut count = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: count.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    let bytes = (max * std::mem::size_of::<RawFd>()) as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
-    let mut control = vec![0u8; space];
+    let (mut iov, mut control) = (no_iov(), Vec::new());
+    let mut msg = message(&mut count, &mut iov, &mut control, max);
     let mut out = Vec::new();
-    // SAFETY: as in send_fds; the kernel writes at most msg_controllen
-    // bytes of control data, and each descriptor read from it is new to
-    // this process and owned by nothing else.
+    // SAFETY: `msg` points into live buffers; the kernel writes at most
+    // msg_controllen bytes of control data, and each descriptor read from
+    // it is new to this process and owned by nothing else.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
         if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) <= 0 {
             return Err(io::Error::other("the running process sent no sockets"));
         }

@@ -8,6 +8,28 @@ use common::*;
 use pgmux::app::Proxy;
 use pgmux::config::Config;
 
+/// A config serving database and user `name` on the test cluster, with
+/// an admin user `admin`, plus `[pgmux]` lines.
+fn console_config(name: &str, pgmux_extra: &str) -> Config {
+    Config::parse(&format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+{pgmux_extra}
+[admin]
+users = ["admin"]
+[databases.{name}]
+port = {port}
+[users.admin]
+password = "{PASSWORD}"
+[users.{name}]
+password = "{PASSWORD}"
+"#,
+        port = cluster().port()
+    ))
+    .expect("valid config")
+}
+
 /// Every SHOW PgBouncer and pgmux both have.
 const SHOWS: &str = "POOLS,STATS,STATS_TOTALS,STATS_AVERAGES,TOTALS,CLIENTS,SERVERS,DATABASES,USERS,LISTS,MEM,CONFIG,VERSION";
 
@@ -47,21 +69,7 @@ async fn admin_console_columns_match_pgbouncer() {
     })
     .await
     .unwrap();
-    let cfg = Config::parse(&format!(
-        r#"
-[pgmux]
-listen = "127.0.0.1:0"
-[admin]
-users = ["admin"]
-[databases.{name}]
-port = {port}
-[users.admin]
-password = "{PASSWORD}"
-[users.{name}]
-password = "{PASSWORD}"
-"#
-    ))
-    .unwrap();
+    let cfg = console_config(name, "");
     let proxy = Proxy::start(cfg).await.unwrap();
     // One client and one server on each side, so rows exist.
     let on_pgb = connect(&format!(
@@ -114,23 +122,7 @@ impl Drop for Exporter {
 async fn a_pgbouncer_exporter_reads_pgmux_while_clients_queue() {
     let name = "t_pgb_exporter";
     create_db(cluster(), name).await;
-    let cfg = Config::parse(&format!(
-        r#"
-[pgmux]
-listen = "127.0.0.1:0"
-default_pool_size = 1
-[admin]
-users = ["admin"]
-[databases.{name}]
-port = {port}
-[users.admin]
-password = "{PASSWORD}"
-[users.{name}]
-password = "{PASSWORD}"
-"#,
-        port = cluster().port()
-    ))
-    .unwrap();
+    let cfg = console_config(name, "default_pool_size = 1");
     let proxy = Proxy::start(cfg).await.unwrap();
     // One client holds the only server inside a transaction, one waits.
     let holder = client(&proxy, name).await;
@@ -354,22 +346,7 @@ fn check_names_ignored_keys_and_malformed_lines() {
 async fn pause_and_wait_close_wait_disable_refuses() {
     let name = "t_pgb_pause";
     create_db(cluster(), name).await;
-    let cfg = Config::parse(&format!(
-        r#"
-[pgmux]
-listen = "127.0.0.1:0"
-[admin]
-users = ["admin"]
-[databases.{name}]
-port = {port}
-[users.admin]
-password = "{PASSWORD}"
-[users.{name}]
-password = "{PASSWORD}"
-"#,
-        port = cluster().port()
-    ))
-    .unwrap();
+    let cfg = console_config(name, "");
     let proxy = Proxy::start(cfg).await.unwrap();
     let admin = connect(&format!(
         "host=127.0.0.1 port={} user=admin password={PASSWORD} dbname=pgbouncer",

@@ -95,10 +95,9 @@ async fn frozen_client_in_a_transaction_releases_its_locks() {
         .filter(|s| s.starts_with("idle in transaction"))
         .count();
     assert_eq!(idle_in_tx, 0);
-    let text = p.context().render_metrics();
     assert_eq!(
-        sample(
-            &parse_prometheus(&text),
+        metric(
+            &p,
             "pgmux_client_timeouts_total",
             &[("kind", "idle_transaction")]
         ),
@@ -146,9 +145,8 @@ async fn idle_clients_give_their_slots_back() {
     );
     let fatal = b.read().await;
     assert_eq!(error_code(&[fatal]).as_deref(), Some("57P05"));
-    let text = p.context().render_metrics();
-    let timeouts = sample(
-        &parse_prometheus(&text),
+    let timeouts = metric(
+        &p,
         "pgmux_client_timeouts_total",
         &[("kind", "client_idle")],
     );
@@ -173,13 +171,8 @@ async fn query_timeout_cancels_and_the_client_goes_on() {
     );
     // A short request in the same session is not touched.
     c.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
-    let text = p.context().render_metrics();
     assert_eq!(
-        sample(
-            &parse_prometheus(&text),
-            "pgmux_client_timeouts_total",
-            &[("kind", "query")]
-        ),
+        metric(&p, "pgmux_client_timeouts_total", &[("kind", "query")]),
         Some(1.0)
     );
 }
@@ -210,10 +203,9 @@ async fn killed_client_server_is_rolled_back_and_reused() {
         before,
         "the same server connection serves on"
     );
-    let text = p.context().render_metrics();
     assert_eq!(
-        sample(
-            &parse_prometheus(&text),
+        metric(
+            &p,
             "pgmux_abandoned_transactions_total",
             &[("outcome", "recovered")]
         ),
@@ -251,10 +243,9 @@ async fn killed_mid_query_is_cancelled_and_the_server_reused() {
         before,
         "the same server connection serves on"
     );
-    let text = p.context().render_metrics();
     assert_eq!(
-        sample(
-            &parse_prometheus(&text),
+        metric(
+            &p,
             "pgmux_abandoned_transactions_total",
             &[("outcome", "recovered")]
         ),

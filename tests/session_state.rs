@@ -426,14 +426,6 @@ async fn session_state_that_cannot_move_pins_its_client() {
 async fn pins_are_visible_and_end_with_the_state() {
     create_db(cluster(), "t_pin_seen").await;
     let p = setup_existing("t_pin_seen", 1, "").await;
-    let metric = |p: &pgmux::app::Proxy, name: &str, labels: &[(&str, &str)]| {
-        sample(
-            &parse_prometheus(&p.context().render_metrics()),
-            name,
-            labels,
-        )
-        .unwrap_or(0.0)
-    };
     let pins = |p: &pgmux::app::Proxy| -> Vec<String> {
         p.context()
             .clients
@@ -462,7 +454,7 @@ async fn pins_are_visible_and_end_with_the_state() {
         .unwrap();
     assert!(settled(&p, 1.0).await);
     assert_eq!(
-        metric(&p, "pgmux_pins_total", &[("reason", "temp_table")]),
+        metric(&p, "pgmux_pins_total", &[("reason", "temp_table")]).unwrap_or(0.0),
         1.0
     );
     assert_eq!(pins(&p), vec!["temp_table".to_owned()]);
@@ -665,11 +657,7 @@ async fn session_state_can_be_refused_instead_of_pinned() {
             .get::<_, i32>(0),
         2
     );
-    let text = p.context().render_metrics();
-    assert_eq!(
-        sample(&parse_prometheus(&text), "pgmux_pinned_clients", &[]),
-        Some(0.0)
-    );
+    assert_eq!(metric(&p, "pgmux_pinned_clients", &[]), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,10 +159,19 @@ impl Inner {
     pub fn mark_stale(&mut self, addr: SocketAddr, now: Instant) -> Vec<ServerConn> {
         self.stale_addrs.retain(|(a, _)| *a != addr);
         self.stale_addrs.push((addr, now));
+        self.remove_idle(|c, _| c.key.addr == addr)
+    }
+
+    /// Removes the idle connections `unwanted` picks (it also sees the
+    /// pool's total as it shrinks), for closing outside the lock.
+    pub fn remove_idle(
+        &mut self,
+        mut unwanted: impl FnMut(&ServerConn, usize) -> bool,
+    ) -> Vec<ServerConn> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.idle.len() {
-            if self.idle[i].key.addr == addr {
+            if unwanted(&self.idle[i], self.total) {
                 if let Some(c) = self.idle.remove(i) {
                     self.forget(c.id);
                     out.push(c);
@@ -323,20 +332,7 @@ impl Inner {
     /// Removes idle connections beyond what a pool of `size` may keep, or
     /// older than `generation`, for closing outside the lock.
     pub fn trim_idle(&mut self, size: usize, generation: u64) -> Vec<ServerConn> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.idle.len() {
-            let stale = self.idle[i].generation < generation;
-            if stale || self.total > size {
-                if let Some(c) = self.idle.remove(i) {
-                    self.forget(c.id);
-                    out.push(c);
-                }
-            } else {
-                i += 1;
-            }
-        }
-        out
+        self.remove_idle(|c, total| c.generation < generation || total > size)
     }
 }
 

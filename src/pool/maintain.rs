@@ -36,22 +36,12 @@ pub(super) async fn maintain(pool: Weak<Shared>) {
             inner
                 .stale_addrs
                 .retain(|(_, since)| now.saturating_duration_since(*since) < st.lifetime);
-            let mut expired = Vec::new();
-            let mut i = 0;
-            while i < inner.idle.len() {
-                let c = &inner.idle[i];
+            let expired = inner.remove_idle(|c, total| {
                 let too_old = c.age(now) >= st.lifetime;
                 let too_idle = now.saturating_duration_since(c.last_used) >= st.idle_timeout
-                    && inner.total > st.min_size;
-                if too_old || too_idle || retired || !c.is_clean_idle(now) {
-                    if let Some(c) = inner.idle.remove(i) {
-                        inner.forget(c.id);
-                        expired.push(c);
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+                    && total > st.min_size;
+                too_old || too_idle || retired || !c.is_clean_idle(now)
+            });
             let mut open = 0;
             while !retired
                 && inner.failures == 0

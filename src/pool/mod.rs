@@ -677,14 +677,7 @@ impl Pool {
 
     /// Closes every idle server (PAUSE, once the busy ones are released).
     pub fn close_idle(&self) {
-        let idle: Vec<ServerConn> = {
-            let mut inner = self.shared.inner.lock();
-            let idle: Vec<ServerConn> = inner.idle.drain(..).collect();
-            for c in &idle {
-                inner.forget(c.id);
-            }
-            idle
-        };
+        let idle = self.shared.inner.lock().remove_idle(|_, _| true);
         drop(idle);
     }
 

@@ -545,6 +545,10 @@ fn describe(r: &PrometheusRecorder) {
         d(names::POOL_SIZE, None, "Configured maximum server connections of the pool."),
         d(names::CLIENT_WAIT, secs, "Time from a client needing a server to getting one."),
         d(names::TRANSACTION_DURATION, secs, "Duration of transactions, from first request to ReadyForQuery idle."),
+        d(names::LIMITED_CONNECTIONS, None, "Server connections open or opening under a shared limit: scope database (max_db_connections) or user (max_user_connections)."),
+        d(names::CONNECTION_LIMIT, None, "The shared limit on server connections of a database or user (0: none)."),
+        d(names::PINNED_CLIENTS, None, "Clients keeping their server between transactions because of session state pgmux cannot move."),
+        d(names::LAST_RELOAD, secs, "Unix time of the last successful configuration reload."),
     ] {
         if name.as_str() == names::CLIENT_WAIT || name.as_str() == names::TRANSACTION_DURATION {
             r.describe_histogram(name, unit, text);
@@ -567,26 +571,4 @@ fn describe(r: &PrometheusRecorder) {
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));
     }
-    r.describe_gauge(
-        KeyName::from(names::LIMITED_CONNECTIONS),
-        None,
-        SharedString::from("Server connections open or opening under a shared limit: scope database (max_db_connections) or user (max_user_connections)."),
-    );
-    r.describe_gauge(
-        KeyName::from(names::CONNECTION_LIMIT),
-        None,
-        SharedString::from(
-            "The shared limit on server connections of a database or user (0: none).",
-        ),
-    );
-    r.describe_gauge(
-        KeyName::from(names::PINNED_CLIENTS),
-        None,
-        SharedString::from("Clients keeping their server between transactions because of session state pgmux cannot move."),
-    );
-    r.describe_gauge(
-        KeyName::from(names::LAST_RELOAD),
-        secs,
-        SharedString::from("Unix time of the last successful configuration reload."),
-    );
 }

@@ -267,6 +267,15 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the sample `name` whose labels include all of `labels`.
+/// The value of one metric of a running instance, read as a scrape would.
+pub fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    sample(
+        &parse_prometheus(&proxy.context().render_metrics()),
+        name,
+        labels,
+    )
+}
+
 pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
