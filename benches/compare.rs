@@ -7,6 +7,10 @@
 //! transaction mode, md5 auth), runs pgbench against each in turn (A B B A),
 //! and writes `docs/benchmarks.md` (and `docs/benchmarks.png` when
 //! matplotlib is available).
+//!
+//! `PGMUX_BENCH_PGBOUNCER=/path/to/pgbouncer[:/another/pgbouncer...]`
+//! compares against those PgBouncer binaries instead (each started with the
+//! same settings, each measured in the same rounds, one table each).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -48,7 +52,7 @@ fn write_generated(path: &str, report: &str) -> anyhow::Result<()> {
 }
 
 struct Target {
-    name: &'static str,
+    name: String,
     port: u16,
     child: Option<Child>,
 }
@@ -152,7 +156,7 @@ fn write_pgmux_config(dir: &Path, port: u16, pg_port: u16, extra: &str) -> anyho
         format!(
             "[pgmux]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\ndefault_pool_size = {POOL}\n\
              max_client_conn = 20000\nauth_type = \"md5\"\nquery_wait_timeout = \"120s\"\n\
-             workers = 1\n{extra}\n\
+             {extra}\n\
              [databases.bench]\nport = {pg_port}\n[users.{USER}]\npassword = \"{PASSWORD}\"\n"
         ),
     )?;
@@ -191,16 +195,44 @@ fn start_pgmux(dir: &Path, pg_port: u16) -> anyhow::Result<Target> {
         .spawn()?;
     wait_port(port)?;
     Ok(Target {
-        name: "pgmux",
+        name: "pgmux".into(),
         port,
         child: Some(child),
     })
 }
 
-fn start_pgbouncer(dir: &Path, pg_port: u16) -> anyhow::Result<Target> {
-    let bin = ensure_pgbouncer()?;
+/// The PgBouncer binaries to compare against: `PGMUX_BENCH_PGBOUNCER`
+/// (paths separated by `:`), else Debian's.
+fn pgbouncer_binaries() -> anyhow::Result<Vec<PathBuf>> {
+    match std::env::var("PGMUX_BENCH_PGBOUNCER") {
+        Ok(list) if !list.trim().is_empty() => Ok(list
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect()),
+        _ => Ok(vec![ensure_pgbouncer()?]),
+    }
+}
+
+/// "PgBouncer 1.25.2", from the binary's `--version`.
+fn pgbouncer_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("PgBouncer ({})", bin.display()))
+}
+
+fn start_pgbouncer(dir: &Path, pg_port: u16, bin: &Path, n: usize) -> anyhow::Result<Target> {
     let port = free_port();
-    let d = dir.join("pgbouncer");
+    let d = dir.join(format!("pgbouncer{n}"));
     std::fs::create_dir_all(&d)?;
     std::fs::write(
         d.join("userlist.txt"),
@@ -236,7 +268,7 @@ fn start_pgbouncer(dir: &Path, pg_port: u16) -> anyhow::Result<Target> {
         .spawn()?;
     wait_port(port)?;
     Ok(Target {
-        name: "pgbouncer",
+        name: pgbouncer_version(bin),
         port,
         child: Some(child),
     })
@@ -432,7 +464,7 @@ fn main() -> anyhow::Result<()> {
     psql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"))?;
     psql(&format!("CREATE DATABASE bench OWNER {USER}"))?;
     let direct = Target {
-        name: "postgres",
+        name: "postgres".into(),
         port: cluster.port(),
         child: None,
     };
@@ -442,7 +474,14 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = pgmux::cluster::scratch_dir("bench")?;
     let pgmux = start_pgmux(&dir, cluster.port()).context("starting pgmux")?;
-    let bouncer = start_pgbouncer(&dir, cluster.port()).context("starting pgbouncer")?;
+    let mut bouncers = Vec::new();
+    for (n, b) in pgbouncer_binaries()?.iter().enumerate() {
+        let t = start_pgbouncer(&dir, cluster.port(), b, n)
+            .with_context(|| format!("starting {}", b.display()))?;
+        bouncers.push(t);
+    }
+    // Index 0 is pgmux, then each PgBouncer.
+    let targets: Vec<&Target> = std::iter::once(&pgmux).chain(bouncers.iter()).collect();
     let mut rows = Vec::new();
     // PGMUX_BENCH_ONLY=select-only, tpcb-like or statements narrows the run.
     let only = std::env::var("PGMUX_BENCH_ONLY").ok();
@@ -480,30 +519,33 @@ fn main() -> anyhow::Result<()> {
                 let args = [
                     "-n", "-b", script, "-M", mode, "-c", c, "-j", "2", "-T", secs,
                 ];
-                let mut results: Vec<(Run, Run)> = Vec::new();
-                // A B, then B A: neither target always runs first.
+                let mut results: Vec<Vec<Run>> = Vec::new();
+                // pgmux first, then last: no target always runs first.
                 for round in 0..rounds {
-                    let (a, b) = if round % 2 == 0 {
-                        let a = measure(&bin, &pgmux, &args);
-                        (a, measure(&bin, &bouncer, &args))
-                    } else {
-                        let b = measure(&bin, &bouncer, &args);
-                        (measure(&bin, &pgmux, &args), b)
-                    };
-                    results.push((a, b));
+                    let mut order: Vec<usize> = (0..targets.len()).collect();
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    let mut runs = vec![Run::default(); targets.len()];
+                    for i in order {
+                        runs[i] = measure(&bin, targets[i], &args);
+                    }
+                    results.push(runs);
                 }
-                let direct_run = None;
-                eprintln!(
-                    "{script} {label} c={c}: pgmux {:.0} tps, pgbouncer {:.0} tps",
-                    results.iter().map(|r| r.0.tps).sum::<f64>() / results.len() as f64,
-                    results.iter().map(|r| r.1.tps).sum::<f64>() / results.len() as f64,
-                );
-                rows.push((script, label, *c, results, direct_run));
+                let mean_tps =
+                    |i: usize| results.iter().map(|r| r[i].tps).sum::<f64>() / results.len() as f64;
+                let line: Vec<String> = targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{} {:.0} tps", t.name, mean_tps(i)))
+                    .collect();
+                eprintln!("{script} {label} c={c}: {}", line.join(", "));
+                rows.push((script, label, *c, results, None));
             }
         }
     }
     if idle_only {
-        for t in [&pgmux, &bouncer] {
+        for t in &targets {
             let pid = t.pid().unwrap_or(0);
             let before = rss_kib(pid);
             let conns = idle_clients(t.port, idle_n);
@@ -521,26 +563,28 @@ fn main() -> anyhow::Result<()> {
     let burst_args = [
         "-n", "-S", "-C", "-M", "simple", "-c", "200", "-j", "2", "-T", secs,
     ];
-    let burst = (
-        measure(&bin, &pgmux, &burst_args),
-        measure(&bin, &bouncer, &burst_args),
-    );
+    let burst: Vec<Run> = targets
+        .iter()
+        .map(|t| measure(&bin, t, &burst_args))
+        .collect();
     // Idle clients.
     let mut idle = Vec::new();
-    for t in [&pgmux, &bouncer] {
+    for t in &targets {
         let pid = t.pid().unwrap_or(0);
         let before = rss_kib(pid);
         let conns = idle_clients(t.port, idle_n);
         std::thread::sleep(Duration::from_millis(500));
         let after = rss_kib(pid);
-        idle.push((t.name, conns.len(), before, after));
+        idle.push((t.name.clone(), conns.len(), before, after));
         drop(conns);
         std::thread::sleep(Duration::from_millis(500));
     }
-    // PostgreSQL directly, once both poolers are gone and their server
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    // PostgreSQL directly, once the poolers are gone and their server
     // connections with them (40 slots would not fit both pools and 16 clients).
+    drop(targets);
     drop(pgmux);
-    drop(bouncer);
+    drop(bouncers);
     std::thread::sleep(Duration::from_secs(2));
     for row in rows
         .iter_mut()
@@ -553,7 +597,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{} {} c=16: direct {:.0} tps", row.0, row.1, d.tps);
         row.4 = Some(d);
     }
-    let mut report = render(&rows, &burst, &idle, quick);
+    let mut report = render(&names, &rows, &burst, &idle, quick);
     if let Some((n, before, after)) = statements {
         let _ = writeln!(
             report,
@@ -574,9 +618,21 @@ One client prepared {n} distinct statements through pgmux \
     Ok(())
 }
 
-type Row<'a> = (&'a str, &'a str, &'a str, Vec<(Run, Run)>, Option<Run>);
+/// (script, mode, clients, per round the run of each target (pgmux first),
+/// PostgreSQL directly).
+type Row<'a> = (&'a str, &'a str, &'a str, Vec<Vec<Run>>, Option<Run>);
 
-fn machine() -> String {
+/// Statements per transaction of a built-in pgbench script (TPC-B: BEGIN,
+/// three UPDATEs, a SELECT, an INSERT, END).
+fn statements_per_tx(script: &str) -> f64 {
+    if script.starts_with("tpcb") {
+        7.0
+    } else {
+        1.0
+    }
+}
+
+fn machine(names: &[String]) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -588,27 +644,18 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let pgb = Command::new("pgbouncer")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
     format!(
-        "{cores} cores ({cpu}), PostgreSQL 15, {pgb}, pgmux {}",
+        "{cores} cores ({cpu}), PostgreSQL 15, {}, pgmux {}",
+        names[1..].join(", "),
         env!("CARGO_PKG_VERSION")
     )
 }
 
 fn render(
+    names: &[String],
     rows: &[Row<'_>],
-    burst: &(Run, Run),
-    idle: &[(&str, usize, u64, u64)],
+    burst: &[Run],
+    idle: &[(String, usize, u64, u64)],
     quick: bool,
 ) -> String {
     let mut s = String::new();
@@ -617,71 +664,44 @@ fn render(
         s,
         "Generated by `cargo bench --bench compare{}` on {}.\n",
         if quick { " -- --quick" } else { "" },
-        machine()
+        machine(names)
     );
-    let _ = writeln!(s, "Same PostgreSQL (max_connections 40, pgbench scale 10), same pool (20, transaction mode, md5 auth), pgbench `-j 2`, targets run alternately (A B, then B A); the ratio is taken within each round, and the median over rounds is reported (tps, latency, CPU and RSS are averages). pgmux runs with `workers = 1` (one thread, like PgBouncer: on two cores the proxy shares the CPU with PostgreSQL and pgbench). CPU is the proxy process's user+system time per transaction; RSS is the proxy's resident memory after the run. \"direct\" runs only at 16 clients, after both poolers have stopped (40 slots). The rows \"{SHARED_UNNAMED}\" run the same pgmux with the opt-in `track_unnamed_statements = true`, switched on by a configuration reload; PgBouncer runs plain extended mode there.\n");
-    let _ = writeln!(s, "| script | mode | clients | pgmux tps | PgBouncer tps | ratio | pgmux lat ms | PgBouncer lat ms | pgmux CPU µs/tx | PgBouncer CPU µs/tx | pgmux RSS MiB | PgBouncer RSS MiB | direct tps |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (script, mode, c, results, direct) in rows {
-        let n = results.len() as f64;
-        let avg = |f: &dyn Fn(&(Run, Run)) -> f64| results.iter().map(f).sum::<f64>() / n;
-        let b_failed = results.iter().any(|r| r.1.failed);
-        let a_failed = results.iter().any(|r| r.0.failed);
-        let ratio = if b_failed {
-            "PgBouncer failed".to_string()
-        } else {
-            format!("{:.2}", median_ratio(results))
-        };
-        let b_tps = if b_failed {
-            format!(
-                "failed ({})",
-                results
-                    .iter()
-                    .find(|r| r.1.failed)
-                    .map(|r| r.1.note.clone())
-                    .unwrap_or_default()
-            )
-        } else {
-            format!("{:.0}", avg(&|r| r.1.tps))
-        };
-        let a_tps = if a_failed {
-            "failed".to_string()
-        } else {
-            format!("{:.0}", avg(&|r| r.0.tps))
-        };
+    let _ = writeln!(s, "Same PostgreSQL (max_connections 40, pgbench scale 10), same pool (20, transaction mode, md5 auth), pgbench `-j 2`, targets run in turn (pgmux first, then last); the ratio is taken within each round, and the median over rounds is reported (tps, latency, CPU and RSS are averages). pgmux runs with its default `workers` (one thread on this two-core machine, like PgBouncer). CPU is the proxy process's user+system time per transaction, and per statement (TPC-B runs 7 statements per transaction, select-only 1); \"CPU ratio\" is pgmux's over PgBouncer's. RSS is the proxy's resident memory after the run. \"direct\" runs only at 16 clients, after the poolers have stopped (40 slots). The rows \"{SHARED_UNNAMED}\" run the same pgmux with the opt-in `track_unnamed_statements = true`, switched on by a configuration reload; PgBouncer runs plain extended mode there.\n");
+    for (j, name) in names.iter().enumerate().skip(1) {
+        let _ = writeln!(s, "## pgmux against {name}\n");
+        let _ = writeln!(s, "| script | mode | clients | pgmux tps | PgBouncer tps | ratio | pgmux lat ms | PgBouncer lat ms | pgmux CPU µs/tx | PgBouncer CPU µs/tx | pgmux CPU µs/stmt | PgBouncer CPU µs/stmt | CPU ratio | pgmux RSS MiB | PgBouncer RSS MiB | direct tps |");
         let _ = writeln!(
             s,
-            "| {script} | {mode} | {c} | {a_tps} | {b_tps} | {ratio} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
-            avg(&|r| r.0.latency_ms),
-            avg(&|r| r.1.latency_ms),
-            avg(&|r| r.0.cpu_us_per_tx),
-            avg(&|r| r.1.cpu_us_per_tx),
-            avg(&|r| r.0.rss_kib as f64) / 1024.0,
-            avg(&|r| r.1.rss_kib as f64) / 1024.0,
-            direct.as_ref().map(|d| if d.failed { "failed".into() } else { format!("{:.0}", d.tps) }).unwrap_or_else(|| "–".into())
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
+        for (script, mode, c, results, direct) in rows {
+            let pairs: Vec<(Run, Run)> = results
+                .iter()
+                .map(|r| (r[0].clone(), r[j].clone()))
+                .collect();
+            render_row(&mut s, script, mode, c, &pairs, direct.as_ref());
+        }
+        let _ = writeln!(s);
     }
     let _ = writeln!(
         s,
-        "\n## Burst: 200 clients, a new connection per transaction (`pgbench -C -S`)\n"
+        "## Burst: 200 clients, a new connection per transaction (`pgbench -C -S`)\n"
     );
     let _ = writeln!(
         s,
-        "| target | tps | failed | CPU µs/tx |\n|---|---|---|---|"
+        "| target | tps | failed | CPU µs/tx | tps ratio pgmux / target |\n|---|---|---|---|---|"
     );
-    for (name, r) in [("pgmux", &burst.0), ("PgBouncer", &burst.1)] {
+    for (name, r) in names.iter().zip(burst) {
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {} | {:.1} |",
-            r.tps, r.failed, r.cpu_us_per_tx
+            "| {name} | {:.0} | {} | {:.1} | {:.2} |",
+            r.tps,
+            r.failed,
+            r.cpu_us_per_tx,
+            burst[0].tps / r.tps.max(1.0)
         );
     }
-    let _ = writeln!(
-        s,
-        "\nRatio pgmux / PgBouncer: {:.2}\n",
-        burst.0.tps / burst.1.tps.max(1.0)
-    );
-    let _ = writeln!(s, "## Idle clients\n\n| target | idle clients | RSS before MiB | RSS after MiB | KiB per client |\n|---|---|---|---|---|");
+    let _ = writeln!(s, "\n## Idle clients\n\n| target | idle clients | RSS before MiB | RSS after MiB | KiB per client |\n|---|---|---|---|---|");
     for (name, n, before, after) in idle {
         let per = if *n > 0 {
             after.saturating_sub(*before) as f64 / *n as f64
@@ -702,7 +722,63 @@ fn render(
     s
 }
 
-/// The median over rounds of pgmux's tps over PgBouncer's in the same round.
+/// One grid point of one comparison: pgmux and one PgBouncer, per round.
+fn render_row(
+    s: &mut String,
+    script: &str,
+    mode: &str,
+    c: &str,
+    results: &[(Run, Run)],
+    direct: Option<&Run>,
+) {
+    let n = results.len() as f64;
+    let avg = |f: &dyn Fn(&(Run, Run)) -> f64| results.iter().map(f).sum::<f64>() / n;
+    let b_failed = results.iter().any(|r| r.1.failed);
+    let a_failed = results.iter().any(|r| r.0.failed);
+    let ratio = if b_failed {
+        "PgBouncer failed".to_string()
+    } else {
+        format!("{:.2}", median_ratio(results))
+    };
+    let b_tps = if b_failed {
+        format!(
+            "failed ({})",
+            results
+                .iter()
+                .find(|r| r.1.failed)
+                .map(|r| r.1.note.clone())
+                .unwrap_or_default()
+        )
+    } else {
+        format!("{:.0}", avg(&|r| r.1.tps))
+    };
+    let a_tps = if a_failed {
+        "failed".to_string()
+    } else {
+        format!("{:.0}", avg(&|r| r.0.tps))
+    };
+    let per_stmt = statements_per_tx(script);
+    let (a_cpu, b_cpu) = (avg(&|r| r.0.cpu_us_per_tx), avg(&|r| r.1.cpu_us_per_tx));
+    let cpu_ratio = if b_failed || b_cpu <= 0.0 {
+        "–".to_string()
+    } else {
+        format!("{:.2}", a_cpu / b_cpu)
+    };
+    let _ = writeln!(
+        s,
+        "| {script} | {mode} | {c} | {a_tps} | {b_tps} | {ratio} | {:.2} | {:.2} | {a_cpu:.1} | {b_cpu:.1} | {:.2} | {:.2} | {cpu_ratio} | {:.1} | {:.1} | {} |",
+        avg(&|r| r.0.latency_ms),
+        avg(&|r| r.1.latency_ms),
+        a_cpu / per_stmt,
+        b_cpu / per_stmt,
+        avg(&|r| r.0.rss_kib as f64) / 1024.0,
+        avg(&|r| r.1.rss_kib as f64) / 1024.0,
+        direct
+            .map(|d| if d.failed { "failed".into() } else { format!("{:.0}", d.tps) })
+            .unwrap_or_else(|| "–".into())
+    );
+}
+
 fn median_ratio(results: &[(Run, Run)]) -> f64 {
     let mut r: Vec<f64> = results
         .iter()
@@ -719,10 +795,15 @@ fn median_ratio(results: &[(Run, Run)]) -> f64 {
 fn write_plot_data(rows: &[Row<'_>], dir: &Path) -> anyhow::Result<()> {
     let mut csv = String::from("label,ratio\n");
     for (script, mode, c, results, _) in rows {
+        // Against the first PgBouncer of the run.
+        let results: Vec<(Run, Run)> = results
+            .iter()
+            .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
+            .collect();
         if results.iter().any(|r| r.1.failed || r.0.failed) {
             continue;
         }
-        let ratio = median_ratio(results);
+        let ratio = median_ratio(&results);
         let _ = writeln!(
             csv,
             "{} {} c{},{ratio:.3}",

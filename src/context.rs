@@ -106,8 +106,8 @@ impl ClientInfo {
     }
 
     /// Records whether the client waits on itself (and since when).
-    pub fn set_idle(&self, idle: Idle) {
-        self.idle_since.store(clock_ms(), Ordering::Relaxed);
+    pub fn set_idle(&self, idle: Idle, now: std::time::Instant) {
+        self.idle_since.store(clock_ms_at(now), Ordering::Relaxed);
         self.cancel_sent.store(false, Ordering::Relaxed);
         self.idle.store(idle as u8, Ordering::Relaxed);
     }
@@ -146,10 +146,13 @@ pub enum Idle {
 
 /// Milliseconds since the first call (a process-wide monotonic clock).
 pub fn clock_ms() -> u64 {
+    clock_ms_at(std::time::Instant::now())
+}
+
+/// [`clock_ms`] at a time already read.
+pub fn clock_ms_at(now: std::time::Instant) -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
+    now.saturating_duration_since(*EPOCH.get_or_init(std::time::Instant::now))
         .as_millis() as u64
 }
 

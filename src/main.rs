@@ -36,9 +36,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The serving runtime: `workers` threads (0: one per core); a single
-/// worker runs everything on one thread, as PgBouncer does.
+/// The serving runtime: `workers` threads (0: see [`auto_workers`]); a
+/// single worker runs everything on one thread, as PgBouncer does.
 fn serving_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => auto_workers(),
+        n => n,
+    };
     let mut b = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -48,6 +52,19 @@ fn serving_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
     }
     Ok(b.enable_all().build()?)
+}
+
+/// Threads when `workers = 0`: one on a machine of two cores or fewer,
+/// else one per core. On two cores the proxy shares the CPU with the
+/// database or the application, and the work-stealing scheduler's
+/// cross-thread wake-ups (futex, epoll) cost more than a second thread
+/// gains: one thread measured 15-20% less CPU per transaction there at the
+/// same throughput (docs/benchmarks.md).
+fn auto_workers() -> usize {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        n if n <= 2 => 1,
+        n => n,
+    }
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -167,7 +167,8 @@ pub struct General {
     /// statement, where the unnamed statement is always planned for its
     /// actual parameters: so it is off by default.
     pub track_unnamed_statements: bool,
-    /// Runtime worker threads; 0 means one per core.
+    /// Runtime worker threads; 0 means one on machines of up to two cores,
+    /// else one per core.
     pub workers: usize,
     /// Role (from `[users]`) that looks up users missing from the config
     /// with `auth_query`; unset disables the lookup.

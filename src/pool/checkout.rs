@@ -10,11 +10,11 @@ use crate::server::ServerConn;
 /// A server connection taken from a pool.
 pub struct Checkout {
     pool: Pool,
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
 }
 
 impl Checkout {
-    pub(super) fn new(pool: Pool, conn: ServerConn) -> Self {
+    pub(super) fn new(pool: Pool, conn: Box<ServerConn>) -> Self {
         Self {
             pool,
             conn: Some(conn),
@@ -22,9 +22,14 @@ impl Checkout {
     }
 
     /// Gives a clean, idle connection back for reuse.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(std::time::Instant::now());
+    }
+
+    /// [`Checkout::release`] with the time already read by the caller.
+    pub fn release_at(mut self, now: std::time::Instant) {
         if let Some(c) = self.conn.take() {
-            self.pool.checkin(c);
+            self.pool.checkin(c, now);
         }
     }
 

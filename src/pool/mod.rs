@@ -252,6 +252,12 @@ impl Pool {
     /// Takes an idle server at once, or `None` (paused, or none idle) without
     /// queueing: the fast path of [`Pool::get`], needing no future.
     pub fn try_get(&self) -> Option<Checkout> {
+        self.try_get_at(Instant::now())
+    }
+
+    /// [`Pool::try_get`] with the time already read by the caller (a
+    /// session reads the clock once per wake-up).
+    pub fn try_get_at(&self, now: Instant) -> Option<Checkout> {
         let s = &self.shared;
         if *s.paused.borrow() {
             return None;
@@ -263,10 +269,10 @@ impl Pool {
         let generation = s.generation.load(Ordering::Relaxed);
         let mut dead = Vec::new();
         let mut inner = s.inner.lock();
-        let conn = inner.take_idle(lifetime, generation, &mut dead)?;
+        let conn = inner.take_idle(lifetime, generation, now, &mut dead)?;
         // Checking it is async: leave it to `get`. (Looked at in place: a
         // connection is large, and this is the path every transaction takes.)
-        if check.is_some_and(|d| conn.last_used.elapsed() >= d) {
+        if check.is_some_and(|d| now.saturating_duration_since(conn.last_used) >= d) {
             inner.idle.push_back(conn);
             return None;
         }
@@ -379,10 +385,9 @@ impl Pool {
     /// Returns a clean connection to the pool. One that is too old, of an
     /// old generation (RECONNECT, a moved database), to an address retired,
     /// or whose server no longer has the role the pool needs, is closed.
-    fn checkin(&self, conn: ServerConn) {
+    fn checkin(&self, conn: Box<ServerConn>, now: Instant) {
         let s = &self.shared;
         let st = self.settings();
-        let now = Instant::now();
         // Only pools that care about the role look (two map lookups).
         let moved = st.attrs != TargetSessionAttrs::Any
             && conn
@@ -415,7 +420,7 @@ impl Pool {
 
     /// Closes a connection that must not be reused, and opens a replacement
     /// when clients are waiting.
-    fn discard(&self, conn: ServerConn) {
+    fn discard(&self, conn: Box<ServerConn>) {
         let id = conn.id;
         drop(conn);
         let size = self.settings().size;
@@ -433,7 +438,7 @@ impl Pool {
     /// standby, a standby pool's was promoted): it and every other
     /// connection to that address opened so far go, and the next
     /// connection looks for a server of the right role.
-    pub fn host_demoted(&self, conn: ServerConn) {
+    pub fn host_demoted(&self, conn: Box<ServerConn>) {
         let addr = conn.key.addr;
         tracing::warn!(pool = %self.name(), server = %addr, "server changed role; its connections are closed and another server is looked for");
         self.retire_address(addr);
@@ -517,7 +522,7 @@ impl Pool {
             match crate::server::open(&route.target, route.tls.as_ref(), &opts).await {
                 Ok(mut conn) => {
                     conn.generation = generation;
-                    pool.opened(conn)
+                    pool.opened(Box::new(conn))
                 }
                 Err(e) => pool.open_failed(e),
             }
@@ -525,7 +530,7 @@ impl Pool {
     }
 
     /// A new connection joins the pool (or goes to the oldest waiter).
-    fn opened(&self, conn: ServerConn) {
+    fn opened(&self, conn: Box<ServerConn>) {
         let s = &self.shared;
         tracing::debug!(pool = %s.name, server = conn.id, "server connection opened");
         s.metrics.counters.opened.fetch_add(1, Ordering::Relaxed);

@@ -132,6 +132,16 @@ pub enum SqlPrepared<'a> {
 /// name ...` when they are the Query's only statement.
 pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     use crate::sql::{Lexer, Token};
+    // Fast path, no lexing: a text whose first word is something else
+    // (every ordinary query). A comment or quote first goes to the lexer.
+    let head = query.trim_ascii_start();
+    let verb = |w: &[u8]| {
+        head.get(..w.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(w))
+    };
+    if head.first().is_some_and(u8::is_ascii_alphabetic) && !verb(b"prepare") && !verb(b"execute") {
+        return None;
+    }
     let offset = |part: &[u8]| part.as_ptr() as usize - query.as_ptr() as usize;
     let mut tokens = Lexer::new(query);
     let verb = match tokens.next()? {

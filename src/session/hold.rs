@@ -25,10 +25,13 @@ impl Session {
         // futures of a session; inline, every idle client would carry their
         // space for nothing.
         match self.try_hold() {
-            Some(true) => Ok(()),
+            Some(true) => return Ok(()),
             Some(false) => Box::pin(self.sync_held()).await,
             None => Box::pin(self.acquire()).await,
-        }
+        }?;
+        // The request goes out now, not when the session woke.
+        self.now = Instant::now();
+        Ok(())
     }
 
     /// The common case under load: an idle server taken with no waiting and
@@ -36,7 +39,7 @@ impl Session {
     /// parameters still need syncing. (Not inline in `ensure_server`: a
     /// server held in a local there would add its size to every session.)
     pub(super) fn try_hold(&mut self) -> Option<bool> {
-        let server = self.pool.try_get()?;
+        let server = self.pool.try_get_at(self.now)?;
         self.pool.metrics().observe_wait(Duration::ZERO);
         let in_sync = self.params.in_sync(&server) && self.identity.is_none();
         self.hold(server);
@@ -104,7 +107,7 @@ impl Session {
     pub(super) fn release(&mut self) {
         if self.server.is_some() {
             if let Some(s) = self.let_go() {
-                s.release();
+                s.release_at(self.now);
             }
         }
     }

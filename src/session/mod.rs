@@ -11,28 +11,26 @@ mod effects;
 mod hold;
 pub mod identity;
 pub mod login;
+mod outside;
 pub mod params;
 mod pin;
 mod replies;
 mod requests;
 mod settings;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::tls::Stream;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 
 use std::time::Instant;
 
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
-use crate::context::{ClientGuard, ClientInfo, Context, Idle};
+use crate::context::{ClientGuard, Context, Idle};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
 use crate::prepared::{Hook, Limits, Tracker};
 use crate::protocol::expect::{Expect, Reply, Req};
@@ -44,6 +42,7 @@ use crate::sql::Effects;
 use crate::stats::ErrorReason;
 use identity::ClientIdentity;
 use login::{Login, LoginError, Opening};
+use outside::{Outside, Outsider};
 use params::ClientParams;
 
 /// How a session ended.
@@ -121,6 +120,10 @@ struct Session {
     /// This client in the registry (SHOW CLIENTS, KILL).
     listed: ClientGuard,
     _counted: PoolClient,
+    /// When the session last woke (read once per wake-up, as PgBouncer
+    /// caches its clock per loop: the hot path needs the time several
+    /// times and a clock read is not free).
+    now: Instant,
     /// When the current transaction began (first request after idle).
     tx_started: Option<Instant>,
     /// When the request now under way was sent (SHOW STATS query time).
@@ -171,35 +174,12 @@ struct Session {
     max_msg: usize,
 }
 
+/// Room a session keeps for its next read: all an idle client holds.
+const IDLE_READ_ROOM: usize = 128;
+
 /// How long a new client has to start its first transaction before a
 /// drain tells it 57P01.
 const FIRST_TX_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A signal from outside the connection.
-enum Outside {
-    /// The process moved to a new shutdown phase (the receiver watches on).
-    Phase(Phase, watch::Receiver<Phase>),
-    /// The admin console killed this client, or the idle sweep woke it
-    /// (the receiver watches on).
-    Kill(watch::Receiver<Phase>),
-}
-
-/// Waits for the next shutdown phase or a KILL of this client. Boxed: it
-/// lives as long as the session, and idle sessions should stay small.
-fn next_outside(
-    mut watch: watch::Receiver<Phase>,
-    info: Arc<ClientInfo>,
-) -> Pin<Box<dyn Future<Output = Outside> + Send>> {
-    Box::pin(async move {
-        tokio::select! {
-            _ = info.kill.notified() => Outside::Kill(watch),
-            Ok(()) = watch.changed() => {
-                let now = *watch.borrow_and_update();
-                Outside::Phase(now, watch)
-            }
-        }
-    })
-}
 
 /// Waits for the first-transaction grace to end (lazily: the branch is
 /// built every round but only a draining session polls it).
@@ -244,6 +224,7 @@ impl Session {
         Self {
             listed,
             _counted: login.pool.client(),
+            now: Instant::now(),
             tx_started: None,
             query_started: None,
             first_tx_grace: Some(Instant::now() + FIRST_TX_GRACE),
@@ -251,9 +232,14 @@ impl Session {
             routed: Vec::new(),
             ctx,
             client,
-            // The login's buffer (512 bytes to start): idle clients are the
-            // common case, and buffers grow to whatever a client sends.
-            cbuf: login.pending,
+            // The login's buffer if a request came with the login, else a
+            // small one: idle clients are the common case, and buffers grow
+            // to whatever a client sends.
+            cbuf: if login.pending.is_empty() {
+                BytesMut::with_capacity(IDLE_READ_ROOM)
+            } else {
+                login.pending
+            },
             cout: BytesMut::new(),
             sout: BytesMut::new(),
             pool: login.pool,
@@ -280,10 +266,9 @@ impl Session {
         let mut watch = self.ctx.shutdown.watch();
         let mut phase = *watch.borrow_and_update();
         let listed = self.listed.info.clone();
-        // One future for the rare signals, kept across iterations: built
-        // afresh each time round, its two wait-list registrations cost more
-        // than the rest of a round trip's bookkeeping.
-        let mut outside = next_outside(watch, listed.clone());
+        // One future for the rare signals, kept across iterations and
+        // polled only when they woke it.
+        let mut outside = Outsider::new(watch, listed.clone());
         // Messages that arrived together with the login.
         if !self.cbuf.is_empty() {
             if let Err(end) = self.on_client_data().await {
@@ -297,8 +282,8 @@ impl Session {
             if self.terminated && self.expect.is_empty() {
                 return End::ClientGone;
             }
-            // Small minimum: an idle client keeps its starting 512 bytes.
-            make_room(&mut self.cbuf, 128, 1024);
+            // Small minimum: an idle client keeps its starting buffer.
+            make_room(&mut self.cbuf, IDLE_READ_ROOM, 1024);
             // Biased: replies first (they free the server soonest), the
             // rare signals last, so a round trip polls only what woke it.
             let res = tokio::select! {
@@ -306,32 +291,40 @@ impl Session {
                 r = read_server(&mut self.server) => match r {
                     Ok(0) => self.on_server_lost(ServerError::Protocol("server closed the connection unexpectedly".into())).await,
                     Err(e) => self.on_server_lost(e.into()).await,
-                    Ok(_) => self.on_server_data().await,
+                    Ok(_) => {
+                        self.now = Instant::now();
+                        self.on_server_data().await
+                    }
                 },
                 r = self.client.read_buf(&mut self.cbuf), if !self.terminated => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => {
+                        self.now = Instant::now();
                         self.mark_idle(Idle::Busy);
                         self.on_client_data().await
                     }
                 },
-                signal = outside.as_mut() => match signal {
-                    Outside::Phase(now, watch) => {
-                        phase = now;
-                        outside = next_outside(watch, listed.clone());
-                        Ok(())
-                    }
-                    Outside::Kill(watch) => match self.killed_for() {
-                        Some(end) => Err(end),
-                        None => {
-                            outside = next_outside(watch, listed.clone());
+                signal = &mut outside => {
+                    self.now = Instant::now();
+                    match signal {
+                        Outside::Phase(now, watch) => {
+                            phase = now;
+                            outside.rearm(watch, listed.clone());
                             Ok(())
                         }
-                    },
+                        Outside::Kill(watch) => match self.killed_for() {
+                            Some(end) => Err(end),
+                            None => {
+                                outside.rearm(watch, listed.clone());
+                                Ok(())
+                            }
+                        },
+                    }
                 },
                 // Draining: a new client that never starts its first
                 // transaction is told 57P01 when its grace ends.
                 () = grace_over(self.first_tx_grace), if phase == Phase::Draining && self.first_tx_grace.is_some() => {
+                    self.now = Instant::now();
                     self.first_tx_grace = None;
                     Ok(())
                 },
@@ -358,7 +351,7 @@ impl Session {
     fn mark_idle(&mut self, idle: Idle) {
         if idle != self.idle {
             self.idle = idle;
-            self.listed.info.set_idle(idle);
+            self.listed.info.set_idle(idle, self.now);
         }
     }
 

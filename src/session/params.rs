@@ -20,10 +20,54 @@ pub enum ParamError {
     Forbidden(String),
 }
 
+/// Parameter values by lowercase name, sorted: a handful per client, where
+/// a `BTreeMap` node alone took over 500 bytes of every idle client.
+#[derive(Debug, Clone, Default, Hash)]
+struct ParamMap(Vec<(String, String)>);
+
+impl ParamMap {
+    fn find(&self, k: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(name, _)| name.as_str().cmp(k))
+    }
+
+    fn get(&self, k: &str) -> Option<&String> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, k: &str) -> bool {
+        self.find(k).is_ok()
+    }
+
+    fn insert(&mut self, k: String, v: String) {
+        match self.find(&k) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => self.0.insert(i, (k, v)),
+        }
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = (String, String)>) {
+        for (k, v) in items {
+            self.insert(k, v);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut String)> {
+        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    }
+}
+
 /// The values a client expects its server to have, by lowercase name.
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
-    desired: BTreeMap<String, String>,
+    desired: ParamMap,
     /// What the client sent at startup (and in `options`), by lowercase
     /// name: what `RESET` gives back on a direct connection.
     startup: Box<[(String, String)]>,
@@ -62,7 +106,7 @@ impl ClientParams {
         pool_params: &[(String, String)],
         client: &[(String, String)],
     ) -> Result<Self, ParamError> {
-        let mut desired = BTreeMap::new();
+        let mut desired = ParamMap::default();
         let mut startup = Vec::new();
         for (k, v) in pool_params {
             let lower = k.to_ascii_lowercase();
@@ -86,6 +130,7 @@ impl ClientParams {
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
         };
+        p.desired.0.shrink_to_fit();
         p.refresh();
         Ok(p)
     }
@@ -127,7 +172,7 @@ impl ClientParams {
     /// The statement that makes `server` match this client, if any differs.
     pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
         let mut sets = Vec::new();
-        for (k, v) in &self.desired {
+        for (k, v) in self.desired.iter() {
             if server.param(k) != Some(v.as_str()) {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
@@ -139,7 +184,7 @@ impl ClientParams {
         let resets: Vec<&String> = server
             .unreported_set()
             .iter()
-            .filter(|k| !self.desired.contains_key(*k))
+            .filter(|k| !self.desired.contains_key(k))
             .collect();
         if sets.is_empty() && resets.is_empty() {
             return None;
@@ -177,8 +222,7 @@ impl ClientParams {
             })
             .filter(|(k, _)| !TRACKED_REPORTED.contains(&k.as_str()))
             .collect();
-        self.desired
-            .retain(|k, _| TRACKED_REPORTED.contains(&k.as_str()));
+        self.desired.retain(|k| TRACKED_REPORTED.contains(&k));
         self.desired.extend(held.clone());
         server.set_unreported(held);
         self.refresh();

@@ -1,8 +1,6 @@
 //! Server messages on their way to the client: the reply queue, transaction
 //! status, and what happens when the server goes away.
 
-use std::time::Instant;
-
 use tokio::io::AsyncWriteExt;
 
 use super::{fatal, End, Session};
@@ -188,7 +186,7 @@ impl Session {
         let Some(q) = self.query_started.take() else {
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         counters.query_us.fetch_add(
             now.saturating_duration_since(q).as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,

@@ -1,8 +1,6 @@
 //! Client messages on their way to the server: framing, the
 //! prepared-statement tracker, forwarding, and the replies each request owes.
 
-use std::time::Instant;
-
 use super::{effects, fatal, End, Session};
 use crate::prepared::{Flags, Hook, Outbox, Routed};
 use crate::protocol::expect::{Reply, Req};
@@ -200,9 +198,8 @@ impl Session {
             .bytes_in
             .fetch_add(self.sout.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if self.query_started.is_none() {
-            let now = Instant::now();
-            self.query_started = Some(now);
-            self.tx_started.get_or_insert(now);
+            self.query_started = Some(self.now);
+            self.tx_started.get_or_insert(self.now);
         }
         self.sout.clear();
         match res {
