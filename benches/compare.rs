@@ -2,7 +2,7 @@
 //! under pgbench, all measured in the same run on this machine.
 //!
 //! `cargo bench --bench compare` (add `-- --quick` for a short run). It
-//! starts a throwaway PostgreSQL (max_connections = 40), pgmux and Debian's
+//! starts a throwaway PostgreSQL (room for every pool), pgmux and Debian's
 //! PgBouncer (installed with apt-get when missing) with the same pool (20,
 //! transaction mode, md5 auth), runs pgbench against each in turn (A B B A),
 //! and writes `docs/benchmarks.md` (and `docs/benchmarks.png` when
@@ -314,7 +314,6 @@ fn measure(bin: &Path, t: &Target, args: &[&str]) -> Run {
     let cpu0 = pid.map(cpu_seconds).unwrap_or(0.0);
     let (ok, text) = pgbench(bin, t.port, args);
     let cpu1 = pid.map(cpu_seconds).unwrap_or(0.0);
-    let tps = field(&text, "tps =").unwrap_or(0.0);
     let processed = text
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
@@ -323,7 +322,8 @@ fn measure(bin: &Path, t: &Target, args: &[&str]) -> Run {
     let failed_line = text
         .lines()
         .find(|l| l.starts_with("number of failed transactions: "));
-    let failed = !ok || failed_line.is_some_and(|l| !l.contains(": 0 ")) || processed == 0.0;
+    let tps = field(&text, "tps =").unwrap_or(0.0);
+    let failed = !ok || failed_line.is_some_and(|l| !l.contains(": 0 ")) || tps < 1.0;
     let note = if failed {
         text.lines()
             .filter(|l| l.contains("error") || l.contains("ERROR"))
@@ -448,9 +448,13 @@ fn main() -> anyhow::Result<()> {
     };
     let idle_n = if quick { 2000 } else { 10_000 };
     raise_own_fd_limit();
-    eprintln!("starting PostgreSQL (max_connections = 40)");
+    let bouncer_bins = pgbouncer_binaries()?;
+    // Every pooler's pool at once, plus the superuser's reserved slots: a
+    // pooler refused a slot would measure another's leftovers.
+    let slots = POOL * (1 + bouncer_bins.len() as u32) + 5;
+    eprintln!("starting PostgreSQL (max_connections = {slots})");
     let cluster = Cluster::start(&ClusterOptions {
-        max_connections: 40,
+        max_connections: slots,
         ..Default::default()
     })?;
     let bin = cluster.bin_dir().to_path_buf();
@@ -475,7 +479,7 @@ fn main() -> anyhow::Result<()> {
     let dir = pgmux::cluster::scratch_dir("bench")?;
     let pgmux = start_pgmux(&dir, cluster.port()).context("starting pgmux")?;
     let mut bouncers = Vec::new();
-    for (n, b) in pgbouncer_binaries()?.iter().enumerate() {
+    for (n, b) in bouncer_bins.iter().enumerate() {
         let t = start_pgbouncer(&dir, cluster.port(), b, n)
             .with_context(|| format!("starting {}", b.display()))?;
         bouncers.push(t);
@@ -581,7 +585,7 @@ fn main() -> anyhow::Result<()> {
     }
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     // PostgreSQL directly, once the poolers are gone and their server
-    // connections with them (40 slots would not fit both pools and 16 clients).
+    // connections with them (the slots are sized for the pools).
     drop(targets);
     drop(pgmux);
     drop(bouncers);
@@ -597,7 +601,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{} {} c=16: direct {:.0} tps", row.0, row.1, d.tps);
         row.4 = Some(d);
     }
-    let mut report = render(&names, &rows, &burst, &idle, quick);
+    let mut report = render(&names, slots, &rows, &burst, &idle, quick);
     if let Some((n, before, after)) = statements {
         let _ = writeln!(
             report,
@@ -653,6 +657,7 @@ fn machine(names: &[String]) -> String {
 
 fn render(
     names: &[String],
+    slots: u32,
     rows: &[Row<'_>],
     burst: &[Run],
     idle: &[(String, usize, u64, u64)],
@@ -666,7 +671,7 @@ fn render(
         if quick { " -- --quick" } else { "" },
         machine(names)
     );
-    let _ = writeln!(s, "Same PostgreSQL (max_connections 40, pgbench scale 10), same pool (20, transaction mode, md5 auth), pgbench `-j 2`, targets run in turn (pgmux first, then last); the ratio is taken within each round, and the median over rounds is reported (tps, latency, CPU and RSS are averages). pgmux runs with its default `workers` (one thread on this two-core machine, like PgBouncer). CPU is the proxy process's user+system time per transaction, and per statement (TPC-B runs 7 statements per transaction, select-only 1); \"CPU ratio\" is pgmux's over PgBouncer's. RSS is the proxy's resident memory after the run. \"direct\" runs only at 16 clients, after the poolers have stopped (40 slots). The rows \"{SHARED_UNNAMED}\" run the same pgmux with the opt-in `track_unnamed_statements = true`, switched on by a configuration reload; PgBouncer runs plain extended mode there.\n");
+    let _ = writeln!(s, "Same PostgreSQL (max_connections {slots}: every pool at once, pgbench scale 10), same pool (20, transaction mode, md5 auth), pgbench `-j 2`, targets run in turn (pgmux first, then last); the ratio is taken within each round, and the median over rounds is reported (tps, latency, CPU and RSS are averages). pgmux runs with its default `workers` (one thread on this two-core machine, like PgBouncer). CPU is the proxy process's user+system time per transaction, and per statement (TPC-B runs 7 statements per transaction, select-only 1); \"CPU ratio\" is pgmux's over PgBouncer's. RSS is the proxy's resident memory after the run. \"direct\" runs only at 16 clients, after the poolers have stopped. The rows \"{SHARED_UNNAMED}\" run the same pgmux with the opt-in `track_unnamed_statements = true`, switched on by a configuration reload; PgBouncer runs plain extended mode there.\n");
     for (j, name) in names.iter().enumerate().skip(1) {
         let _ = writeln!(s, "## pgmux against {name}\n");
         let _ = writeln!(s, "| script | mode | clients | pgmux tps | PgBouncer tps | ratio | pgmux lat ms | PgBouncer lat ms | pgmux CPU µs/tx | PgBouncer CPU µs/tx | pgmux CPU µs/stmt | PgBouncer CPU µs/stmt | CPU ratio | pgmux RSS MiB | PgBouncer RSS MiB | direct tps |");

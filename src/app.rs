@@ -169,7 +169,7 @@ impl Proxy {
     /// `shutdown_timeout`, then close every session with 57P01.
     pub async fn shutdown(self) {
         let sd = &self.ctx.shutdown;
-        sd.advance(Phase::Draining);
+        self.ctx.advance_shutdown(Phase::Draining);
         let _ = self.accept.await;
         let grace = self.ctx.config().pgmux.shutdown_timeout;
         if tokio::time::timeout(grace, sd.all_closed()).await.is_err() {
@@ -178,7 +178,7 @@ impl Proxy {
                 "shutdown_timeout reached; closing remaining sessions"
             );
         }
-        sd.advance(Phase::Terminating);
+        self.ctx.advance_shutdown(Phase::Terminating);
         let _ = tokio::time::timeout(Duration::from_secs(2), sd.all_closed()).await;
     }
 }

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::auth::{Secret, UserAuth};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::PoolSet;
 use crate::prepared::Registry;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Phase, Shutdown};
 use crate::stats::Metrics;
 use crate::tls::acceptor::ClientTls;
 
@@ -85,11 +85,47 @@ pub struct ClientInfo {
     /// Set by [`ClientRegistry::sweep_idle`] before it wakes the session:
     /// which idle state the client overstayed.
     timed_out: AtomicU8,
-    /// Wakes the session when the admin console kills it.
-    pub kill: Notify,
+    /// The admin console killed the client.
+    killed: AtomicBool,
+    /// Something outside the session changed (a KILL, an idle timeout,
+    /// the shutdown phase) since the session last looked.
+    woken: AtomicBool,
+    /// The session's task, woken by [`ClientInfo::wake`].
+    waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ClientInfo {
+    /// Tells the session something outside it changed: it wakes and reads
+    /// the shutdown phase, [`ClientInfo::take_killed`] and
+    /// [`ClientInfo::take_timeout`].
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The admin console's KILL: the session ends with 57P01.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Whether the client was killed.
+    pub fn take_killed(&self) -> bool {
+        self.killed.swap(false, Ordering::Relaxed)
+    }
+
+    /// The session's task, for [`ClientInfo::wake`].
+    pub fn set_waker(&self, waker: std::task::Waker) {
+        *self.waker.lock() = Some(waker);
+    }
+
+    /// Whether [`ClientInfo::wake`] was called since the last look.
+    pub fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
     /// Records what the client is doing.
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
@@ -202,7 +238,9 @@ impl ClientRegistry {
             cancel_key,
             cancel_sent: AtomicBool::new(false),
             timed_out: AtomicU8::new(0),
-            kill: Notify::new(),
+            killed: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            waker: Mutex::new(None),
         });
         self.clients.lock().insert(info.id, info.clone());
         ClientGuard {
@@ -237,9 +275,16 @@ impl ClientRegistry {
                 continue;
             }
             info.timed_out.store(idle, Ordering::Relaxed);
-            info.kill.notify_one();
+            info.wake();
         }
         cancels
+    }
+
+    /// Wakes every session to look at what changed (the shutdown phase).
+    pub fn wake_all(&self) {
+        for info in self.clients.lock().values() {
+            info.wake();
+        }
     }
 
     /// Every logged-in client.
@@ -281,6 +326,13 @@ pub struct Context {
 }
 
 impl Context {
+    /// Moves the process to a later shutdown phase and wakes every session
+    /// to see it.
+    pub fn advance_shutdown(&self, to: Phase) {
+        self.shutdown.advance(to);
+        self.clients.wake_all();
+    }
+
     /// Builds the context for a validated configuration (fails when the
     /// TLS certificate or key can't be loaded).
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {

@@ -35,8 +35,9 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
-    /// Moves to a later phase (never back).
-    pub fn advance(&self, to: Phase) {
+    /// Moves to a later phase (never back). Sessions learn of it from
+    /// `Context::advance_shutdown`, which calls this and wakes them.
+    pub(crate) fn advance(&self, to: Phase) {
         self.phase.send_if_modified(|p| {
             let later = to > *p;
             if later {

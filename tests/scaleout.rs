@@ -263,8 +263,7 @@ async fn health_endpoint_says_live_and_ready_until_draining() {
         "ready: the server is reachable"
     );
     p.context()
-        .shutdown
-        .advance(pgmux::shutdown::Phase::Draining);
+        .advance_shutdown(pgmux::shutdown::Phase::Draining);
     assert!(http_get(m, "/health/ready").await.0.contains("503"));
     assert!(http_get(m, "/health/live").await.0.contains("200"));
 }

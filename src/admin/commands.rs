@@ -97,7 +97,7 @@ impl Command {
             Self::Kill(db) => {
                 let targets = pools(ctx, Some(db))?;
                 for c in ctx.clients.all().into_iter().filter(|c| &c.database == db) {
-                    c.kill.notify_one();
+                    c.kill();
                 }
                 for p in targets {
                     p.reconnect();
@@ -105,7 +105,7 @@ impl Command {
                 Reply::Done("KILL")
             }
             Self::Shutdown => {
-                ctx.shutdown.advance(Phase::Draining);
+                ctx.advance_shutdown(Phase::Draining);
                 Reply::Done("SHUTDOWN")
             }
         })

@@ -83,8 +83,11 @@ pub enum Failure {
 }
 
 /// SQLSTATEs a server sends while it cannot take connections for a while:
-/// starting up or shutting down (57P03), shut down (57P01), crashed (57P02).
-const PASSING_CODES: &[&str] = &["57P01", "57P02", "57P03"];
+/// starting up or shutting down (57P03), shut down (57P01), crashed (57P02),
+/// out of connection slots (53300: another application or pooler holds
+/// them; clients wait for one to free, as PgBouncer's do, instead of
+/// failing at once).
+const PASSING_CODES: &[&str] = &["57P01", "57P02", "57P03", "53300"];
 
 impl ServerError {
     /// How bad this failure to open a connection is.
@@ -318,6 +321,11 @@ mod tests {
             message: "the database system is starting up".into(),
         };
         assert_eq!(starting.failure(), Failure::Transient);
+        let full = ServerError::Server {
+            code: "53300".into(),
+            message: "sorry, too many clients already".into(),
+        };
+        assert_eq!(full.failure(), Failure::Transient);
         let password = ServerError::Server {
             code: "28P01".into(),
             message: "password authentication failed".into(),

@@ -42,7 +42,7 @@ use crate::sql::Effects;
 use crate::stats::ErrorReason;
 use identity::ClientIdentity;
 use login::{Login, LoginError, Opening};
-use outside::{Outside, Outsider};
+use outside::Outsider;
 use params::ClientParams;
 
 /// How a session ended.
@@ -80,27 +80,44 @@ pub fn pool_error_code(e: &PoolError) -> SqlState {
 /// Serves one accepted client connection to the end. The caller counts
 /// the session as live (`Shutdown::track`) before it
 /// spawns this, so a shutdown never misses a session that has not started.
-pub async fn serve(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
+    // The login runs in a boxed future of its own, freed once the client is
+    // in: what it held would otherwise keep its room in every idle
+    // client's task (a third of it).
+    let Some(mut session) = Box::pin(open(stream, peer, ctx)).await else {
+        return;
+    };
+    let end = session.run().await;
+    Box::pin(session.finish(end)).await;
+}
+
+/// Logs a client in and makes its session; `None` when the connection
+/// ended there (refused, a cancel request, or an admin console served to
+/// its end).
+async fn open(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) -> Option<Session> {
     let login_timeout = ctx.config().pgmux.client_login_timeout;
     let opened =
         tokio::time::timeout(login_timeout, Box::pin(login::login(&mut stream, &ctx))).await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
         Ok(Ok(Opening::Admin(user, pending))) => {
-            return Box::pin(crate::admin::run(stream, ctx, user, pending)).await
+            Box::pin(crate::admin::run(stream, ctx, user, pending)).await;
+            return None;
         }
-        Ok(Ok(Opening::Cancelled)) => return,
-        Ok(Err(e)) => return login_failed(&mut stream, e).await,
+        Ok(Ok(Opening::Cancelled)) => return None,
+        Ok(Err(e)) => {
+            login_failed(&mut stream, e).await;
+            return None;
+        }
         Err(_) => {
             ctx.metrics.error(ErrorReason::LoginTimeout, "", "");
             let msg = "canceling authentication due to timeout";
-            return login::send_fatal(&mut stream, SqlState::PROTOCOL_VIOLATION, msg).await;
+            login::send_fatal(&mut stream, SqlState::PROTOCOL_VIOLATION, msg).await;
+            return None;
         }
     };
     tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
-    let mut session = Session::new(stream, peer, ctx, login);
-    let end = session.run().await;
-    Box::pin(session.finish(end)).await;
+    Some(Session::new(stream, peer, ctx, login))
 }
 
 /// Tells a refused client why; a client that left hears nothing.
@@ -185,7 +202,8 @@ const FIRST_TX_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// built every round but only a draining session polls it).
 async fn grace_over(until: Option<Instant>) {
     if let Some(t) = until {
-        tokio::time::sleep_until(t.into()).await;
+        // Boxed: the timer would take room in every idle session's state.
+        Box::pin(tokio::time::sleep_until(t.into())).await;
     }
 }
 
@@ -263,12 +281,10 @@ impl Session {
 
     /// The main loop: client bytes, server bytes and shutdown, whichever comes first.
     async fn run(&mut self) -> End {
-        let mut watch = self.ctx.shutdown.watch();
-        let mut phase = *watch.borrow_and_update();
-        let listed = self.listed.info.clone();
-        // One future for the rare signals, kept across iterations and
-        // polled only when they woke it.
-        let mut outside = Outsider::new(watch, listed.clone());
+        let mut phase = self.ctx.shutdown.phase();
+        // Woken by a KILL, an idle timeout or a new shutdown phase; polled
+        // at the cost of one atomic otherwise.
+        let mut outside = Outsider::new(self.listed.info.clone());
         // Messages that arrived together with the login.
         if !self.cbuf.is_empty() {
             if let Err(end) = self.on_client_data().await {
@@ -304,22 +320,10 @@ impl Session {
                         self.on_client_data().await
                     }
                 },
-                signal = &mut outside => {
+                () = &mut outside => {
                     self.now = Instant::now();
-                    match signal {
-                        Outside::Phase(now, watch) => {
-                            phase = now;
-                            outside.rearm(watch, listed.clone());
-                            Ok(())
-                        }
-                        Outside::Kill(watch) => match self.killed_for() {
-                            Some(end) => Err(end),
-                            None => {
-                                outside.rearm(watch, listed.clone());
-                                Ok(())
-                            }
-                        },
-                    }
+                    phase = self.ctx.shutdown.phase();
+                    self.killed_for().map_or(Ok(()), Err)
                 },
                 // Draining: a new client that never starts its first
                 // transaction is told 57P01 when its grace ends.
@@ -357,14 +361,16 @@ impl Session {
 
     /// Why the session was woken: the admin console's KILL, or an idle
     /// timeout it still deserves (the client may have sent something since
-    /// the sweep); `None` to go on.
+    /// the sweep); `None` to go on (a new shutdown phase is looked at by
+    /// the loop).
     fn killed_for(&self) -> Option<End> {
         let info = &self.listed.info;
+        if info.take_killed() {
+            let msg = "terminating connection due to administrator command (KILL)";
+            return Some(fatal(SqlState::ADMIN_SHUTDOWN, msg));
+        }
         let (kind, code, msg) = match info.take_timeout() {
-            None => {
-                let msg = "terminating connection due to administrator command (KILL)";
-                return Some(fatal(SqlState::ADMIN_SHUTDOWN, msg));
-            }
+            None => return None,
             Some(t) if t != self.idle => return None,
             Some(Idle::InTransaction) => (
                 "idle_transaction",

@@ -2,6 +2,11 @@
 //! the client's first message reaches it.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::pool::ParamList;
 
 use crate::server::{ServerConn, ServerError, TRACKED_REPORTED};
 
@@ -22,10 +27,43 @@ pub enum ParamError {
 
 /// Parameter values by lowercase name, sorted: a handful per client, where
 /// a `BTreeMap` node alone took over 500 bytes of every idle client.
+/// Shared until written: the clients of a pool that set nothing of their
+/// own all point at the pool's values.
 #[derive(Debug, Clone, Default, Hash)]
-struct ParamMap(Vec<(String, String)>);
+struct ParamMap(Arc<PoolValues>);
+
+/// The pool values every client of a pool starts from, by the pool's
+/// parameter list, so its clients share one copy. A handful of pools per
+/// process: a short list, pruned of dropped ones.
+static DEFAULTS: Mutex<Vec<(Weak<PoolValues>, ParamMap)>> = Mutex::new(Vec::new());
+
+/// A pool's parameter list, as `ParamList` holds it.
+type PoolValues = Vec<(String, String)>;
 
 impl ParamMap {
+    /// The tracked parameters of a pool's list, shared with every other
+    /// client of the same list.
+    fn defaults(pool_params: &ParamList) -> Self {
+        let mut cache = DEFAULTS.lock();
+        cache.retain(|(list, _)| list.strong_count() > 0);
+        if let Some((_, map)) = cache
+            .iter()
+            .find(|(list, _)| std::ptr::eq(list.as_ptr(), Arc::as_ptr(pool_params)))
+        {
+            return map.clone();
+        }
+        let mut map = ParamMap::default();
+        for (k, v) in pool_params.iter() {
+            let lower = k.to_ascii_lowercase();
+            if TRACKED_REPORTED.contains(&lower.as_str()) {
+                map.insert(lower, v.clone());
+            }
+        }
+        Arc::make_mut(&mut map.0).shrink_to_fit();
+        cache.push((Arc::downgrade(pool_params), map.clone()));
+        map
+    }
+
     fn find(&self, k: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(name, _)| name.as_str().cmp(k))
     }
@@ -40,8 +78,9 @@ impl ParamMap {
 
     fn insert(&mut self, k: String, v: String) {
         match self.find(&k) {
-            Ok(i) => self.0[i].1 = v,
-            Err(i) => self.0.insert(i, (k, v)),
+            Ok(i) if self.0[i].1 == v => {}
+            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = v,
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, (k, v)),
         }
     }
 
@@ -52,7 +91,9 @@ impl ParamMap {
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.0.retain(|(k, _)| keep(k));
+        if !self.0.iter().all(|(k, _)| keep(k)) {
+            Arc::make_mut(&mut self.0).retain(|(k, _)| keep(k));
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
@@ -60,7 +101,7 @@ impl ParamMap {
     }
 
     fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut String)> {
-        self.0.iter_mut().map(|(k, v)| (&*k, v))
+        Arc::make_mut(&mut self.0).iter_mut().map(|(k, v)| (&*k, v))
     }
 }
 
@@ -102,18 +143,9 @@ pub(crate) fn literal(v: &str) -> String {
 impl ClientParams {
     /// Starts from the pool's reported values for the tracked parameters,
     /// then applies the client's own settings.
-    pub fn new(
-        pool_params: &[(String, String)],
-        client: &[(String, String)],
-    ) -> Result<Self, ParamError> {
-        let mut desired = ParamMap::default();
+    pub fn new(pool_params: &ParamList, client: &[(String, String)]) -> Result<Self, ParamError> {
+        let mut desired = ParamMap::defaults(pool_params);
         let mut startup = Vec::new();
-        for (k, v) in pool_params {
-            let lower = k.to_ascii_lowercase();
-            if TRACKED_REPORTED.contains(&lower.as_str()) {
-                desired.insert(lower, v.clone());
-            }
-        }
         for (k, v) in client {
             let lower = k.to_ascii_lowercase();
             if !valid_name(&lower) {
@@ -130,7 +162,9 @@ impl ClientParams {
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
         };
-        p.desired.0.shrink_to_fit();
+        if Arc::get_mut(&mut p.desired.0).is_some() {
+            Arc::make_mut(&mut p.desired.0).shrink_to_fit();
+        }
         p.refresh();
         Ok(p)
     }
@@ -301,14 +335,22 @@ mod tests {
 
     #[test]
     fn client_overrides_pool_values() {
-        let pool = vec![
+        let pool = Arc::new(vec![
             ("TimeZone".to_string(), "UTC".to_string()),
             ("server_version".to_string(), "15".to_string()),
-        ];
+        ]);
         let p = ClientParams::new(&pool, &[("timezone".into(), "Europe/Paris".into())]).unwrap();
         assert_eq!(p.welcome(&pool)[0].1, "Europe/Paris");
         assert!(!p.desired.contains_key("server_version"));
         assert!(ClientParams::new(&pool, &[("role".into(), "postgres".into())]).is_err());
         assert!(ClientParams::new(&pool, &[("a;b".into(), "x".into())]).is_err());
+        // Clients that set nothing share the pool's values until they do.
+        let a = ClientParams::new(&pool, &[]).unwrap();
+        let mut b = ClientParams::new(&pool, &[]).unwrap();
+        assert!(Arc::ptr_eq(&a.desired.0, &b.desired.0));
+        b.on_parameter_status("TimeZone", "Asia/Tokyo");
+        assert!(!Arc::ptr_eq(&a.desired.0, &b.desired.0));
+        assert_eq!(a.desired.get("timezone").map(String::as_str), Some("UTC"));
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }
