@@ -501,9 +501,40 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let idle_only = only.as_deref() == Some("idle");
+    // Burst and idle clients first, while every proxy is a fresh process:
+    // after the grid the heap has room to spare (idle clients then look
+    // cheaper) and PostgreSQL's slots may still be held by a pooler that
+    // got stuck at a grid point.
+    // Burst: a new connection per transaction.
+    let burst_args = [
+        "-n", "-S", "-C", "-M", "simple", "-c", "200", "-j", "2", "-T", secs,
+    ];
+    let burst: Vec<Run> = targets
+        .iter()
+        .filter(|_| !idle_only)
+        .map(|t| measure(&bin, t, &burst_args))
+        .collect();
+    // Idle clients.
+    let mut idle = Vec::new();
+    for t in &targets {
+        let pid = t.pid().unwrap_or(0);
+        let before = rss_kib(pid);
+        let conns = idle_clients(t.port, idle_n);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(pid);
+        idle.push((t.name.clone(), conns.len(), before, after));
+        drop(conns);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (name, n, before, after) in &idle {
+        eprintln!("{name}: {n} idle clients, RSS {before} -> {after} KiB");
+    }
+    if idle_only {
+        return Ok(());
+    }
     for script in ["select-only", "tpcb-like"]
         .into_iter()
-        .filter(|s| !idle_only && only.as_deref().is_none_or(|o| o == *s))
+        .filter(|s| only.as_deref().is_none_or(|o| o == *s))
     {
         // (row label, pgbench -M, pgmux's extra settings): the opt-in
         // shared unnamed statement is switched on by a reload for its rows.
@@ -547,41 +578,6 @@ fn main() -> anyhow::Result<()> {
                 rows.push((script, label, *c, results, None));
             }
         }
-    }
-    if idle_only {
-        for t in &targets {
-            let pid = t.pid().unwrap_or(0);
-            let before = rss_kib(pid);
-            let conns = idle_clients(t.port, idle_n);
-            std::thread::sleep(Duration::from_millis(500));
-            eprintln!(
-                "{}: {} idle clients, RSS {before} -> {} KiB",
-                t.name,
-                conns.len(),
-                rss_kib(pid)
-            );
-        }
-        return Ok(());
-    }
-    // Burst: a new connection per transaction.
-    let burst_args = [
-        "-n", "-S", "-C", "-M", "simple", "-c", "200", "-j", "2", "-T", secs,
-    ];
-    let burst: Vec<Run> = targets
-        .iter()
-        .map(|t| measure(&bin, t, &burst_args))
-        .collect();
-    // Idle clients.
-    let mut idle = Vec::new();
-    for t in &targets {
-        let pid = t.pid().unwrap_or(0);
-        let before = rss_kib(pid);
-        let conns = idle_clients(t.port, idle_n);
-        std::thread::sleep(Duration::from_millis(500));
-        let after = rss_kib(pid);
-        idle.push((t.name.clone(), conns.len(), before, after));
-        drop(conns);
-        std::thread::sleep(Duration::from_millis(500));
     }
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     // PostgreSQL directly, once the poolers are gone and their server
