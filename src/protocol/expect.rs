@@ -182,6 +182,13 @@ impl<H> Expect<H> {
         }
     }
 
+    /// Whether a DataRow arriving now goes to the client, as
+    /// [`Expect::on_server`] would decide: a DataRow completes no request,
+    /// so the answer holds for a whole run of them.
+    pub fn forwards_rows(&self) -> bool {
+        self.q.front().is_none_or(|h| h.reply == Reply::Forward)
+    }
+
     /// Handles one server message: appends what the client should get to
     /// `out` and says what completed.
     pub fn on_server(&mut self, frame: &Frame, out: &mut BytesMut) -> Outcome<H> {

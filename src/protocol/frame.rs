@@ -71,6 +71,20 @@ pub fn peek_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameError>
     Ok(Some(total))
 }
 
+/// The length of the complete messages tagged `tag` at the front of `buf`
+/// (0 when the first is another message, incomplete, or malformed: the
+/// caller's [`split_frame`] then deals with it and reports what is wrong).
+pub fn run_of(buf: &[u8], tag: u8, max_len: usize) -> usize {
+    let mut at = 0;
+    while buf.get(at) == Some(&tag) {
+        match peek_len(&buf[at..], max_len) {
+            Ok(Some(total)) if at + total <= buf.len() => at += total,
+            _ => break,
+        }
+    }
+    at
+}
+
 /// Room reserved ahead for the rest of a partial message. A header alone
 /// must not make pgmux allocate the whole declared length (up to
 /// `max_message_size`): five bytes per connection would pin that much
@@ -126,6 +140,21 @@ pub fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_of_takes_only_complete_frames_of_its_tag() {
+        let row: &[u8] = b"D\0\0\0\x06\0\0";
+        let done: &[u8] = b"C\0\0\0\x0bSELECT\0";
+        let mut buf = [row, row, done].concat();
+        assert_eq!(run_of(&buf, b'D', 1024), 2 * row.len());
+        assert_eq!(run_of(&buf[..row.len() + 3], b'D', 1024), row.len());
+        assert_eq!(run_of(done, b'D', 1024), 0);
+        // Too large or malformed: left to split_frame, which says why.
+        assert_eq!(run_of(&buf, b'D', 4), 0);
+        buf[1..5].copy_from_slice(&2i32.to_be_bytes());
+        assert_eq!(run_of(&buf, b'D', 1024), 0);
+        assert!(split_frame(&mut BytesMut::from(&buf[..]), 1024).is_err());
+    }
 
     #[test]
     fn splits_resegmented_input() {
