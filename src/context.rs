@@ -63,8 +63,9 @@ pub struct ClientInfo {
     pub database: String,
     /// Its user.
     pub user: String,
-    /// Its address.
-    pub addr: String,
+    /// Its address (held inline: a formatted copy was one more
+    /// allocation per idle client).
+    pub addr: std::net::SocketAddr,
     /// Login time.
     pub since: SystemTime,
     state: AtomicU8,
@@ -220,7 +221,7 @@ impl ClientRegistry {
         &self,
         database: &str,
         user: &str,
-        addr: String,
+        addr: std::net::SocketAddr,
         idle_limits: [std::time::Duration; 3],
         cancel_key: (i32, i32),
     ) -> ClientGuard {

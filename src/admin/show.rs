@@ -405,10 +405,7 @@ fn clients(ctx: &Context) -> Table {
                 ClientState::Waiting => "waiting",
                 ClientState::Idle => "idle",
             };
-            let (addr, port) = match c.addr.parse::<std::net::SocketAddr>() {
-                Ok(a) => (a.ip().to_string(), a.port()),
-                Err(_) => (c.addr.clone(), 0),
-            };
+            let (addr, port) = (c.addr.ip().to_string(), c.addr.port());
             let mut row = SocketRow {
                 kind: "C",
                 user: &c.user,

@@ -232,13 +232,9 @@ impl Session {
             st.query_timeout,
         ];
         let key = (login.cancel.slot.pid, login.cancel.slot.secret);
-        let listed = ctx.clients.register(
-            &login.key.database,
-            &login.key.user,
-            peer.to_string(),
-            timeouts,
-            key,
-        );
+        let listed =
+            ctx.clients
+                .register(&login.key.database, &login.key.user, peer, timeouts, key);
         Self {
             listed,
             _counted: login.pool.client(),
