@@ -676,11 +676,14 @@ fn render(
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (script, mode, c, results, direct) in rows {
-            let pairs: Vec<(Run, Run)> = results
-                .iter()
-                .map(|r| (r[0].clone(), r[j].clone()))
-                .collect();
-            render_row(&mut s, script, mode, c, &pairs, direct.as_ref());
+            render_row(
+                &mut s,
+                script,
+                mode,
+                c,
+                &against(results, j),
+                direct.as_ref(),
+            );
         }
         let _ = writeln!(s);
     }
@@ -780,6 +783,15 @@ fn render_row(
     );
 }
 
+/// Per round, pgmux's run beside target `j`'s.
+fn against(results: &[Vec<Run>], j: usize) -> Vec<(Run, Run)> {
+    results
+        .iter()
+        .filter_map(|r| Some((r.first()?.clone(), r.get(j)?.clone())))
+        .collect()
+}
+
+/// The median over rounds of pgmux's tps over PgBouncer's in the same round.
 fn median_ratio(results: &[(Run, Run)]) -> f64 {
     let mut r: Vec<f64> = results
         .iter()
@@ -797,10 +809,7 @@ fn write_plot_data(rows: &[Row<'_>], dir: &Path) -> anyhow::Result<()> {
     let mut csv = String::from("label,ratio\n");
     for (script, mode, c, results, _) in rows {
         // Against the first PgBouncer of the run.
-        let results: Vec<(Run, Run)> = results
-            .iter()
-            .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
-            .collect();
+        let results = against(results, 1);
         if results.iter().any(|r| r.1.failed || r.0.failed) {
             continue;
         }

@@ -218,11 +218,7 @@ async fn admin_console_show_pause_resume() {
         .any(|r| r["database"] == "t_admin" && r["state"] == "idle"));
     // PAUSE holds new transactions until RESUME.
     a.simple_query("PAUSE t_admin").await.unwrap();
-    let held = tokio::spawn(async move {
-        c.query_one("SELECT 42", &[])
-            .await
-            .map(|r| r.get::<_, i32>(0))
-    });
+    let held = spawn_int_query(c, "SELECT 42");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!held.is_finished(), "the query waits while paused");
     a.simple_query("RESUME t_admin").await.unwrap();

@@ -139,11 +139,7 @@ async fn server_out_of_slots_makes_clients_wait() {
     let a = client(&p, name).await;
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let b = client(&p, name).await;
-    let waiter = tokio::spawn(async move {
-        b.query_one("SELECT 2", &[])
-            .await
-            .map(|r| r.get::<_, i32>(0))
-    });
+    let waiter = spawn_int_query(b, "SELECT 2");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!waiter.is_finished(), "the second client waits, not fails");
     a.batch_execute("COMMIT").await.unwrap();

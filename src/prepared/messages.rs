@@ -71,14 +71,10 @@ pub enum SqlEffect {
 /// that is exactly one such statement counts.
 pub fn sql_effect(query: &[u8]) -> SqlEffect {
     // Fast path, no allocation: almost every query starts with something else.
-    let start = query
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(query.len());
-    let head = &query[start..];
-    let starts =
-        |word: &[u8]| head.len() >= word.len() && head[..word.len()].eq_ignore_ascii_case(word);
-    if !starts(b"discard") && !starts(b"deallocate") {
+    let drops = crate::sql::leading_word(query).is_some_and(|w| {
+        w.eq_ignore_ascii_case(b"discard") || w.eq_ignore_ascii_case(b"deallocate")
+    });
+    if !drops {
         return SqlEffect::None;
     }
     let Ok(text) = std::str::from_utf8(query) else {
@@ -134,12 +130,9 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     use crate::sql::{Lexer, Token};
     // Fast path, no lexing: a text whose first word is something else
     // (every ordinary query). A comment or quote first goes to the lexer.
-    let head = query.trim_ascii_start();
-    let verb = |w: &[u8]| {
-        head.get(..w.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(w))
-    };
-    if head.first().is_some_and(u8::is_ascii_alphabetic) && !verb(b"prepare") && !verb(b"execute") {
+    if crate::sql::leading_word(query)
+        .is_some_and(|w| !w.eq_ignore_ascii_case(b"prepare") && !w.eq_ignore_ascii_case(b"execute"))
+    {
         return None;
     }
     let offset = |part: &[u8]| part.as_ptr() as usize - query.as_ptr() as usize;

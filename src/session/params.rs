@@ -99,10 +99,6 @@ impl ParamMap {
     fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut String)> {
-        Arc::make_mut(&mut self.0).iter_mut().map(|(k, v)| (&*k, v))
-    }
 }
 
 /// The values a client expects its server to have, by lowercase name.
@@ -162,8 +158,8 @@ impl ClientParams {
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
         };
-        if Arc::get_mut(&mut p.desired.0).is_some() {
-            Arc::make_mut(&mut p.desired.0).shrink_to_fit();
+        if let Some(own) = Arc::get_mut(&mut p.desired.0) {
+            own.shrink_to_fit();
         }
         p.refresh();
         Ok(p)
@@ -309,15 +305,19 @@ impl ClientParams {
     /// After a sync: the server holds exactly this client's values.
     fn record_synced(&mut self, server: &mut ServerConn) {
         let mut unreported = BTreeMap::new();
-        for (k, v) in self.desired.iter_mut() {
+        // Only values the server changed are written: a client sharing its
+        // pool's values keeps sharing them.
+        let mut adopted = Vec::new();
+        for (k, v) in self.desired.iter() {
             if TRACKED_REPORTED.contains(&k.as_str()) {
-                if let Some(now) = server.param(k) {
-                    *v = now.to_owned();
+                if let Some(now) = server.param(k).filter(|now| *now != v.as_str()) {
+                    adopted.push((k.clone(), now.to_owned()));
                 }
             } else {
                 unreported.insert(k.clone(), v.clone());
             }
         }
+        self.desired.extend(adopted);
         server.set_unreported(unreported);
         self.refresh();
         server.params_fingerprint = self.fingerprint;

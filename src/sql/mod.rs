@@ -204,7 +204,7 @@ fn function_effects(sql: &[u8]) -> Effects {
 
 /// The first word of `sql` if nothing but white space precedes it, or
 /// `None` when the text starts with a comment or punctuation.
-fn leading_word(sql: &[u8]) -> Option<&[u8]> {
+pub(crate) fn leading_word(sql: &[u8]) -> Option<&[u8]> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     let rest = &sql[start..];
     if !word_start(*rest.first()?) {

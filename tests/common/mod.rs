@@ -146,6 +146,15 @@ pub async fn refused(dsn: &str) -> Option<String> {
     }
 }
 
+/// Runs `sql` (one row, one int4 column) on a task of its own, so a test
+/// can see whether it waits.
+pub fn spawn_int_query(
+    c: tokio_postgres::Client,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<i32, tokio_postgres::Error>> {
+    tokio::spawn(async move { c.query_one(sql, &[]).await.map(|r| r.get::<_, i32>(0)) })
+}
+
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
 }
