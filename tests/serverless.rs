@@ -265,3 +265,147 @@ async fn backends(su: &tokio_postgres::Client, name: &str) -> Vec<i32> {
     .map(|r| r.get(0))
     .collect()
 }
+
+/// Ways a client ends or derails a COPY or a batch; each runs on a direct
+/// connection (the model) and through a pool of one server.
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    /// Terminate inside COPY FROM STDIN (simple protocol).
+    TerminateInCopy,
+    /// Terminate inside COPY FROM STDIN started by Execute.
+    TerminateInExtendedCopy,
+    /// Terminate behind Parse/Bind/Execute with no Sync.
+    TerminateUnsynced,
+    /// The socket closed behind Parse/Bind/Execute with no Sync.
+    CloseUnsynced,
+    /// An extended COPY the server rejects mid-data, then a Sync with no
+    /// CopyDone; the client goes on.
+    RejectedExtendedCopy,
+    /// A Query sent in place of CopyDone.
+    QueryInsteadOfCopyDone,
+}
+
+/// Runs `how` on a connection to `port`, returning the tags the client saw
+/// once it recovered (for those that go on).
+async fn leave(port: u16, name: &str, how: Leaving) -> String {
+    use Leaving::*;
+    let mut c = Raw::connect(port, name, PASSWORD, name).await;
+    let mut seen = String::new();
+    match how {
+        TerminateInCopy => {
+            c.query("COPY t FROM STDIN").flush().await;
+            c.until(b'G').await;
+            c.copy_data(b"5\t5\n").terminate().flush().await;
+        }
+        TerminateInExtendedCopy => {
+            c.parse("", "COPY t FROM STDIN")
+                .bind("", "", &[])
+                .execute("")
+                .sync()
+                .flush()
+                .await;
+            c.until(b'G').await;
+            c.copy_data(b"5\t5\n").terminate().flush().await;
+        }
+        TerminateUnsynced | CloseUnsynced => {
+            c.parse("", "INSERT INTO t VALUES (7, 7)")
+                .bind("", "", &[])
+                .execute("");
+            if matches!(how, TerminateUnsynced) {
+                c.terminate();
+            }
+            c.flush().await;
+        }
+        RejectedExtendedCopy => {
+            c.parse("", "COPY t FROM STDIN")
+                .bind("", "", &[])
+                .execute("")
+                .sync()
+                .flush()
+                .await;
+            c.until(b'G').await;
+            c.copy_data(b"not a number\tx\n").flush().await;
+            seen += &common::raw::tags(&c.until(b'E').await);
+            seen += &common::raw::tags(&c.sync().round_trip().await);
+            seen += &common::raw::tags(&c.query("SELECT 1").round_trip().await);
+        }
+        QueryInsteadOfCopyDone => {
+            c.query("COPY t FROM STDIN").flush().await;
+            c.until(b'G').await;
+            c.copy_data(b"6\t6\n").query("SELECT 1").flush().await;
+            // PostgreSQL fails the COPY, then ends the session (protocol
+            // synchronization lost).
+            seen += &format!("{:?}", error_code(&c.until(b'E').await));
+        }
+    }
+    drop(c);
+    seen
+}
+
+/// A client that says goodbye (or vanishes) inside COPY or inside a batch
+/// with no Sync, or that derails a COPY: the server is not held, nothing
+/// it sent is committed, the next client is served at once by the same
+/// server, and what the client saw is what PostgreSQL shows directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_mid_copy_or_batch_holds_no_server() {
+    use Leaving::*;
+    let name = "t_leave_copy";
+    let p = setup(name, 1, "").await;
+    let su = superuser(cluster()).await;
+    let direct = format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    );
+    connect(&direct)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int, v int)")
+        .await
+        .unwrap();
+    let count = |c: tokio_postgres::Client| async move {
+        let row = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.query_one("SELECT count(*) FROM t", &[]),
+        )
+        .await
+        .expect("the next client is served")
+        .unwrap();
+        row.get::<_, i64>(0)
+    };
+    for how in [
+        TerminateInCopy,
+        TerminateInExtendedCopy,
+        TerminateUnsynced,
+        CloseUnsynced,
+        RejectedExtendedCopy,
+        QueryInsteadOfCopyDone,
+    ] {
+        let model = leave(cluster().port(), name, how).await;
+        let model_rows = count(connect(&direct).await.unwrap()).await;
+        su.batch_execute("SELECT 1").await.unwrap();
+        let before = backends(&su, name).await;
+        let got = leave(p.addr().port(), name, how).await;
+        assert_eq!(got, model, "{how:?}: what the client saw");
+        let started = Instant::now();
+        let rows = count(client(&p, name).await).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{how:?}: the next client waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(rows, model_rows, "{how:?}: rows left behind");
+        assert_eq!(rows, 0, "{how:?}");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                let states = server_states(name).await;
+                states.iter().all(|s| s == "idle")
+            })
+            .await,
+            "{how:?}: a server is left busy: {:?}",
+            server_states(name).await
+        );
+        let after = backends(&su, name).await;
+        assert!(after.len() <= 1, "{how:?}: {after:?}");
+        let _ = before;
+    }
+}

@@ -351,6 +351,13 @@ async fn settings_follow_their_client() {
         Simple(2, "SHOW search_path"),
         Simple(2, "DISCARD ALL"),
         Simple(2, "SHOW work_mem"),
+        // pg_settings' UPDATE rule sets the setting.
+        Simple(
+            1,
+            "UPDATE pg_settings SET setting = 'pg_catalog' WHERE name = 'search_path'",
+        ),
+        Simple(1, "SHOW search_path"),
+        Simple(2, "SHOW search_path"),
     ];
     same_as_direct("t_set_follow", 3, &[1, 3], &steps).await;
 }
@@ -635,6 +642,11 @@ async fn session_state_can_be_refused_instead_of_pinned() {
         let err = c.query(sql, &[]).await.unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}");
     }
+    // A CREATE that may make a temporary object is asked about, not
+    // refused; a plain table leaves no state and no pin.
+    c.batch_execute("CREATE TABLE plain (a int); SELECT 1 AS a INTO plain2")
+        .await
+        .unwrap();
     // SQL-level PREPARE follows the client instead: allowed.
     c.batch_execute("PREPARE q AS SELECT 1; ").await.unwrap();
     let rows = c.simple_query("EXECUTE q").await.unwrap();
@@ -697,4 +709,168 @@ async fn sql_prepared_statements_are_their_clients_own() {
         Simple(0, "EXECUTE bad"),
     ];
     same_as_direct("t_sql_prep", 3, &[1, 3], &steps).await;
+}
+
+/// Custom settings, the key of row-level security in multi-tenant
+/// databases: however a client sets one (SET, set_config with the name in
+/// the text or in a bound parameter, a DO block, an escaped name), no other
+/// client ever reads its value, and it follows its own client. A setting
+/// made on a server reads as an empty string, never as another client's
+/// value, where a new connection reads NULL: the policy uses nullif, as
+/// RLS policies for pooled connections do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_settings_never_reach_another_client() {
+    use Step::*;
+    let name = "t_custom_set";
+    create_db(cluster(), name).await;
+    connect(&format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    ))
+    .await
+    .unwrap()
+    .batch_execute(
+        "CREATE TABLE docs (tenant text, body text); \
+         INSERT INTO docs VALUES ('A', 'a1'), ('B', 'b1'); \
+         ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY by_tenant ON docs \
+           USING (tenant = nullif(current_setting('app.tenant_id', true), ''))",
+    )
+    .await
+    .unwrap();
+    const DOCS: &str = "SELECT coalesce(string_agg(body, ',' ORDER BY body), '-') FROM docs";
+    const OTHER: &str = "SELECT nullif(current_setting('app.other', true), '')";
+    const HIDDEN: &str = "SELECT nullif(current_setting('app.hidden', true), '')";
+    let steps = [
+        Simple(0, "SET app.tenant_id = 'A'"),
+        Simple(0, DOCS),
+        Simple(1, DOCS),
+        Simple(0, DOCS),
+        Extended(1, "SELECT set_config('app.tenant_id', $1, false)", &["B"]),
+        Simple(0, DOCS),
+        Simple(1, DOCS),
+        // The name in a bound parameter.
+        Extended(0, "SELECT set_config($1, $2, false)", &["app.other", "C"]),
+        Simple(1, OTHER),
+        Simple(0, OTHER),
+        Extended(
+            0,
+            "SELECT set_config($1, $2, false)",
+            &["app.tenant_id", "B"],
+        ),
+        Simple(0, DOCS),
+        Simple(1, "RESET app.tenant_id"),
+        Simple(1, DOCS),
+        Simple(0, DOCS),
+        // Code pgmux cannot read.
+        Simple(
+            1,
+            "DO $$ BEGIN PERFORM set_config('app.tenant_id', 'A', false); END $$",
+        ),
+        Simple(1, DOCS),
+        Simple(0, DOCS),
+        Simple(2, DOCS),
+        // A name pgmux cannot read from the text: never seen by another.
+        Simple(2, "SELECT set_config(E'app\\x2ehidden', 'H', false)"),
+        Simple(0, HIDDEN),
+        Simple(1, HIDDEN),
+        // SET LOCAL and a rolled-back SET leave nothing.
+        Simple(2, "BEGIN; SET LOCAL app.tenant_id = 'A'; SELECT 1; COMMIT"),
+        Simple(1, "BEGIN; SET app.tenant_id = 'B'; ROLLBACK"),
+        Simple(1, DOCS),
+        Simple(2, DOCS),
+        Simple(0, "RESET ALL"),
+        Simple(0, DOCS),
+        Simple(1, DOCS),
+    ];
+    same_as_direct(name, 3, &[1, 2], &steps).await;
+}
+
+/// A startup setting named after a keyword (`select.x`) is reset on the
+/// server with its name quoted: the next client's transaction runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_named_startup_setting_does_not_break_the_next_client() {
+    let name = "t_kw_option";
+    create_db(cluster(), name).await;
+    let p = setup_existing(name, 1, "").await;
+    let a = connect(&format!("{} options='-c select.x=1'", url(&p, name)))
+        .await
+        .unwrap();
+    let v: String = a
+        .query_one("SELECT current_setting('select.x')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "1");
+    let b = client(&p, name).await;
+    let row = b
+        .query_one("SELECT nullif(current_setting('select.x', true), '')", &[])
+        .await
+        .expect("the next client's transaction runs");
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+    let v: String = a
+        .query_one("SELECT current_setting('select.x')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "1", "the first client keeps its startup setting");
+    a.batch_execute("RESET ALL").await.unwrap();
+    let v: String = a
+        .query_one("SELECT current_setting('select.x')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "1", "RESET ALL gives back the startup value");
+    p.shutdown().await;
+}
+
+/// Temporary relations made without the word TEMP pin their client just
+/// as CREATE TEMP does: no other client reads them or is shadowed by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_objects_made_without_temp_pin_their_client() {
+    use Step::*;
+    let name = "t_pin_notemp";
+    create_db(cluster(), name).await;
+    connect(&format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    ))
+    .await
+    .unwrap()
+    .batch_execute("CREATE TABLE shared (a int); INSERT INTO shared VALUES (0)")
+    .await
+    .unwrap();
+    const MINE: &str = "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
+    let steps = [
+        Simple(
+            0,
+            "CREATE TABLE pg_temp.t1 (a int); INSERT INTO t1 VALUES (1)",
+        ),
+        Simple(1, "SELECT to_regclass('t1') IS NULL"),
+        Simple(0, "SELECT count(*) FROM t1"),
+        Simple(1, "SELECT 1 AS a INTO TEMP t2"),
+        Simple(0, "SELECT to_regclass('t2') IS NULL"),
+        Simple(1, "SELECT count(*) FROM t2"),
+        // A table that shadows a shared one, made by SELECT ... INTO with
+        // pg_temp first in the search path.
+        Simple(2, "SET search_path = pg_temp, public"),
+        Simple(2, "SELECT 5 AS a INTO shared"),
+        Simple(0, "SELECT a FROM shared"),
+        Simple(2, "SELECT a FROM shared"),
+        Simple(0, "CREATE OR REPLACE TEMP VIEW v AS SELECT 1 AS x"),
+        Simple(1, "SELECT to_regclass('v') IS NULL"),
+        Simple(
+            0,
+            "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 42'",
+        ),
+        Simple(0, "SELECT pg_temp.f()"),
+        Simple(0, "DISCARD TEMP"),
+        Simple(0, MINE),
+        Simple(1, "DISCARD ALL"),
+        Simple(2, "DISCARD ALL"),
+        Simple(2, "SELECT a FROM shared"),
+        Simple(1, MINE),
+        Simple(2, MINE),
+    ];
+    same_as_direct(name, 3, &[3, 4], &steps).await;
 }

@@ -217,6 +217,22 @@ pub fn sync(out: &mut BytesMut) {
     frontend::sync(out);
 }
 
+/// CopyFail: pgmux ends a COPY FROM STDIN whose client left.
+pub fn copy_fail(out: &mut BytesMut, reason: &str) {
+    let res = frontend::copy_fail(reason, out);
+    debug_assert!(res.is_ok());
+}
+
+/// A Parse that always fails (a syntax error, whatever the session's
+/// state), sent at the end of an extended-protocol batch whose client left
+/// before its Sync: the server aborts the batch's implicit transaction, as
+/// a direct connection closed there would, where a Sync would commit it.
+pub fn failing_parse(out: &mut BytesMut) {
+    const TEXT: &str = "pgmux: the client left before the Sync of its batch; abort";
+    let res = frontend::parse("", TEXT, std::iter::empty(), out);
+    debug_assert!(res.is_ok());
+}
+
 /// CancelRequest (protocol 3.0 key).
 pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
     frontend::cancel_request(pid, secret, out);

@@ -122,6 +122,11 @@ pub struct Expect<H> {
     error_sent: bool,
     /// The server is in COPY FROM STDIN, where it ignores Sync and Flush.
     copy_in: bool,
+    /// The server waits for a Sync that has not been sent: it skips to one
+    /// after an error, or an extended-protocol COPY FROM STDIN consumed the
+    /// client's. Until it comes, the batch (and its implicit transaction)
+    /// is open, even with nothing owed.
+    sync_owed: bool,
 }
 
 impl<H> Default for Expect<H> {
@@ -131,6 +136,7 @@ impl<H> Default for Expect<H> {
             skipping: false,
             error_sent: false,
             copy_in: false,
+            sync_owed: false,
         }
     }
 }
@@ -160,6 +166,7 @@ impl<H> Expect<H> {
         }
         if req == Req::Sync {
             self.skipping = false;
+            self.sync_owed = false;
         }
         match reply {
             Reply::Synthetic(bytes) if self.q.is_empty() => {
@@ -206,6 +213,9 @@ impl<H> Expect<H> {
             return Outcome::Pending;
         };
         if tag == be::ERROR_RESPONSE {
+            // An error ends COPY FROM STDIN on the server's side: a Sync
+            // the client sends now is answered, not consumed.
+            self.copy_in = false;
             // Injected requests fail in the client's view too: always forward.
             self.error_sent = true;
             out.extend_from_slice(frame.raw());
@@ -256,6 +266,7 @@ impl<H> Expect<H> {
     /// consumed by the copy and will never be answered.
     fn start_copy_in(&mut self) {
         self.copy_in = true;
+        self.sync_owed |= self.q.front().is_some_and(|e| !e.req.ends_with_ready());
         let mut first = true;
         self.q
             .retain(|e| std::mem::take(&mut first) || e.req != Req::Sync);
@@ -277,6 +288,7 @@ impl<H> Expect<H> {
             failed.extend(self.q.pop_front().map(|e| e.hook));
         }
         self.skipping = true;
+        self.sync_owed = true;
         failed
     }
 
@@ -299,6 +311,12 @@ impl<H> Expect<H> {
         self.copy_in
     }
 
+    /// Whether the server waits for a Sync nobody has sent yet (see the
+    /// field): the server may not be lent while it does.
+    pub fn sync_owed(&self) -> bool {
+        self.sync_owed
+    }
+
     /// The server is gone: empties the queue and returns how many
     /// ReadyForQuery the client is still owed, whether it still has requests
     /// waiting for a Sync, and the hooks of everything abandoned (to undo,
@@ -308,6 +326,8 @@ impl<H> Expect<H> {
         let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());
         let hooks = self.q.drain(..).map(|e| e.hook).collect();
         self.skipping = false;
+        self.sync_owed = false;
+        self.copy_in = false;
         (readies, tail, hooks)
     }
 }

@@ -1,9 +1,12 @@
 //! A client that leaves in the middle of a transaction, or with requests in
-//! flight (a killed Lambda, a timeout), costs a server connection only if
-//! pgmux cannot clean it: requests still running are cancelled, their
-//! replies read to the last ReadyForQuery, the transaction rolled back, and
-//! the server goes back to the pool. Only if that does not finish within a
-//! short bound (or the server is inside COPY) is it closed.
+//! flight (a killed Lambda, a timeout, a Terminate in the middle of a COPY
+//! or of a batch without its Sync), costs a server connection only if
+//! pgmux cannot clean it: a COPY FROM STDIN is failed, a batch is ended so
+//! that its implicit transaction aborts (as when a direct connection
+//! closes there), requests still running are cancelled, their replies read
+//! to the last ReadyForQuery, the transaction rolled back, and the server
+//! goes back to the pool. If that does not finish within a short bound the
+//! server is closed, which ends its backend and rolls back as well.
 
 use std::time::Duration;
 
@@ -22,14 +25,29 @@ impl Session {
     /// when it could not be, and must be closed.
     pub(super) async fn recover_abandoned(&mut self) -> bool {
         let deadline = Instant::now() + RECOVER_WITHIN;
-        if self.expect.in_copy_in() || self.server.is_none() {
+        if self.server.is_none() {
             return false;
         }
-        if self.unsynced {
-            // An extended batch with no Sync yet: end it, so the server
-            // answers (and ends an implicit transaction).
+        // Only what is running needs a cancel: not a COPY waiting for
+        // data, nor what pgmux sends below.
+        let running = !self.expect.is_empty() && !self.expect.in_copy_in();
+        // Whatever the client had sent is gone with it: only complete
+        // messages were ever passed on.
+        self.skip_to_sync = false;
+        if self.expect.in_copy_in() {
+            // The server fails the COPY: nothing of it is kept.
+            encode::copy_fail(&mut self.sout, "the client left during COPY");
+            self.expect.end_copy_in();
+        }
+        if self.unsynced || self.expect.sync_owed() {
+            // A batch with no Sync yet: a Sync would commit its implicit
+            // transaction, which a direct connection closed here never
+            // does. A Parse that always fails aborts it first (a server
+            // already skipping to the Sync skips it too).
+            encode::failing_parse(&mut self.sout);
+            self.push(Req::Parse, Reply::Swallow, Hook::None);
             encode::sync(&mut self.sout);
-            self.push(Req::Sync, Reply::Forward, Hook::None);
+            self.push(Req::Sync, Reply::Swallow, Hook::None);
             self.unsynced = false;
         }
         let Some(server) = self.server.as_mut() else {
@@ -39,7 +57,7 @@ impl Session {
             return false;
         }
         self.sout.clear();
-        if !self.expect.is_empty() {
+        if running {
             tokio::spawn(crate::cancel::cancel_server(server.key));
         }
         if !self.drain_replies(deadline).await {

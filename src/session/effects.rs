@@ -28,6 +28,23 @@ pub fn message_effects(frame: &Frame) -> Effects {
 }
 
 impl Session {
+    /// Follows the custom setting names a message may set: from its text
+    /// (`effects` as the text reads), or from a Bind's values once the
+    /// client has prepared `set_config($n, ...)` (any Bind may run it).
+    /// Past what pgmux follows, the transaction counts as setting names it
+    /// cannot read back.
+    pub(super) fn watch_setting_names(&mut self, frame: &Frame, effects: Effects) {
+        self.scan_binds |= effects.param_settings;
+        let names = match frame.tag() {
+            fe::BIND => crate::sql::bind_setting_names(frame.body()),
+            _ => statement_text(frame).and_then(crate::sql::setting_names),
+        };
+        let followed = names.is_some_and(|n| n.is_empty() || self.params.watch(n));
+        if !followed {
+            self.touched.unnamed_settings = true;
+        }
+    }
+
     /// Notes a client message that may change session state: the server
     /// held when it runs is read back (and its identity restored) before it
     /// is lent again. A Parse that may change identity and stays on the

@@ -169,6 +169,9 @@ struct Session {
     skip_to_sync: bool,
     /// The client said goodbye with replies still owed: deliver them, then end.
     terminated: bool,
+    /// The client prepared `set_config($n, ...)`: its Binds carry setting
+    /// names to follow.
+    scan_binds: bool,
     /// Prepared statements (transaction mode with tracking on).
     stmts: Option<Tracker>,
     /// Replies owed by what the tracker routed, kept to reuse its space.
@@ -264,6 +267,7 @@ impl Session {
             tx: TxStatus::Idle,
             skip_to_sync: false,
             terminated: false,
+            scan_binds: false,
             params: login.params,
             identity: None,
             touched: Effects::NONE,
@@ -338,7 +342,7 @@ impl Session {
 
     /// What the session waits for now, as the idle timeouts see it.
     fn waits_on(&self) -> Idle {
-        if !self.expect.is_empty() || self.unsynced {
+        if !self.expect.is_empty() || self.unsynced || self.expect.sync_owed() {
             Idle::Busy
         } else if self.tx == TxStatus::Idle {
             Idle::Client
@@ -395,9 +399,12 @@ impl Session {
         }
     }
 
-    /// No request in flight and no transaction open.
+    /// No request in flight, no batch open, no transaction open.
     fn is_idle(&self) -> bool {
-        self.expect.is_empty() && !self.unsynced && self.tx == TxStatus::Idle
+        self.expect.is_empty()
+            && !self.unsynced
+            && !self.expect.sync_owed()
+            && self.tx == TxStatus::Idle
     }
 }
 

@@ -111,13 +111,29 @@ pub struct ClientParams {
     /// Hash of `desired` (never 0). A server last synced to the same
     /// fingerprint needs no comparison at all, which is the common case.
     fingerprint: u64,
+    /// Custom setting names (`app.tenant_id`) the client's statements
+    /// mentioned: PostgreSQL hides placeholder settings from `pg_settings`,
+    /// so they are read back by name. Boxed: most clients have none, and
+    /// an idle client pays 8 bytes for it instead of a Vec's 24.
+    #[allow(clippy::box_collection)]
+    watched: Option<Box<Vec<String>>>,
 }
+
+/// At most this many custom names are followed per client; past it a
+/// transaction that sets one more has its server's settings reset.
+const MAX_WATCHED: usize = 64;
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// Quotes a name as an identifier: a setting named after a keyword
+/// (`select.x`) or with any other character reads as that one name.
+pub(crate) fn ident(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
 }
 
 /// Quotes a value as an escape-string literal, which reads the same whatever
@@ -157,6 +173,7 @@ impl ClientParams {
             desired,
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
+            watched: None,
         };
         if let Some(own) = Arc::get_mut(&mut p.desired.0) {
             own.shrink_to_fit();
@@ -226,24 +243,70 @@ impl ClientParams {
             sql.push(';');
         }
         for k in resets {
-            sql.push_str(&format!("RESET {k};"));
+            sql.push_str(&format!("RESET {};", ident(k)));
         }
         Some(sql)
+    }
+
+    /// Follows custom setting names the client mentioned; `false` when
+    /// there were more than pgmux follows per client (the caller then
+    /// treats the transaction as setting names it cannot read back).
+    pub fn watch(&mut self, names: Vec<String>) -> bool {
+        let watched = self.watched.get_or_insert_with(Default::default);
+        for n in names {
+            if !watched.contains(&n) {
+                if watched.len() == MAX_WATCHED {
+                    return false;
+                }
+                watched.push(n);
+            }
+        }
+        true
+    }
+
+    /// The query that reads back every setting the session holds at
+    /// session level: what `pg_settings` lists, and the followed custom
+    /// names it hides (placeholders), by name. A placeholder that reads as
+    /// an empty string is at its reset value. With `wipe`, `RESET ALL`
+    /// follows: the session may hold settings no name can find.
+    fn settle_sql(&self, wipe: bool) -> String {
+        let mut sql = String::from(
+            "SELECT name, pg_catalog.current_setting(name) \
+             FROM pg_catalog.pg_settings WHERE source = 'session' \
+             AND name NOT IN ('role', 'session_authorization')",
+        );
+        if let Some(names) = self.watched.as_deref().filter(|n| !n.is_empty()) {
+            let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+            sql.push_str(&format!(
+                " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
+                 FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n) AS c \
+                 WHERE v <> '' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings AS s \
+                 WHERE pg_catalog.lower(s.name) = c.n)",
+                list.join(", ")
+            ));
+        }
+        if wipe {
+            sql.push_str("; RESET ALL");
+        }
+        sql
     }
 
     /// Adopts the settings the session on `server` holds at session level
     /// (what the client set, and what pgmux set for it) as the client's
     /// own, and records them as the server's. Reported parameters are
     /// already followed through ParameterStatus; identity is
-    /// [`super::identity`]'s.
-    pub async fn settle(&mut self, server: &mut ServerConn, max: usize) -> Result<(), ServerError> {
-        const SESSION_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) \
-             FROM pg_catalog.pg_settings WHERE source = 'session' \
-             AND name NOT IN ('role', 'session_authorization')";
+    /// [`super::identity`]'s. With `wipe` the server's settings are reset
+    /// after the reading (something may have set a setting no name finds):
+    /// the client keeps what was read, and its next server is synced.
+    pub async fn settle(
+        &mut self,
+        server: &mut ServerConn,
+        max: usize,
+        wipe: bool,
+    ) -> Result<(), ServerError> {
         let mut rows = Vec::new();
-        server
-            .run_internal_rows(SESSION_SETTINGS, max, &mut rows)
-            .await?;
+        let sql = self.settle_sql(wipe);
+        server.run_internal_rows(&sql, max, &mut rows).await?;
         let held: BTreeMap<String, String> = rows
             .into_iter()
             .filter_map(|r| match r.as_slice() {
@@ -254,9 +317,14 @@ impl ClientParams {
             .collect();
         self.desired.retain(|k| TRACKED_REPORTED.contains(&k));
         self.desired.extend(held.clone());
-        server.set_unreported(held);
         self.refresh();
-        server.params_fingerprint = self.fingerprint;
+        if wipe {
+            server.set_unreported(BTreeMap::new());
+            server.params_fingerprint = 0;
+        } else {
+            server.set_unreported(held);
+            server.params_fingerprint = self.fingerprint;
+        }
         Ok(())
     }
 
@@ -273,10 +341,13 @@ impl ClientParams {
             .iter()
             .map(|(k, v)| format!("({}, {})", literal(k), literal(v)))
             .collect();
+        // A startup setting PostgreSQL hides (a placeholder, `app.x`) is
+        // back at its reset value when it reads as empty.
         Some(format!(
             "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES {}) AS v(n, v) \
-             JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n \
-             WHERE s.source <> 'session'",
+             LEFT JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n \
+             WHERE s.source <> 'session' \
+             OR (s.name IS NULL AND pg_catalog.current_setting(v.n, true) = '')",
             values.join(", ")
         ))
     }
@@ -331,6 +402,7 @@ mod tests {
     #[test]
     fn quotes_values() {
         assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+        assert_eq!(ident(r#"select.x"y"#), r#""select.x""y""#);
     }
 
     #[test]

@@ -18,10 +18,27 @@ use crate::protocol::error::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::{encode, fe, Frame, SqlState};
 
-/// One row: which kinds of per-session state the session holds.
+/// One row: which kinds of per-session state the session holds. Anything
+/// in the session's temporary schema counts, however it was made
+/// (`CREATE TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a
+/// temporary table, a temporary function or type).
 const SESSION_OBJECTS: &str = "SELECT \
      EXISTS (SELECT 1 FROM pg_catalog.pg_class \
-             WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
+             WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc \
+             WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_type \
+             WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator \
+             WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation \
+             WHERE collnamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_conversion \
+             WHERE connamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_config \
+             WHERE cfgnamespace = pg_catalog.pg_my_temp_schema()) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_dict \
+             WHERE dictnamespace = pg_catalog.pg_my_temp_schema()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
              WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
@@ -41,7 +58,10 @@ const REASONS: [&str; 5] = [
 impl Session {
     /// Whether what ran during this transaction calls for asking the server.
     pub(super) fn pin_check_due(&self) -> bool {
-        self.touched.pins || self.touched.opaque || (self.pinned.is_some() && self.touched.unpins)
+        self.touched.pins
+            || self.touched.may_pin
+            || self.touched.opaque
+            || (self.pinned.is_some() && self.touched.unpins)
     }
 
     /// Asks the server which per-session state exists; the client keeps
@@ -49,6 +69,7 @@ impl Session {
     /// and a pinned client loses its session with it.
     pub(super) async fn check_pin(&mut self) -> Result<(), End> {
         self.touched.pins = false;
+        self.touched.may_pin = false;
         self.touched.opaque = false;
         self.touched.unpins = false;
         let Some(server) = self.server.as_mut() else {

@@ -53,7 +53,11 @@ impl Session {
             let lost = ServerError::Protocol("server terminated the connection".into());
             return self.on_server_lost(lost).await;
         }
-        if self.touched.resets && self.expect.is_empty() && !self.unsynced {
+        if self.touched.resets
+            && self.expect.is_empty()
+            && !self.unsynced
+            && !self.expect.sync_owed()
+        {
             Box::pin(self.reapply_startup()).await?;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {

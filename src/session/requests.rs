@@ -2,6 +2,7 @@
 //! prepared-statement tracker, forwarding, and the replies each request owes.
 
 use super::{effects, fatal, End, Session};
+use crate::config::PoolMode;
 use crate::prepared::{Flags, Hook, Outbox, Routed};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frame::split_frame;
@@ -38,9 +39,18 @@ impl Session {
 
     /// Terminate: the session ends once the replies still owed are
     /// delivered, as PostgreSQL finishes what came before a Terminate.
+    ///
+    /// A Terminate inside COPY FROM STDIN, or behind a batch with no Sync,
+    /// ends the session at once: those replies would never come (the
+    /// server waits for data or a Sync), and a direct connection closed
+    /// there rolls back. The session's end cleans the server.
     async fn on_terminate(&mut self) -> Result<(), End> {
         self.flush_server().await?;
-        if self.expect.is_empty() {
+        if self.expect.is_empty()
+            || self.unsynced
+            || self.expect.sync_owed()
+            || self.expect.in_copy_in()
+        {
             return Err(End::ClientGone);
         }
         self.terminated = true;
@@ -58,6 +68,14 @@ impl Session {
         if effects.pins && self.refuses_session_state() && !self.maps_sql_prepare(&frame) {
             self.refuse_session_state(&frame);
             return Ok(());
+        }
+        // Names come from the text even when the tracker answers the
+        // Parse itself, and from the Binds of a client that prepared
+        // `set_config($n, ...)`.
+        if self.mode == PoolMode::Transaction
+            && (effects.settings || (tag == fe::BIND && self.scan_binds))
+        {
+            self.watch_setting_names(&frame, effects);
         }
         // What the tracker knows of a statement beats what its text says
         // (an EXECUTE of a known statement, a mapped PREPARE).
@@ -167,8 +185,17 @@ impl Session {
 
     /// Queues a client message for the server and notes the reply it owes.
     pub(super) fn forward(&mut self, frame: &Frame, hook: Hook) {
-        if matches!(frame.tag(), fe::COPY_DONE | fe::COPY_FAIL) {
-            self.expect.end_copy_in();
+        match frame.tag() {
+            fe::COPY_DONE | fe::COPY_FAIL => self.expect.end_copy_in(),
+            fe::COPY_DATA | fe::SYNC | fe::FLUSH => {}
+            // Any other message fails a COPY FROM STDIN and is consumed by
+            // it, unanswered: no reply is owed for it.
+            _ if self.expect.in_copy_in() => {
+                self.expect.end_copy_in();
+                self.sout.extend_from_slice(frame.raw());
+                return;
+            }
+            _ => {}
         }
         if let Some(req) = Req::from_tag(frame.tag()) {
             self.note_sent(req);

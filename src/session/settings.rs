@@ -8,6 +8,13 @@
 //! on whichever server it takes next, and the server records them as set,
 //! so the next client's parameter sync resets what it does not share.
 //!
+//! Custom settings (`app.tenant_id`) are not in `pg_settings` when no
+//! module defines them: their names are taken from the client's statements
+//! and Binds ([`crate::sql::setting_names`]) and read back one by one. When
+//! a statement may have set one whose name pgmux cannot read (code it
+//! cannot see, a computed name), the server's settings are reset after the
+//! reading, so no value can reach the next client.
+//!
 //! [`ClientParams::settle`]: super::params::ClientParams::settle
 
 use bytes::BytesMut;
@@ -21,10 +28,12 @@ impl Session {
     /// that can't answer is closed; the client keeps what pgmux knew.
     pub(super) async fn settle_settings(&mut self) -> Result<(), End> {
         self.touched.settings = false;
+        self.touched.param_settings = false;
+        let wipe = std::mem::take(&mut self.touched.unnamed_settings);
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = self.params.settle(server, self.max_msg).await {
+        if let Err(e) = self.params.settle(server, self.max_msg, wipe).await {
             tracing::warn!(pool = %self.pool.name(), error = %e, "closing a server whose settings could not be read");
             self.close_server();
         }

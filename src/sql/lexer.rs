@@ -12,8 +12,9 @@ pub enum Token<'a> {
     Word(&'a [u8]),
     /// A double-quoted identifier's content (doubled quotes left as they are).
     QuotedIdent(&'a [u8]),
-    /// A string constant of any kind, or a dollar-quoted body.
-    Literal,
+    /// A string constant of any kind, or a dollar-quoted body, as written
+    /// (prefix and quotes included).
+    Literal(&'a [u8]),
     /// `;` at the top level: the end of a statement.
     Semicolon,
     /// Any other byte: operators, punctuation, numbers, parameters.
@@ -154,7 +155,7 @@ impl<'a> Iterator for Lexer<'a> {
             b';' => Some(Token::Semicolon),
             b'\'' => {
                 self.skip_quoted(b'\'', self.backslash_quotes);
-                Some(Token::Literal)
+                Some(Token::Literal(&self.s[start..self.i]))
             }
             b'"' => {
                 self.skip_quoted(b'"', false);
@@ -164,7 +165,7 @@ impl<'a> Iterator for Lexer<'a> {
             b'$' => {
                 self.i = start;
                 if self.try_dollar_quote() {
-                    return Some(Token::Literal);
+                    return Some(Token::Literal(&self.s[start..self.i]));
                 }
                 self.i = start + 1;
                 Some(Token::Other(b'$'))
@@ -179,7 +180,7 @@ impl<'a> Iterator for Lexer<'a> {
                     let escapes = word.eq_ignore_ascii_case(b"e") || self.backslash_quotes;
                     self.i += 1;
                     self.skip_quoted(b'\'', escapes);
-                    return Some(Token::Literal);
+                    return Some(Token::Literal(&self.s[start..self.i]));
                 }
                 Some(Token::Word(word))
             }
@@ -234,7 +235,7 @@ mod tests {
                 Token::Word(b"SET"),
                 Token::Word(b"x"),
                 Token::Other(b'='),
-                Token::Literal,
+                Token::Literal(b"'a''b'"),
                 Token::Semicolon,
                 Token::QuotedIdent(b"Q\"\"x"),
             ]

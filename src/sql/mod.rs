@@ -9,9 +9,11 @@
 //! client's state to another.
 
 mod lexer;
+mod names;
 
 use lexer::{word_rest, word_start};
 pub use lexer::{Head, Lexer, Token};
+pub use names::{bind_setting_names, setting_names};
 
 /// What running a text may do to session state that pgmux follows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,10 @@ pub struct Effects {
     /// replay elsewhere: temporary tables, session advisory locks, `LISTEN`,
     /// `WITH HOLD` cursors, SQL-level `PREPARE`.
     pub pins: bool,
+    /// It may create such state without saying so (any `CREATE`, since a
+    /// temporary object need not say TEMP; `SELECT ... INTO`): the server
+    /// is asked, but it is not refused under `session_state = "error"`.
+    pub may_pin: bool,
     /// It runs code pgmux cannot see (`DO`, `CALL`, SQL `EXECUTE`, a
     /// fast-path call), which may do any of the above.
     pub opaque: bool,
@@ -34,6 +40,15 @@ pub struct Effects {
     /// `DISCARD ALL`), which for a client's startup parameters are its
     /// startup values.
     pub resets: bool,
+    /// It may set a custom setting whose name pgmux cannot read from the
+    /// text (code it cannot see, `set_config` with a computed or escaped
+    /// name, a dotted name with quoted parts). PostgreSQL hides such
+    /// placeholder settings from `pg_settings`, so they cannot be read
+    /// back: the server's settings are reset before anyone else gets it.
+    pub unnamed_settings: bool,
+    /// It calls `set_config` with a parameter (`$n`) as the name: the names
+    /// arrive in Bind ([`bind_setting_names`]).
+    pub param_settings: bool,
 }
 
 impl Effects {
@@ -42,9 +57,12 @@ impl Effects {
         identity: true,
         settings: true,
         pins: false,
+        may_pin: false,
         opaque: true,
         unpins: true,
         resets: true,
+        unnamed_settings: true,
+        param_settings: false,
     };
 
     /// Nothing pgmux follows.
@@ -52,9 +70,12 @@ impl Effects {
         identity: false,
         settings: false,
         pins: false,
+        may_pin: false,
         opaque: false,
         unpins: false,
         resets: false,
+        unnamed_settings: false,
+        param_settings: false,
     };
 
     const IDENTITY: Self = Self {
@@ -69,6 +90,10 @@ impl Effects {
         pins: true,
         ..Self::NONE
     };
+    const MAY_PIN: Self = Self {
+        may_pin: true,
+        ..Self::NONE
+    };
     const UNPINS: Self = Self {
         unpins: true,
         ..Self::NONE
@@ -76,7 +101,15 @@ impl Effects {
 
     /// Whether anything may change.
     pub fn any(self) -> bool {
-        self.identity || self.settings || self.pins || self.opaque || self.unpins || self.resets
+        self.identity
+            || self.settings
+            || self.pins
+            || self.may_pin
+            || self.opaque
+            || self.unpins
+            || self.resets
+            || self.unnamed_settings
+            || self.param_settings
     }
 }
 
@@ -85,9 +118,12 @@ impl std::ops::BitOrAssign for Effects {
         self.identity |= other.identity;
         self.settings |= other.settings;
         self.pins |= other.pins;
+        self.may_pin |= other.may_pin;
         self.opaque |= other.opaque;
         self.unpins |= other.unpins;
         self.resets |= other.resets;
+        self.unnamed_settings |= other.unnamed_settings;
+        self.param_settings |= other.param_settings;
     }
 }
 
@@ -103,7 +139,7 @@ impl std::ops::BitOrAssign for Effects {
 /// PostgreSQL: they end with the transaction, while the client still holds
 /// the server.
 /// The words that can start a statement with an effect pgmux follows.
-const STARTERS: [&str; 14] = [
+const STARTERS: [&str; 15] = [
     "set",
     "reset",
     "discard",
@@ -118,6 +154,7 @@ const STARTERS: [&str; 14] = [
     "drop",
     "close",
     "deallocate",
+    "import",
 ];
 
 /// `w` as one of [`STARTERS`], if it is one (any case).
@@ -168,6 +205,12 @@ fn head_effects(h: &Head<'_>) -> Effects {
         "create" if temp(1) || ((h.is(1, "local") || h.is(1, "global")) && temp(2)) => {
             Effects::PINS
         }
+        // Any other CREATE may make a temporary object without the word:
+        // `CREATE TABLE pg_temp.t`, a view over a temporary table, `pg_temp`
+        // first in search_path, a temporary function. The server is asked;
+        // DDL is rare on the hot path. IMPORT FOREIGN SCHEMA may import
+        // INTO pg_temp.
+        "create" | "import" => Effects::MAY_PIN,
         "listen" => Effects::PINS,
         // Whether a cursor is WITH HOLD is read further on (`hold` below).
         "declare" => Effects::NONE,
@@ -178,7 +221,8 @@ fn head_effects(h: &Head<'_>) -> Effects {
 }
 
 /// What the functions a text mentions anywhere may do: `set_config`
-/// (identity and settings, its target may be `role`), and the session
+/// (identity and settings, its target may be `role`; `pg_settings`, whose
+/// UPDATE rule calls it, for settings), and the session
 /// advisory lock functions (`pg_advisory_lock`, `pg_try_advisory_lock`,
 /// their `_shared` forms; an unlock may remove the pin). The
 /// transaction-level `pg_advisory_xact_lock` ends with its transaction.
@@ -191,6 +235,9 @@ fn function_effects(sql: &[u8]) -> Effects {
     for i in memchr::memchr_iter(b'_', sql) {
         if i >= 3 && at(i - 3, b"set") && at(i + 1, b"config") {
             found |= SET_CONFIG;
+        } else if i >= 2 && at(i - 2, b"pg") && at(i + 1, b"settings") {
+            // UPDATE pg_settings SET setting = ... calls set_config.
+            found |= Effects::SETTINGS;
         } else if at(i + 1, b"advisory_lock") || at(i + 1, b"advisory_unlock") {
             found |= if at(i + 10, b"un") {
                 Effects::UNPINS
@@ -200,6 +247,60 @@ fn function_effects(sql: &[u8]) -> Effects {
         }
     }
     found
+}
+
+/// Reading the first argument of a `set_config` call: a plain string
+/// names the setting (read by [`setting_names`]), a parameter brings the
+/// name in Bind, anything else (an escape string, an expression) hides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameArg {
+    /// Not inside a name argument.
+    Done,
+    /// After a plain string: it must end the argument.
+    Literal,
+    /// After `$` and perhaps digits: a parameter if the argument ends.
+    Param,
+}
+
+impl NameArg {
+    const UNNAMED: Effects = Effects {
+        unnamed_settings: true,
+        ..Effects::NONE
+    };
+
+    /// The argument's first token.
+    fn start(tok: Token<'_>, found: &mut Effects) -> Self {
+        match tok {
+            // '...' with no backslash reads the same whatever
+            // standard_conforming_strings says.
+            Token::Literal(raw) if raw.first() == Some(&b'\'') && !raw.contains(&b'\\') => {
+                Self::Literal
+            }
+            Token::Other(b'$') => Self::Param,
+            _ => {
+                *found |= Self::UNNAMED;
+                Self::Done
+            }
+        }
+    }
+
+    /// The tokens after it.
+    fn next(self, tok: Token<'_>, found: &mut Effects) -> Self {
+        let ends = matches!(tok, Token::Other(b',' | b')'));
+        match self {
+            Self::Done => Self::Done,
+            Self::Param if matches!(tok, Token::Other(b'0'..=b'9')) => Self::Param,
+            Self::Param if ends => {
+                found.param_settings = true;
+                Self::Done
+            }
+            Self::Literal if ends => Self::Done,
+            _ => {
+                *found |= Self::UNNAMED;
+                Self::Done
+            }
+        }
+    }
 }
 
 /// The first word of `sql` if nothing but white space precedes it, or
@@ -215,6 +316,27 @@ pub(crate) fn leading_word(sql: &[u8]) -> Option<&[u8]> {
         .position(|&b| !word_rest(b))
         .unwrap_or(rest.len());
     Some(&rest[..end])
+}
+
+/// Statements whose INTO names an existing table (not `SELECT ... INTO`,
+/// which creates one, temporary with `INTO TEMP` or `pg_temp` first in the
+/// search path).
+fn writes_into(first_word: &[u8]) -> bool {
+    first_word.eq_ignore_ascii_case(b"insert") || first_word.eq_ignore_ascii_case(b"merge")
+}
+
+/// Whether `word` (lowercase) stands in `sql` as a whole word, in any case
+/// (also inside quotes and comments: a false alarm costs a check).
+fn has_word(sql: &[u8], word: &[u8]) -> bool {
+    let Some(&first) = word.first() else {
+        return false;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), sql).any(|i| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && (i == 0 || !word_rest(sql[i - 1]))
+            && sql.get(i + word.len()).is_none_or(|&b| !word_rest(b))
+    })
 }
 
 /// Whether `sql` is one statement, at most followed by `;` and white space.
@@ -234,10 +356,11 @@ pub fn effects(sql: &[u8]) -> Effects {
     // may call set_config and create a temporary table.
     let mut found = function_effects(sql);
     // Fast path: one statement starting with an ordinary word, read from
-    // its first word alone.
-    if single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
+    // its first word alone, unless it calls set_config (whose name
+    // argument is read below) or may be a SELECT ... INTO.
+    if !found.settings && single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
         if let Some(w) = leading_word(sql) {
-            if starter(w).is_none() {
+            if starter(w).is_none() && (writes_into(w) || !has_word(sql, b"into")) {
                 return found;
             }
         }
@@ -256,11 +379,36 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
     let mut found = Effects::NONE;
     let mut head = Head::default();
     let mut after_ampersand = false;
+    // The tokens before this one: a set_config call's name argument is
+    // read from `set_config` `(` and what follows.
+    let mut prev = [Token::Semicolon; 2];
+    let mut arg = NameArg::Done;
     for tok in lexer {
+        arg = arg.next(tok, &mut found);
+        if let [Token::Word(f) | Token::QuotedIdent(f), Token::Other(b'(')] = prev {
+            if f.eq_ignore_ascii_case(b"set_config") {
+                arg = NameArg::start(tok, &mut found);
+            }
+        }
+        // A dotted name with a quoted part (`SET app."x"`): the name
+        // scan reads bare and single-quoted names only.
+        if let (Token::QuotedIdent(_), Token::Other(b'.'))
+        | (Token::Other(b'.'), Token::QuotedIdent(_)) = (prev[1], tok)
+        {
+            if head.is(0, "set") || head.is(0, "reset") {
+                found.unnamed_settings = true;
+            }
+        }
+        prev = [prev[1], tok];
         match tok {
             Token::Semicolon => {
                 found |= head_effects(&head);
                 head = Head::default();
+            }
+            // SELECT ... INTO makes a table (temporary with INTO TEMP, or
+            // with pg_temp first in the search path).
+            Token::Word(w) if w.eq_ignore_ascii_case(b"into") && !writes_into(head.word(0)) => {
+                found |= Effects::MAY_PIN;
             }
             // DECLARE ... WITH HOLD: the cursor outlives its transaction.
             Token::Word(w) if w.eq_ignore_ascii_case(b"hold") && head.is(0, "declare") => {
@@ -275,7 +423,7 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
                 }
                 head.push(w);
             }
-            Token::Literal | Token::Other(_) => head.closed = true,
+            Token::Literal(_) | Token::Other(_) => head.closed = true,
         }
         after_ampersand = tok == Token::Other(b'&');
     }
@@ -364,7 +512,25 @@ mod tests {
         assert!(pins("PREPARE q AS SELECT 1"));
         assert!(!pins("PREPARE TRANSACTION 'x'"));
         assert!(!pins("DECLARE c CURSOR FOR SELECT 1"));
-        assert!(!pins("CREATE TABLE t (a int)"));
+        // Temporary objects made without the word TEMP: any CREATE, and
+        // SELECT ... INTO, are checked with the server.
+        let may_pin = |sql: &str| effects(sql.as_bytes()).may_pin;
+        assert!(may_pin("CREATE TABLE pg_temp.t (a int)"));
+        assert!(may_pin("CREATE TABLE t (a int)") && !pins("CREATE TABLE t (a int)"));
+        assert!(may_pin("create or replace view v as select * from tt"));
+        assert!(may_pin("SELECT 1 AS a INTO TEMP t"));
+        assert!(may_pin("select 1 as a into t"));
+        assert!(may_pin(
+            "WITH q AS (SELECT 1) SELECT * INTO pg_temp.t FROM q"
+        ));
+        assert!(may_pin(
+            "IMPORT FOREIGN SCHEMA s FROM SERVER f INTO pg_temp"
+        ));
+        assert!(!may_pin("INSERT INTO t VALUES (1)"));
+        assert!(!may_pin(
+            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE"
+        ));
+        assert!(!may_pin("SELECT into_x FROM t"));
         assert!(!pins("SELECT pg_advisory_xact_lock(42)"));
         assert!(!pins("SELECT 1"));
         assert!(unpins("SELECT pg_advisory_unlock(42)"));
@@ -390,6 +556,9 @@ mod tests {
         assert!(settings("select 1; set work_mem = '64MB'"));
         assert!(settings("SELECT set_config('search_path', 'a', false)"));
         assert!(settings("DISCARD ALL"));
+        assert!(settings(
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'"
+        ));
         assert!(!settings("SET LOCAL search_path TO a"));
         assert!(!settings("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
         assert!(!settings("SET CONSTRAINTS ALL DEFERRED"));
@@ -397,6 +566,32 @@ mod tests {
         assert!(!settings("SELECT 1"));
         assert!(!settings("UPDATE t SET a = 1"));
         assert_eq!(effects(b"select 1"), Effects::NONE);
+    }
+
+    #[test]
+    fn custom_setting_names() {
+        let unnamed = |sql: &str| effects(sql.as_bytes()).unnamed_settings;
+        let param = |sql: &str| effects(sql.as_bytes()).param_settings;
+        // Names pgmux reads from the text (setting_names).
+        assert!(!unnamed("SET app.tenant_id = 'A'"));
+        assert!(!unnamed("SELECT set_config('app.tenant_id', 'A', false)"));
+        assert!(!unnamed(
+            "SELECT pg_catalog.set_config('app.tenant_id', $1, false)"
+        ));
+        assert!(!unnamed("SET \"app.tenant_id\" = 'A'"));
+        // Names it cannot read: the server is reset after them.
+        assert!(unnamed("SELECT set_config(E'app\\x2etenant', 'A', false)"));
+        assert!(unnamed("SELECT set_config('app.' || 'x', 'A', false)"));
+        assert!(unnamed("SELECT set_config(name, 'A', false) FROM t"));
+        assert!(unnamed("SELECT set_config($$app.x$$, 'A', false)"));
+        assert!(unnamed("SET app.\"X\" = 1"));
+        assert!(unnamed(
+            "DO $$ BEGIN PERFORM set_config('a.b', 'c', false); END $$"
+        ));
+        assert!(unnamed("CALL p()"));
+        // Names that arrive in Bind.
+        assert!(param("SELECT set_config($1, $2, false)"));
+        assert!(!param("SELECT set_config('app.x', $2, false)"));
     }
 
     #[test]

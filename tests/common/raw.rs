@@ -204,6 +204,41 @@ impl Raw {
         self
     }
 
+    /// Queues CopyData.
+    pub fn copy_data(&mut self, data: &[u8]) -> &mut Self {
+        let start = self.out.len();
+        self.out.put_u8(b'd');
+        self.out.put_i32(0);
+        self.out.put_slice(data);
+        encode::patch_len(&mut self.out, start);
+        self
+    }
+
+    /// Queues CopyDone.
+    pub fn copy_done(&mut self) -> &mut Self {
+        frontend::copy_done(&mut self.out);
+        self
+    }
+
+    /// Queues Terminate.
+    pub fn terminate(&mut self) -> &mut Self {
+        frontend::terminate(&mut self.out);
+        self
+    }
+
+    /// Reads messages up to and including the first with tag `tag`.
+    pub async fn until(&mut self, tag: u8) -> Vec<Msg> {
+        let mut v = Vec::new();
+        loop {
+            let m = self.read().await;
+            let done = m.0 == tag;
+            v.push(m);
+            if done {
+                return v;
+            }
+        }
+    }
+
     /// Queues a simple Query.
     pub fn query(&mut self, sql: &str) -> &mut Self {
         frontend::query(sql, &mut self.out).unwrap();
