@@ -58,7 +58,12 @@ impl Session {
         }
         self.sout.clear();
         if running {
-            tokio::spawn(crate::cancel::cancel_server(server.key));
+            // Awaited, not spawned: PostgreSQL has signalled the backend
+            // once it closes the cancel connection, so the cancel cannot
+            // land on the next client's query after this server goes back
+            // (an idle backend ignores it).
+            let key = server.key;
+            let _ = tokio::time::timeout_at(deadline, crate::cancel::cancel_server(key)).await;
         }
         if !self.drain_replies(deadline).await {
             return false;

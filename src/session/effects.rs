@@ -36,7 +36,11 @@ impl Session {
     pub(super) fn watch_setting_names(&mut self, frame: &Frame, effects: Effects) {
         self.scan_binds |= effects.param_settings;
         let names = match frame.tag() {
-            fe::BIND => crate::sql::bind_setting_names(frame.body()),
+            // Any Bind may run it, in this transaction or a later one.
+            fe::BIND => {
+                self.touched.settings = true;
+                crate::sql::bind_setting_names(frame.body())
+            }
             _ => statement_text(frame).and_then(crate::sql::setting_names),
         };
         let followed = names.is_some_and(|n| n.is_empty() || self.params.watch(n));

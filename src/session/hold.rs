@@ -142,15 +142,19 @@ impl Session {
                 return;
             }
         }
+        let check_due = self.pin_check_due();
         let Some(server) = self.server.as_mut() else {
             return;
         };
         // Session mode, and a client that kept its server for state that
         // could not move: reset before anyone else gets it (DISCARD ALL
         // also drops temporary tables, advisory locks, LISTEN, cursors).
+        // A client that left before its transaction's end was checked
+        // (a Terminate behind a batch) may have made such state too.
         let reset = match (self.mode, self.pinned) {
             (PoolMode::Session, _) => Some(self.pool.settings().reset_query.clone()),
             (_, Some(_)) => Some("DISCARD ALL".to_owned()),
+            _ if check_due => Some("DISCARD ALL".to_owned()),
             _ => None,
         };
         if let Some(reset) = reset {

@@ -23,6 +23,7 @@ use crate::protocol::{encode, fe, Frame, SqlState};
 /// (`CREATE TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a
 /// temporary table, a temporary function or type).
 const SESSION_OBJECTS: &str = "SELECT \
+     pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 AND (\
      EXISTS (SELECT 1 FROM pg_catalog.pg_class \
              WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc \
@@ -38,7 +39,7 @@ const SESSION_OBJECTS: &str = "SELECT \
      OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_config \
              WHERE cfgnamespace = pg_catalog.pg_my_temp_schema()) \
      OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_dict \
-             WHERE dictnamespace = pg_catalog.pg_my_temp_schema()), \
+             WHERE dictnamespace = pg_catalog.pg_my_temp_schema())), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
              WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \

@@ -78,8 +78,18 @@ impl Session {
             self.watch_setting_names(&frame, effects);
         }
         // What the tracker knows of a statement beats what its text says
-        // (an EXECUTE of a known statement, a mapped PREPARE).
-        let effects = self.route_client_frame(&frame).await?.unwrap_or(effects);
+        // (an EXECUTE of a known statement, a mapped PREPARE), except that
+        // a SQL EXECUTE passes `set_config($n, ...)` its name as an
+        // expression pgmux does not evaluate.
+        let effects = match self.route_client_frame(&frame).await? {
+            Some(mut known) => {
+                if tag == fe::QUERY && known.param_settings {
+                    known.unnamed_settings = true;
+                }
+                known
+            }
+            None => effects,
+        };
         if effects.any() {
             self.note_effects(&frame, effects);
         }
@@ -185,17 +195,12 @@ impl Session {
 
     /// Queues a client message for the server and notes the reply it owes.
     pub(super) fn forward(&mut self, frame: &Frame, hook: Hook) {
-        match frame.tag() {
-            fe::COPY_DONE | fe::COPY_FAIL => self.expect.end_copy_in(),
-            fe::COPY_DATA | fe::SYNC | fe::FLUSH => {}
-            // Any other message fails a COPY FROM STDIN and is consumed by
-            // it, unanswered: no reply is owed for it.
-            _ if self.expect.in_copy_in() => {
-                self.expect.end_copy_in();
-                self.sout.extend_from_slice(frame.raw());
-                return;
-            }
-            _ => {}
+        // (Any other message sent during COPY FROM STDIN fails it, and
+        // PostgreSQL then ends the session: its reply is owed until the
+        // server goes, as pgmux cannot tell whether the server read it
+        // before or after the COPY failed on its own.)
+        if matches!(frame.tag(), fe::COPY_DONE | fe::COPY_FAIL) {
+            self.expect.end_copy_in();
         }
         if let Some(req) = Req::from_tag(frame.tag()) {
             self.note_sent(req);

@@ -79,6 +79,14 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The text from `start` to where the lexer is (a backslash at the very
+    /// end of the text steps past it).
+    fn since(&self, start: usize) -> &'a [u8] {
+        self.s
+            .get(start..self.i.min(self.s.len()))
+            .unwrap_or_default()
+    }
+
     /// Block comments nest in PostgreSQL.
     fn skip_block_comment(&mut self) {
         let mut depth = 0usize;
@@ -155,7 +163,7 @@ impl<'a> Iterator for Lexer<'a> {
             b';' => Some(Token::Semicolon),
             b'\'' => {
                 self.skip_quoted(b'\'', self.backslash_quotes);
-                Some(Token::Literal(&self.s[start..self.i]))
+                Some(Token::Literal(self.since(start)))
             }
             b'"' => {
                 self.skip_quoted(b'"', false);
@@ -165,7 +173,7 @@ impl<'a> Iterator for Lexer<'a> {
             b'$' => {
                 self.i = start;
                 if self.try_dollar_quote() {
-                    return Some(Token::Literal(&self.s[start..self.i]));
+                    return Some(Token::Literal(self.since(start)));
                 }
                 self.i = start + 1;
                 Some(Token::Other(b'$'))
@@ -180,7 +188,7 @@ impl<'a> Iterator for Lexer<'a> {
                     let escapes = word.eq_ignore_ascii_case(b"e") || self.backslash_quotes;
                     self.i += 1;
                     self.skip_quoted(b'\'', escapes);
-                    return Some(Token::Literal(&self.s[start..self.i]));
+                    return Some(Token::Literal(self.since(start)));
                 }
                 Some(Token::Word(word))
             }
@@ -240,5 +248,11 @@ mod tests {
                 Token::QuotedIdent(b"Q\"\"x"),
             ]
         );
+        // A backslash as the last byte of an escape string.
+        for sql in [&b"SET x = E'\\"[..], b"SELECT 1; SELECT '\\"] {
+            for lexer in [Lexer::new(sql), Lexer::with_backslash_quotes(sql)] {
+                assert!(matches!(lexer.last(), Some(Token::Literal(_))), "{sql:?}");
+            }
+        }
     }
 }

@@ -139,7 +139,7 @@ impl std::ops::BitOrAssign for Effects {
 /// PostgreSQL: they end with the transaction, while the client still holds
 /// the server.
 /// The words that can start a statement with an effect pgmux follows.
-const STARTERS: [&str; 15] = [
+const STARTERS: [&str; 16] = [
     "set",
     "reset",
     "discard",
@@ -155,6 +155,7 @@ const STARTERS: [&str; 15] = [
     "close",
     "deallocate",
     "import",
+    "explain",
 ];
 
 /// `w` as one of [`STARTERS`], if it is one (any case).
@@ -200,7 +201,8 @@ fn head_effects(h: &Head<'_>) -> Effects {
         },
         "discard" if h.is(1, "all") => Effects::ALL,
         "discard" => Effects::UNPINS,
-        "do" | "call" | "execute" => Effects::ALL,
+        // EXPLAIN ANALYZE runs its statement, whatever it is.
+        "do" | "call" | "execute" | "explain" => Effects::ALL,
         // CREATE [GLOBAL | LOCAL] TEMP[ORARY] ...
         "create" if temp(1) || ((h.is(1, "local") || h.is(1, "global")) && temp(2)) => {
             Effects::PINS
@@ -372,7 +374,23 @@ pub fn effects(sql: &[u8]) -> Effects {
     if memchr::memchr(b'\\', sql).is_some() {
         found |= lexed_effects(Lexer::with_backslash_quotes(sql));
     }
+    // A setting pgmux cannot name is a setting: read back (and reset).
+    found.settings |= found.unnamed_settings || found.param_settings;
     found
+}
+
+/// Whether a `.` among `prev` and `tok` joins two bare words with nothing
+/// between them (`app.tenant_id`), as [`setting_names`] reads them; true
+/// where no dot is involved.
+fn plain_dot(prev: [Token<'_>; 2], tok: Token<'_>) -> bool {
+    match (prev, tok) {
+        ([Token::Word(a), Token::Other(b'.')], Token::Word(b)) => {
+            (b.as_ptr() as usize).checked_sub(a.as_ptr() as usize) == Some(a.len() + 1)
+        }
+        ([Token::QuotedIdent(_), Token::Other(b'.')], _)
+        | ([_, Token::Other(b'.')], Token::QuotedIdent(_)) => false,
+        _ => true,
+    }
 }
 
 fn lexed_effects(lexer: Lexer<'_>) -> Effects {
@@ -390,15 +408,12 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
                 arg = NameArg::start(tok, &mut found);
             }
         }
-        // A dotted name with a quoted part (`SET app."x"`): the name
-        // scan reads bare and single-quoted names only.
-        if let (Token::QuotedIdent(_), Token::Other(b'.'))
-        | (Token::Other(b'.'), Token::QuotedIdent(_)) = (prev[1], tok)
-        {
-            if head.is(0, "set") || head.is(0, "reset") {
-                found.unnamed_settings = true;
-            }
+        // A dotted name the name scan does not read as one: a quoted part
+        // (`SET app."x"`), or blanks or a comment around the dot.
+        if (head.is(0, "set") || head.is(0, "reset")) && !plain_dot(prev, tok) {
+            found.unnamed_settings = true;
         }
+        let before = prev[1];
         prev = [prev[1], tok];
         match tok {
             Token::Semicolon => {
@@ -407,7 +422,10 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
             }
             // SELECT ... INTO makes a table (temporary with INTO TEMP, or
             // with pg_temp first in the search path).
-            Token::Word(w) if w.eq_ignore_ascii_case(b"into") && !writes_into(head.word(0)) => {
+            Token::Word(w)
+                if w.eq_ignore_ascii_case(b"into")
+                    && !matches!(before, Token::Word(b) if writes_into(b)) =>
+            {
                 found |= Effects::MAY_PIN;
             }
             // DECLARE ... WITH HOLD: the cursor outlives its transaction.
@@ -531,6 +549,10 @@ mod tests {
             "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE"
         ));
         assert!(!may_pin("SELECT into_x FROM t"));
+        assert!(!may_pin(
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x"
+        ));
+        assert!(effects(b"EXPLAIN ANALYZE CREATE TEMP TABLE x AS SELECT 1").opaque);
         assert!(!pins("SELECT pg_advisory_xact_lock(42)"));
         assert!(!pins("SELECT 1"));
         assert!(unpins("SELECT pg_advisory_unlock(42)"));
@@ -585,6 +607,12 @@ mod tests {
         assert!(unnamed("SELECT set_config(name, 'A', false) FROM t"));
         assert!(unnamed("SELECT set_config($$app.x$$, 'A', false)"));
         assert!(unnamed("SET app.\"X\" = 1"));
+        assert!(unnamed("SET app . tenant_id = 'A'"));
+        assert!(unnamed("SET app/**/.tenant_id = 'A'"));
+        assert!(unnamed("SET \"local\".tenant_id = 'A'"));
+        assert!(effects(b"SET \"local\".tenant_id = 'A'").settings);
+        assert!(unnamed("EXPLAIN ANALYZE EXECUTE s('app.x')"));
+        assert!(!unnamed("SET app.tenant_id TO 'x.y'"));
         assert!(unnamed(
             "DO $$ BEGIN PERFORM set_config('a.b', 'c', false); END $$"
         ));

@@ -15,6 +15,12 @@ use crate::protocol::frame::{read_i16, read_i32};
 /// is flagged as naming settings pgmux cannot follow.
 pub const MAX_NAMES: usize = 32;
 
+/// Bytes of a setting name: identifier characters, dots, and `-`
+/// (PostgreSQL 14 and older accept it in custom names).
+fn name_byte(b: u8) -> bool {
+    word_rest(b) || b == b'.' || b == b'-'
+}
+
 /// Whether `run` is a dotted name: identifiers joined by single dots.
 fn dotted(run: &[u8]) -> bool {
     memchr::memchr(b'.', run).is_some()
@@ -27,7 +33,7 @@ fn dotted(run: &[u8]) -> bool {
 /// names without case), each once; `None` past [`MAX_NAMES`].
 pub fn setting_names(sql: &[u8]) -> Option<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
-    for run in sql.split(|&b| !(word_rest(b) || b == b'.')) {
+    for run in sql.split(|&b| !(name_byte(b))) {
         if !dotted(run) {
             continue;
         }
@@ -44,7 +50,9 @@ pub fn setting_names(sql: &[u8]) -> Option<Vec<String>> {
 
 /// The Bind parameters (text, or binary `text`: the same bytes) that are
 /// dotted names, for a statement that calls `set_config($n, ...)`; `None`
-/// for a malformed body or past [`MAX_NAMES`].
+/// for a malformed body, past [`MAX_NAMES`], or for a value with a dot
+/// that is not read as a name (padded, quoted): it may name a setting all
+/// the same.
 pub fn bind_setting_names(body: &[u8]) -> Option<Vec<String>> {
     let (_, rest) = crate::protocol::frame::cstr(body)?;
     let (_, rest) = crate::protocol::frame::cstr(rest)?;
@@ -61,14 +69,18 @@ pub fn bind_setting_names(body: &[u8]) -> Option<Vec<String>> {
         };
         let value = tail.get(..len)?;
         rest = &tail[len..];
-        if value.len() <= 128 && dotted(value) && value.iter().all(|&b| word_rest(b) || b == b'.') {
-            let name = String::from_utf8_lossy(value).to_ascii_lowercase();
-            if !names.contains(&name) {
-                if names.len() == MAX_NAMES {
-                    return None;
-                }
-                names.push(name);
+        if memchr::memchr(b'.', value).is_none() {
+            continue;
+        }
+        if !(dotted(value) && value.iter().all(|&b| name_byte(b))) {
+            return None;
+        }
+        let name = String::from_utf8_lossy(value).to_ascii_lowercase();
+        if !names.contains(&name) {
+            if names.len() == MAX_NAMES {
+                return None;
             }
+            names.push(name);
         }
     }
     Some(names)
@@ -112,5 +124,10 @@ mod tests {
             Some(vec!["app.tenant_id".into()])
         );
         assert_eq!(bind_setting_names(&body[..body.len() - 9]), None);
+        let mut padded = b"\0s1\0\0\0\0\x01".to_vec();
+        padded.extend_from_slice(&6i32.to_be_bytes());
+        padded.extend_from_slice(b"a.b   ");
+        padded.extend_from_slice(&0i16.to_be_bytes());
+        assert_eq!(bind_setting_names(&padded), None);
     }
 }
