@@ -288,6 +288,18 @@ enum Leaving {
     QueryInsteadOfCopyDone,
 }
 
+impl Leaving {
+    const ALL: [Leaving; 7] = [
+        Leaving::TerminateInCopy,
+        Leaving::TerminateInExtendedCopy,
+        Leaving::TerminateUnsynced,
+        Leaving::CloseUnsynced,
+        Leaving::TerminateAfterTempTable,
+        Leaving::RejectedExtendedCopy,
+        Leaving::QueryInsteadOfCopyDone,
+    ];
+}
+
 /// Runs `how` on a connection to `port`, returning the tags the client saw
 /// once it recovered (for those that go on).
 async fn leave(port: u16, name: &str, how: Leaving) -> String {
@@ -356,7 +368,6 @@ async fn leave(port: u16, name: &str, how: Leaving) -> String {
 /// server, and what the client saw is what PostgreSQL shows directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_mid_copy_or_batch_holds_no_server() {
-    use Leaving::*;
     let name = "t_leave_copy";
     let p = setup(name, 1, "").await;
     let su = superuser(cluster()).await;
@@ -380,15 +391,7 @@ async fn leaving_mid_copy_or_batch_holds_no_server() {
         .unwrap();
         row.get::<_, i64>(0)
     };
-    for how in [
-        TerminateInCopy,
-        TerminateInExtendedCopy,
-        TerminateUnsynced,
-        CloseUnsynced,
-        TerminateAfterTempTable,
-        RejectedExtendedCopy,
-        QueryInsteadOfCopyDone,
-    ] {
+    for how in Leaving::ALL {
         let model = leave(cluster().port(), name, how).await;
         let model_rows = count(connect(&direct).await.unwrap()).await;
         let got = leave(p.addr().port(), name, how).await;

@@ -106,6 +106,17 @@ async fn same_as_direct_with(
     }
 }
 
+/// Runs `sql` on a direct connection to the test's database, as its owner.
+async fn direct_setup(name: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    connect(&format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    ))
+    .await?
+    .batch_execute(sql)
+    .await
+}
+
 /// Creates the test's database with a superuser login role `name`, and the
 /// plain roles `<name>_low` and `<name>_reader` (the first a member of the
 /// second).
@@ -723,13 +734,8 @@ async fn custom_settings_never_reach_another_client() {
     use Step::*;
     let name = "t_custom_set";
     create_db(cluster(), name).await;
-    connect(&format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    ))
-    .await
-    .unwrap()
-    .batch_execute(
+    direct_setup(
+        name,
         "CREATE TABLE docs (tenant text, body text); \
          INSERT INTO docs VALUES ('A', 'a1'), ('B', 'b1'); \
          ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY; \
@@ -831,13 +837,10 @@ async fn temporary_objects_made_without_temp_pin_their_client() {
     use Step::*;
     let name = "t_pin_notemp";
     create_db(cluster(), name).await;
-    connect(&format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    ))
-    .await
-    .unwrap()
-    .batch_execute("CREATE TABLE shared (a int); INSERT INTO shared VALUES (0)")
+    direct_setup(
+        name,
+        "CREATE TABLE shared (a int); INSERT INTO shared VALUES (0)",
+    )
     .await
     .unwrap();
     const MINE: &str = "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";

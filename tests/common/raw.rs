@@ -121,15 +121,7 @@ impl Raw {
 
     /// Reads messages up to and including ReadyForQuery.
     pub async fn until_ready(&mut self) -> Vec<Msg> {
-        let mut v = Vec::new();
-        loop {
-            let m = self.read().await;
-            let done = m.0 == b'Z';
-            v.push(m);
-            if done {
-                return v;
-            }
-        }
+        self.until(b'Z').await
     }
 
     /// Sends `bytes` as they are and ends the sending side, then reads
