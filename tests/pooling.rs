@@ -127,10 +127,7 @@ async fn server_out_of_slots_makes_clients_wait() {
     su.batch_execute(&format!("ALTER ROLE {name} CONNECTION LIMIT 1"))
         .await
         .unwrap();
-    let direct = format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    );
+    let direct = direct_url(name);
     let first = connect(&direct).await.unwrap();
     assert_eq!(refused(&direct).await.as_deref(), Some("53300"));
     drop(first);

@@ -24,10 +24,7 @@ async fn psql_inside_a_transaction(
     script: &[u8],
     state: &str,
 ) -> std::process::Child {
-    let direct = format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    );
+    let direct = direct_url(name);
     connect(&direct)
         .await
         .unwrap()
@@ -313,36 +310,24 @@ async fn leave(port: u16, name: &str, how: Leaving) -> String {
             c.copy_data(b"5\t5\n").terminate().flush().await;
         }
         TerminateInExtendedCopy => {
-            c.parse("", "COPY t FROM STDIN")
-                .bind("", "", &[])
-                .execute("")
-                .sync()
-                .flush()
-                .await;
+            c.extended("COPY t FROM STDIN").sync().flush().await;
             c.until(b'G').await;
             c.copy_data(b"5\t5\n").terminate().flush().await;
         }
         TerminateAfterTempTable => {
             c.query("CREATE TEMP TABLE tt (a int)").round_trip().await;
-            c.parse("", "SELECT 1").bind("", "", &[]).execute("");
+            c.extended("SELECT 1");
             c.terminate().flush().await;
         }
         TerminateUnsynced | CloseUnsynced => {
-            c.parse("", "INSERT INTO t VALUES (7, 7)")
-                .bind("", "", &[])
-                .execute("");
+            c.extended("INSERT INTO t VALUES (7, 7)");
             if matches!(how, TerminateUnsynced) {
                 c.terminate();
             }
             c.flush().await;
         }
         RejectedExtendedCopy => {
-            c.parse("", "COPY t FROM STDIN")
-                .bind("", "", &[])
-                .execute("")
-                .sync()
-                .flush()
-                .await;
+            c.extended("COPY t FROM STDIN").sync().flush().await;
             c.until(b'G').await;
             c.copy_data(b"not a number\tx\n").flush().await;
             seen += &common::raw::tags(&c.until(b'E').await);
@@ -371,10 +356,7 @@ async fn leaving_mid_copy_or_batch_holds_no_server() {
     let name = "t_leave_copy";
     let p = setup(name, 1, "").await;
     let su = superuser(cluster()).await;
-    let direct = format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    );
+    let direct = direct_url(name);
     connect(&direct)
         .await
         .unwrap()

@@ -71,14 +71,11 @@ async fn same_as_direct_with(
     conn_extra: &str,
     pgmux_extra: &str,
 ) {
-    let direct_url = format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name} {conn_extra}",
-        cluster().port()
-    );
+    let model_url = format!("{} {conn_extra}", direct_url(name));
     let mut model = Vec::new();
     let mut direct = Vec::new();
     for _ in 0..n {
-        direct.push(connect(&direct_url).await.expect("direct connection"));
+        direct.push(connect(&model_url).await.expect("direct connection"));
     }
     for s in steps {
         model.push(answer(&direct, *s).await);
@@ -108,13 +105,7 @@ async fn same_as_direct_with(
 
 /// Runs `sql` on a direct connection to the test's database, as its owner.
 async fn direct_setup(name: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    connect(&format!(
-        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
-        cluster().port()
-    ))
-    .await?
-    .batch_execute(sql)
-    .await
+    connect(&direct_url(name)).await?.batch_execute(sql).await
 }
 
 /// Creates the test's database with a superuser login role `name`, and the
@@ -793,40 +784,54 @@ async fn custom_settings_never_reach_another_client() {
 }
 
 /// A startup setting named after a keyword (`select.x`) is reset on the
-/// server with its name quoted: the next client's transaction runs.
+/// server with its name quoted: the next client's transaction runs, and
+/// both clients read what they read on direct connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyword_named_startup_setting_does_not_break_the_next_client() {
     let name = "t_kw_option";
     create_db(cluster(), name).await;
+    /// Client `a` started with `-c select.x=1`, then `b` without; the
+    /// answers of both, in order.
+    async fn answers(a_url: &str, b_url: &str) -> Vec<Option<String>> {
+        const READ: &str = "SELECT nullif(current_setting('select.x', true), '')";
+        let a = connect(&format!("{a_url} options='-c select.x=1'"))
+            .await
+            .unwrap();
+        let b = connect(b_url).await.unwrap();
+        let mut got = Vec::new();
+        for (c, sql) in [
+            (&a, READ),
+            (&b, READ),
+            (&a, READ),
+            (&a, "RESET ALL"),
+            (&a, READ),
+        ] {
+            let row = c
+                .simple_query(sql)
+                .await
+                .expect("the transaction runs")
+                .into_iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+                    _ => None,
+                });
+            got.push(row.flatten());
+        }
+        got
+    }
+    let model = answers(&direct_url(name), &direct_url(name)).await;
+    assert_eq!(
+        model,
+        [
+            Some("1".into()),
+            None,
+            Some("1".into()),
+            None,
+            Some("1".into())
+        ]
+    );
     let p = setup_existing(name, 1, "").await;
-    let a = connect(&format!("{} options='-c select.x=1'", url(&p, name)))
-        .await
-        .unwrap();
-    let v: String = a
-        .query_one("SELECT current_setting('select.x')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, "1");
-    let b = client(&p, name).await;
-    let row = b
-        .query_one("SELECT nullif(current_setting('select.x', true), '')", &[])
-        .await
-        .expect("the next client's transaction runs");
-    assert_eq!(row.get::<_, Option<String>>(0), None);
-    let v: String = a
-        .query_one("SELECT current_setting('select.x')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, "1", "the first client keeps its startup setting");
-    a.batch_execute("RESET ALL").await.unwrap();
-    let v: String = a
-        .query_one("SELECT current_setting('select.x')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, "1", "RESET ALL gives back the startup value");
+    assert_eq!(answers(&url(&p, name), &url(&p, name)).await, model);
     p.shutdown().await;
 }
 

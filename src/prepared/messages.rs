@@ -1,10 +1,11 @@
 //! Reading and rewriting the statement names in Parse, Bind, Describe and
-//! Close bodies. Every reader checks the body's layout exactly and returns
-//! `None` for anything malformed, so client bytes can't cause a panic.
+//! Close bodies, and reading a Bind's values. Every reader checks the
+//! body's layout exactly and returns `None` for anything malformed, so
+//! client bytes can't cause a panic.
 
 use bytes::{BufMut, BytesMut};
 
-use crate::protocol::frame::{cstr, read_i16};
+use crate::protocol::frame::{cstr, read_i16, read_i32};
 
 /// The parts of a Parse body.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +32,31 @@ pub fn bind(body: &[u8]) -> Option<(&[u8], &[u8], usize)> {
     let (portal, rest) = cstr(body)?;
     let (stmt, tail) = cstr(rest)?;
     Some((portal, stmt, body.len() - tail.len()))
+}
+
+/// The parameter values of a Bind body (`None` for NULL), as sent: text,
+/// or binary (for `text` parameters the same bytes).
+pub fn bind_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let (_, _, at) = bind(body)?;
+    let (formats, rest) = read_i16(&body[at..])?;
+    let rest = rest.get(usize::try_from(formats).ok()? * 2..)?;
+    let (count, mut rest) = read_i16(rest)?;
+    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let (len, tail) = read_i32(rest)?;
+        rest = tail;
+        // A negative length is NULL.
+        let value = match usize::try_from(len) {
+            Ok(len) => {
+                let value = rest.get(..len)?;
+                rest = &rest[len..];
+                Some(value)
+            }
+            Err(_) => None,
+        };
+        values.push(value);
+    }
+    Some(values)
 }
 
 /// Splits a Describe or Close body: kind (`S` or `P`) and name.
@@ -180,6 +206,26 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_bind_values() {
+        let mut body = b"\0s1\0".to_vec();
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes());
+        for v in [&b"app.x"[..], b""] {
+            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        let values = bind_values(&body).expect("a well-formed Bind");
+        assert_eq!(values, [Some(&b"app.x"[..]), Some(&b""[..]), None]);
+        // Cut short anywhere: None, never a panic.
+        for at in 0..body.len() - 2 {
+            assert_eq!(bind_values(&body[..at]), None, "{at}");
+        }
+    }
 
     #[test]
     fn reads_parse_exactly() {

@@ -122,11 +122,9 @@ pub struct Expect<H> {
     error_sent: bool,
     /// The server is in COPY FROM STDIN, where it ignores Sync and Flush.
     copy_in: bool,
-    /// The server waits for a Sync that has not been sent: it skips to one
-    /// after an error, or an extended-protocol COPY FROM STDIN consumed the
-    /// client's. Until it comes, the batch (and its implicit transaction)
-    /// is open, even with nothing owed.
-    sync_owed: bool,
+    /// An extended-protocol COPY FROM STDIN consumed the client's Sync: the
+    /// server waits for another once the COPY ends (see [`Expect::sync_owed`]).
+    copy_owes_sync: bool,
 }
 
 impl<H> Default for Expect<H> {
@@ -136,7 +134,7 @@ impl<H> Default for Expect<H> {
             skipping: false,
             error_sent: false,
             copy_in: false,
-            sync_owed: false,
+            copy_owes_sync: false,
         }
     }
 }
@@ -166,7 +164,7 @@ impl<H> Expect<H> {
         }
         if req == Req::Sync {
             self.skipping = false;
-            self.sync_owed = false;
+            self.copy_owes_sync = false;
         }
         match reply {
             Reply::Synthetic(bytes) if self.q.is_empty() => {
@@ -266,7 +264,7 @@ impl<H> Expect<H> {
     /// consumed by the copy and will never be answered.
     fn start_copy_in(&mut self) {
         self.copy_in = true;
-        self.sync_owed |= self.q.front().is_some_and(|e| !e.req.ends_with_ready());
+        self.copy_owes_sync |= self.q.front().is_some_and(|e| !e.req.ends_with_ready());
         let mut first = true;
         self.q
             .retain(|e| std::mem::take(&mut first) || e.req != Req::Sync);
@@ -288,7 +286,6 @@ impl<H> Expect<H> {
             failed.extend(self.q.pop_front().map(|e| e.hook));
         }
         self.skipping = true;
-        self.sync_owed = true;
         failed
     }
 
@@ -311,10 +308,12 @@ impl<H> Expect<H> {
         self.copy_in
     }
 
-    /// Whether the server waits for a Sync nobody has sent yet (see the
-    /// field): the server may not be lent while it does.
+    /// Whether the server waits for a Sync nobody has sent yet: it skips to
+    /// one after an error, or an extended COPY consumed the client's. Until
+    /// it comes the batch (and its implicit transaction) is open, even with
+    /// nothing owed, and the server may not be lent.
     pub fn sync_owed(&self) -> bool {
-        self.sync_owed
+        self.skipping || self.copy_owes_sync
     }
 
     /// The server is gone: empties the queue and returns how many
@@ -326,7 +325,7 @@ impl<H> Expect<H> {
         let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());
         let hooks = self.q.drain(..).map(|e| e.hook).collect();
         self.skipping = false;
-        self.sync_owed = false;
+        self.copy_owes_sync = false;
         self.copy_in = false;
         (readies, tail, hooks)
     }
@@ -401,5 +400,24 @@ mod tests {
         assert_eq!(e.on_server(&z(), &mut out), Outcome::Done(6));
         assert!(e.is_empty());
         assert_eq!(out[0], b'Z');
+    }
+
+    #[test]
+    fn extended_copy_owes_a_sync() {
+        let mut e: Expect<u8> = Expect::default();
+        let mut out = BytesMut::new();
+        e.push(Req::Execute, Reply::Forward, 1, &mut out);
+        e.push(Req::Sync, Reply::Forward, 2, &mut out);
+        // CopyInResponse: the client's Sync is consumed by the COPY.
+        assert_eq!(e.on_server(&frame(b'G'), &mut out), Outcome::Pending);
+        assert!(e.in_copy_in() && e.sync_owed());
+        e.end_copy_in();
+        assert_eq!(e.on_server(&frame(b'C'), &mut out), Outcome::Done(1));
+        // Nothing owed, yet the batch is open until a Sync.
+        assert!(e.is_empty() && e.sync_owed());
+        e.push(Req::Sync, Reply::Forward, 3, &mut out);
+        assert!(!e.sync_owed());
+        assert_eq!(e.on_server(&z(), &mut out), Outcome::Done(3));
+        assert!(e.is_empty());
     }
 }

@@ -31,15 +31,12 @@ impl Session {
         // Only what is running needs a cancel: not a COPY waiting for
         // data, nor what pgmux sends below.
         let running = !self.expect.is_empty() && !self.expect.in_copy_in();
-        // Whatever the client had sent is gone with it: only complete
-        // messages were ever passed on.
-        self.skip_to_sync = false;
         if self.expect.in_copy_in() {
             // The server fails the COPY: nothing of it is kept.
             encode::copy_fail(&mut self.sout, "the client left during COPY");
             self.expect.end_copy_in();
         }
-        if self.unsynced || self.expect.sync_owed() {
+        if self.batch_open() {
             // A batch with no Sync yet: a Sync would commit its implicit
             // transaction, which a direct connection closed here never
             // does. A Parse that always fails aborts it first (a server

@@ -39,7 +39,8 @@ impl Session {
             // Any Bind may run it, in this transaction or a later one.
             fe::BIND => {
                 self.touched.settings = true;
-                crate::sql::bind_setting_names(frame.body())
+                crate::prepared::messages::bind_values(frame.body())
+                    .and_then(|v| crate::sql::bound_setting_names(v.into_iter().flatten()))
             }
             _ => statement_text(frame).and_then(crate::sql::setting_names),
         };

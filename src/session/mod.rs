@@ -342,7 +342,7 @@ impl Session {
 
     /// What the session waits for now, as the idle timeouts see it.
     fn waits_on(&self) -> Idle {
-        if !self.expect.is_empty() || self.unsynced || self.expect.sync_owed() {
+        if !self.expect.is_empty() || self.batch_open() {
             Idle::Busy
         } else if self.tx == TxStatus::Idle {
             Idle::Client
@@ -401,10 +401,14 @@ impl Session {
 
     /// No request in flight, no batch open, no transaction open.
     fn is_idle(&self) -> bool {
-        self.expect.is_empty()
-            && !self.unsynced
-            && !self.expect.sync_owed()
-            && self.tx == TxStatus::Idle
+        self.expect.is_empty() && !self.batch_open() && self.tx == TxStatus::Idle
+    }
+
+    /// An extended-protocol batch is open: the server waits for a Sync
+    /// (the client has not sent it, or the server skips to one after an
+    /// error, or a COPY consumed it).
+    fn batch_open(&self) -> bool {
+        self.unsynced || self.expect.sync_owed()
     }
 }
 

@@ -19,27 +19,15 @@ use crate::protocol::expect::{Reply, Req};
 use crate::protocol::{encode, fe, Frame, SqlState};
 
 /// One row: which kinds of per-session state the session holds. Anything
-/// in the session's temporary schema counts, however it was made
-/// (`CREATE TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a
-/// temporary table, a temporary function or type).
+/// in the session's temporary schema counts, however it was made (`CREATE
+/// TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a temporary table,
+/// a temporary function or type): every such object depends on its schema
+/// in `pg_depend`, which is how PostgreSQL itself finds them to drop (an
+/// index lookup, whatever the object's kind).
 const SESSION_OBJECTS: &str = "SELECT \
-     pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 AND (\
-     EXISTS (SELECT 1 FROM pg_catalog.pg_class \
-             WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc \
-             WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_type \
-             WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator \
-             WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation \
-             WHERE collnamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_conversion \
-             WHERE connamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_config \
-             WHERE cfgnamespace = pg_catalog.pg_my_temp_schema()) \
-     OR EXISTS (SELECT 1 FROM pg_catalog.pg_ts_dict \
-             WHERE dictnamespace = pg_catalog.pg_my_temp_schema())), \
+     EXISTS (SELECT 1 FROM pg_catalog.pg_depend \
+             WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+             AND refobjid = pg_catalog.pg_my_temp_schema()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
              WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \

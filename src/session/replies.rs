@@ -53,11 +53,7 @@ impl Session {
             let lost = ServerError::Protocol("server terminated the connection".into());
             return self.on_server_lost(lost).await;
         }
-        if self.touched.resets
-            && self.expect.is_empty()
-            && !self.unsynced
-            && !self.expect.sync_owed()
-        {
+        if self.touched.resets && self.expect.is_empty() && !self.batch_open() {
             Box::pin(self.reapply_startup()).await?;
         }
         if self.mode == PoolMode::Transaction && self.is_idle() {

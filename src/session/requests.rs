@@ -46,11 +46,7 @@ impl Session {
     /// there rolls back. The session's end cleans the server.
     async fn on_terminate(&mut self) -> Result<(), End> {
         self.flush_server().await?;
-        if self.expect.is_empty()
-            || self.unsynced
-            || self.expect.sync_owed()
-            || self.expect.in_copy_in()
-        {
+        if self.expect.is_empty() || self.batch_open() || self.expect.in_copy_in() {
             return Err(End::ClientGone);
         }
         self.terminated = true;

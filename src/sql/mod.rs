@@ -1,8 +1,10 @@
 //! A small reader of SQL text, enough to tell which statements change a
 //! session's state: it splits a simple Query into statements the way
 //! PostgreSQL's lexer does (quotes, escape strings, dollar quotes, nested
-//! comments) and looks at each statement's first words. It never allocates,
-//! and ordinary queries take a fast path that reads only their first word.
+//! comments) and looks at each statement's first words. [`effects`] never
+//! allocates, and ordinary queries take a fast path that reads only their
+//! first word; the custom setting names of a text that may set some
+//! (`names.rs`) are read only then.
 //!
 //! Everything here errs on the side of "yes, this may change state": a
 //! false alarm costs one round trip to the server, a miss could leak one
@@ -13,7 +15,7 @@ mod names;
 
 use lexer::{word_rest, word_start};
 pub use lexer::{Head, Lexer, Token};
-pub use names::{bind_setting_names, setting_names};
+pub use names::{bound_setting_names, setting_names};
 
 /// What running a text may do to session state that pgmux follows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ pub struct Effects {
     /// back: the server's settings are reset before anyone else gets it.
     pub unnamed_settings: bool,
     /// It calls `set_config` with a parameter (`$n`) as the name: the names
-    /// arrive in Bind ([`bind_setting_names`]).
+    /// arrive in Bind ([`bound_setting_names`]).
     pub param_settings: bool,
 }
 
@@ -320,11 +322,16 @@ pub(crate) fn leading_word(sql: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
-/// Statements whose INTO names an existing table (not `SELECT ... INTO`,
-/// which creates one, temporary with `INTO TEMP` or `pg_temp` first in the
-/// search path).
-fn writes_into(first_word: &[u8]) -> bool {
-    first_word.eq_ignore_ascii_case(b"insert") || first_word.eq_ignore_ascii_case(b"merge")
+/// Whether an INTO right after `word` names an existing table (`INSERT
+/// INTO`, `MERGE INTO`), not one that `SELECT ... INTO` creates (temporary
+/// with `INTO TEMP` or `pg_temp` first in the search path).
+fn writes_into(word: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(b"insert") || word.eq_ignore_ascii_case(b"merge")
+}
+
+/// Whether a statement starting with `word` may be a `SELECT ... INTO`.
+fn may_select_into(word: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(b"select") || word.eq_ignore_ascii_case(b"with")
 }
 
 /// Whether `word` (lowercase) stands in `sql` as a whole word, in any case
@@ -362,7 +369,7 @@ pub fn effects(sql: &[u8]) -> Effects {
     // argument is read below) or may be a SELECT ... INTO.
     if !found.settings && single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
         if let Some(w) = leading_word(sql) {
-            if starter(w).is_none() && (writes_into(w) || !has_word(sql, b"into")) {
+            if starter(w).is_none() && !(may_select_into(w) && has_word(sql, b"into")) {
                 return found;
             }
         }
@@ -410,7 +417,7 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
         }
         // A dotted name the name scan does not read as one: a quoted part
         // (`SET app."x"`), or blanks or a comment around the dot.
-        if (head.is(0, "set") || head.is(0, "reset")) && !plain_dot(prev, tok) {
+        if !plain_dot(prev, tok) && (head.is(0, "set") || head.is(0, "reset")) {
             found.unnamed_settings = true;
         }
         let before = prev[1];

@@ -9,7 +9,6 @@
 //! parts) is flagged by [`super::effects`] as `unnamed_settings`.
 
 use super::lexer::{word_rest, word_start};
-use crate::protocol::frame::{read_i16, read_i32};
 
 /// At most this many names are taken from one message; a text with more
 /// is flagged as naming settings pgmux cannot follow.
@@ -29,59 +28,42 @@ fn dotted(run: &[u8]) -> bool {
             .all(|part| part.first().is_some_and(|&b| word_start(b)))
 }
 
-/// The dotted names in `sql`, lowercased (PostgreSQL compares setting
-/// names without case), each once; `None` past [`MAX_NAMES`].
+/// Adds `name` (lowercased: PostgreSQL compares setting names without
+/// case) to `names` once; `None` past [`MAX_NAMES`].
+fn add(names: &mut Vec<String>, name: &[u8]) -> Option<()> {
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    if !names.contains(&name) {
+        if names.len() == MAX_NAMES {
+            return None;
+        }
+        names.push(name);
+    }
+    Some(())
+}
+
+/// The dotted names in `sql`, each once; `None` past [`MAX_NAMES`].
 pub fn setting_names(sql: &[u8]) -> Option<Vec<String>> {
-    let mut names: Vec<String> = Vec::new();
-    for run in sql.split(|&b| !(name_byte(b))) {
-        if !dotted(run) {
-            continue;
-        }
-        let name = String::from_utf8_lossy(run).to_ascii_lowercase();
-        if !names.contains(&name) {
-            if names.len() == MAX_NAMES {
-                return None;
-            }
-            names.push(name);
-        }
+    let mut names = Vec::new();
+    for run in sql.split(|&b| !name_byte(b)).filter(|run| dotted(run)) {
+        add(&mut names, run)?;
     }
     Some(names)
 }
 
-/// The Bind parameters (text, or binary `text`: the same bytes) that are
-/// dotted names, for a statement that calls `set_config($n, ...)`; `None`
-/// for a malformed body, past [`MAX_NAMES`], or for a value with a dot
-/// that is not read as a name (padded, quoted): it may name a setting all
-/// the same.
-pub fn bind_setting_names(body: &[u8]) -> Option<Vec<String>> {
-    let (_, rest) = crate::protocol::frame::cstr(body)?;
-    let (_, rest) = crate::protocol::frame::cstr(rest)?;
-    let (formats, mut rest) = read_i16(rest)?;
-    rest = rest.get(usize::try_from(formats).ok()? * 2..)?;
-    let (count, mut rest) = read_i16(rest)?;
+/// The bound values (of a statement that calls `set_config($n, ...)`)
+/// that are dotted names; `None` past [`MAX_NAMES`], or for a value with a
+/// dot that is not read as a name (padded, quoted): it may name a setting
+/// all the same.
+pub fn bound_setting_names<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<String>> {
     let mut names = Vec::new();
-    for _ in 0..count {
-        let (len, tail) = read_i32(rest)?;
-        let Ok(len) = usize::try_from(len) else {
-            // NULL
-            rest = tail;
-            continue;
-        };
-        let value = tail.get(..len)?;
-        rest = &tail[len..];
+    for value in values {
         if memchr::memchr(b'.', value).is_none() {
             continue;
         }
         if !(dotted(value) && value.iter().all(|&b| name_byte(b))) {
             return None;
         }
-        let name = String::from_utf8_lossy(value).to_ascii_lowercase();
-        if !names.contains(&name) {
-            if names.len() == MAX_NAMES {
-                return None;
-            }
-            names.push(name);
-        }
+        add(&mut names, value)?;
     }
     Some(names)
 }
@@ -109,25 +91,13 @@ mod tests {
     }
 
     #[test]
-    fn reads_names_from_bind() {
-        let mut body = b"\0s1\0".to_vec();
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&3i16.to_be_bytes());
-        for v in [&b"App.Tenant_ID"[..], b"A"] {
-            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            body.extend_from_slice(v);
-        }
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
+    fn reads_names_from_bound_values() {
+        let values: [&[u8]; 3] = [b"App.Tenant_ID", b"A", b"3"];
         assert_eq!(
-            bind_setting_names(&body),
+            bound_setting_names(values),
             Some(vec!["app.tenant_id".into()])
         );
-        assert_eq!(bind_setting_names(&body[..body.len() - 9]), None);
-        let mut padded = b"\0s1\0\0\0\0\x01".to_vec();
-        padded.extend_from_slice(&6i32.to_be_bytes());
-        padded.extend_from_slice(b"a.b   ");
-        padded.extend_from_slice(&0i16.to_be_bytes());
-        assert_eq!(bind_setting_names(&padded), None);
+        let padded: [&[u8]; 1] = [b"a.b   "];
+        assert_eq!(bound_setting_names(padded), None);
     }
 }

@@ -112,6 +112,15 @@ pub fn url(proxy: &Proxy, name: &str) -> String {
     )
 }
 
+/// Connection string straight to PostgreSQL for the test's user: the model
+/// the answers through pgmux are compared with.
+pub fn direct_url(name: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={name} password={PASSWORD} dbname={name}",
+        cluster().port()
+    )
+}
+
 /// Connects through pgmux as the test's user.
 pub async fn client(proxy: &Proxy, name: &str) -> tokio_postgres::Client {
     connect(&url(proxy, name))

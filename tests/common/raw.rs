@@ -196,6 +196,12 @@ impl Raw {
         self
     }
 
+    /// Queues Parse, Bind and Execute of `sql` as the unnamed statement
+    /// and portal (no Sync).
+    pub fn extended(&mut self, sql: &str) -> &mut Self {
+        self.parse("", sql).bind("", "", &[]).execute("")
+    }
+
     /// Queues CopyData.
     pub fn copy_data(&mut self, data: &[u8]) -> &mut Self {
         let start = self.out.len();
