@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::raw::Raw;
-use pgmux::prepared::{messages, Limits, Outbox, Registry, Routed, ServerStatements, Tracker};
+use pgmux::prepared::{
+    messages, Limits, Outbox, Registry, Routed, ServerStatements, Tracker, Undo,
+};
 use pgmux::protocol::expect::{Expect, Outcome, Reply, Req};
 use pgmux::protocol::frame::split_frame;
 use pgmux::protocol::{startup, ErrorFields, Frame, TxStatus};
@@ -370,6 +372,9 @@ fn tracker_sequences() {
         let (mut sout, mut replies) = (BytesMut::new(), Vec::new());
         for f in frames(&input, 1 << 20) {
             let held = r.random_range(0..4) > 0;
+            // The session asks before routing whether to take a server:
+            // the answer must be what routing then finds.
+            let predicted = tracker.needs_server(&f, &registry, TxStatus::Idle);
             let mut out = Outbox::new(&mut sout, &mut replies);
             let routed = tracker.route(
                 &f,
@@ -381,10 +386,24 @@ fn tracker_sequences() {
             if routed.as_ref().is_ok_and(|r| *r == Routed::NeedServer) {
                 assert!(!held, "a held server is never asked for");
             }
+            if !held {
+                let needed = routed.as_ref().is_ok_and(|r| *r == Routed::NeedServer);
+                match predicted {
+                    Some(p) => assert_eq!(p, needed, "needs_server disagrees on {f:?}"),
+                    None => assert!(routed.is_ok_and(|r| r == Routed::Untracked)),
+                }
+            }
             for (_, _, hook) in replies.drain(..) {
                 match r.random_range(0..3) {
                     0 => tracker.on_done(hook, Some(&mut server)),
-                    n => tracker.undo(hook, Some(&mut server), r.random(), n == 1),
+                    n => {
+                        let how = match (r.random::<bool>(), n == 1) {
+                            (true, rejected) => Undo::StalePlan { rejected },
+                            (false, true) => Undo::Rejected,
+                            (false, false) => Undo::Skipped,
+                        };
+                        tracker.undo(hook, Some(&mut server), how)
+                    }
                 }
             }
             sout.clear();

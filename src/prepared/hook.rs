@@ -35,6 +35,29 @@ pub enum Hook {
     DropAll,
 }
 
+/// Why a request's bookkeeping is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// The server skipped it (after an earlier error in its batch, or the
+    /// server was lost).
+    Skipped,
+    /// The server rejected it.
+    Rejected,
+    /// The batch failed with "cached plan must not change result type":
+    /// the statements it used are stale on that server. `rejected` says
+    /// whether this is the request the server refused.
+    StalePlan {
+        /// This is the request the server refused, not one it skipped.
+        rejected: bool,
+    },
+}
+
+impl Undo {
+    fn rejected(self) -> bool {
+        matches!(self, Undo::Rejected | Undo::StalePlan { rejected: true })
+    }
+}
+
 impl Tracker {
     /// A request completed: a statement a server accepted is confirmed.
     pub fn on_done(&mut self, hook: Hook, server: Option<&mut ServerStatements>) {
@@ -53,16 +76,9 @@ impl Tracker {
         }
     }
 
-    /// A request failed (`failed`: it is the one the server rejected) or was
-    /// skipped: undo its bookkeeping. A statement whose cached plan went
-    /// stale is retired on this server.
-    pub fn undo(
-        &mut self,
-        hook: Hook,
-        server: Option<&mut ServerStatements>,
-        stale_plan: bool,
-        failed: bool,
-    ) {
+    /// A request failed or was skipped: undo its bookkeeping. A statement
+    /// whose cached plan went stale is retired on this server.
+    pub fn undo(&mut self, hook: Hook, server: Option<&mut ServerStatements>, how: Undo) {
         match hook {
             Hook::None | Hook::DropAll => {}
             Hook::Parse {
@@ -75,7 +91,7 @@ impl Tracker {
                     self.names.remove_if(&name, &stmt);
                     // PostgreSQL drops the old unnamed statement before it
                     // parses the new one: only a skipped Parse leaves it.
-                    if let (Some(old), false) = (replaced, failed) {
+                    if let (Some(old), false) = (replaced, how.rejected()) {
                         self.names.insert(name, old);
                     }
                 }
@@ -94,7 +110,7 @@ impl Tracker {
                 }
             }
             Hook::Uses(stmt) => {
-                if let (true, Some(s)) = (stale_plan, server) {
+                if let (Undo::StalePlan { .. }, Some(s)) = (how, server) {
                     s.mark_stale(&stmt);
                 }
             }

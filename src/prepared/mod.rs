@@ -18,7 +18,7 @@ pub mod server;
 pub mod tracker;
 
 pub use client::ClientStatements;
-pub use hook::Hook;
+pub use hook::{Hook, Undo};
 pub use outbox::{Flags, Limits, Malformed, Outbox, Routed};
 pub use registry::{Counters, Registry, Statement, SQL_PREPARE};
 pub use server::ServerStatements;

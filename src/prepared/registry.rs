@@ -145,6 +145,18 @@ impl Registry {
         s
     }
 
+    /// Whether some server has accepted this statement (it is answered
+    /// without a server), looked up without creating an entry.
+    pub fn is_confirmed(&self, query: &[u8], types: &[u8]) -> bool {
+        let hash = key_hash(query, types);
+        let buckets = self.buckets.lock();
+        buckets.get(&hash).is_some_and(|b| {
+            b.iter()
+                .filter_map(Weak::upgrade)
+                .any(|s| s.query() == query && s.types() == types && s.is_confirmed())
+        })
+    }
+
     /// Statements alive now (held by some client or server).
     pub fn live(&self) -> usize {
         self.buckets

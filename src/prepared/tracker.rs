@@ -95,6 +95,73 @@ impl Tracker {
         }
     }
 
+    /// Whether routing `frame` with no server held would answer
+    /// [`Routed::NeedServer`], decided without changing anything, so the
+    /// session takes a server first and routes once; `None` for a message
+    /// this does not track. Agrees with `route` (which still answers
+    /// `NeedServer` if a statement confirmed here was freed meanwhile).
+    pub fn needs_server(&self, frame: &Frame, registry: &Registry, tx: TxStatus) -> Option<bool> {
+        let body = frame.body();
+        // A malformed message is refused here: it needs no server.
+        Some(match frame.tag() {
+            fe::PARSE => messages::parse(body).is_some_and(|p| {
+                if !self.tracks(p.name) || (!p.name.is_empty() && self.names.get(p.name).is_some())
+                {
+                    return true;
+                }
+                self.over_limit(p.name).is_none() && !registry.is_confirmed(p.query, p.types)
+            }),
+            fe::BIND => {
+                messages::bind(body).is_some_and(|(_, name, _)| self.use_needs_server(name))
+            }
+            fe::DESCRIBE => match messages::target(body) {
+                None => false,
+                Some((b'S', name)) => self.use_needs_server(name),
+                Some(_) => return None,
+            },
+            fe::CLOSE => false,
+            fe::QUERY => {
+                cstr(body).is_some_and(|(sql, _)| self.query_needs_server(sql, registry, tx))
+            }
+            _ => return None,
+        })
+    }
+
+    /// [`Tracker::needs_server`] for a Bind or Describe of a statement.
+    fn use_needs_server(&self, name: &[u8]) -> bool {
+        if !self.tracks(name) {
+            // Answered here unless this client's own unnamed statement is
+            // on the server it holds.
+            return false;
+        }
+        match self.names.get(name).filter(|s| !s.sql) {
+            Some(_) => true,
+            None => !(name.is_empty() || is_reserved(name)),
+        }
+    }
+
+    /// [`Tracker::needs_server`] for a simple Query.
+    fn query_needs_server(&self, sql: &[u8], registry: &Registry, tx: TxStatus) -> bool {
+        match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
+            Some(SqlPrepared::Prepare { name, rest }) => {
+                return self.names.get(&name).is_none()
+                    && !registry.is_confirmed(rest, SQL_PREPARE);
+            }
+            Some(SqlPrepared::Execute { name, .. })
+                if self.names.get(&name).is_some_and(|s| s.sql) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        match messages::sql_effect(sql) {
+            SqlEffect::Deallocate(name) if tx != TxStatus::Failed => {
+                self.names.get(&name).is_none()
+            }
+            _ => true,
+        }
+    }
+
     fn bind(
         &mut self,
         frame: &Frame,

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::core::Replies;
 use super::Session;
-use crate::prepared::Hook;
-use crate::protocol::expect::{Reply, Req};
-use crate::protocol::{encode, TxStatus};
+use crate::protocol::TxStatus;
 
 /// How long the clean-up may take before the server is closed instead.
 const RECOVER_WITHIN: Duration = Duration::from_secs(2);
@@ -25,35 +24,16 @@ impl Session {
     /// when it could not be, and must be closed.
     pub(super) async fn recover_abandoned(&mut self) -> bool {
         let deadline = Instant::now() + RECOVER_WITHIN;
-        if self.server.is_none() {
-            return false;
-        }
-        // Only what is running needs a cancel: not a COPY waiting for
-        // data, nor what pgmux sends below.
-        let running = !self.expect.is_empty() && !self.expect.in_copy_in();
-        if self.expect.in_copy_in() {
-            // The server fails the COPY: nothing of it is kept.
-            encode::copy_fail(&mut self.sout, "the client left during COPY");
-            self.expect.end_copy_in();
-        }
-        if self.batch_open() {
-            // A batch with no Sync yet: a Sync would commit its implicit
-            // transaction, which a direct connection closed here never
-            // does. A Parse that always fails aborts it first (a server
-            // already skipping to the Sync skips it too).
-            encode::failing_parse(&mut self.sout);
-            self.push(Req::Parse, Reply::Swallow, Hook::None);
-            encode::sync(&mut self.sout);
-            self.push(Req::Sync, Reply::Swallow, Hook::None);
-            self.unsynced = false;
-        }
-        let Some(server) = self.server.as_mut() else {
+        let Some(server) = self.server.as_deref_mut() else {
             return false;
         };
-        if !self.sout.is_empty() && server.write_all(&self.sout).await.is_err() {
+        // Only what is running needs a cancel: not a COPY waiting for
+        // data, nor what pgmux sends below.
+        let running = self.core.abandon_requests(server);
+        if !self.core.sout.is_empty() && server.write_all(&self.core.sout).await.is_err() {
             return false;
         }
-        self.sout.clear();
+        self.core.sout.clear();
         if running {
             // Awaited, not spawned: PostgreSQL has signalled the backend
             // once it closes the cancel connection, so the cancel cannot
@@ -65,13 +45,13 @@ impl Session {
         if !self.drain_replies(deadline).await {
             return false;
         }
-        if self.tx != TxStatus::Idle {
+        if self.core.tx != TxStatus::Idle {
             let Some(server) = self.server.as_mut() else {
                 return false;
             };
-            let rollback = server.run_internal("ROLLBACK", self.max_msg);
+            let rollback = server.run_internal("ROLLBACK", self.core.max_msg);
             match tokio::time::timeout_at(deadline, rollback).await {
-                Ok(Ok(TxStatus::Idle)) => self.tx = TxStatus::Idle,
+                Ok(Ok(TxStatus::Idle)) => self.core.tx = TxStatus::Idle,
                 _ => return false,
             }
         }
@@ -82,21 +62,22 @@ impl Session {
     /// reply queue (so prepared-statement bookkeeping stays right), until
     /// none is owed. Nothing reaches the client: it is gone.
     async fn drain_replies(&mut self, deadline: Instant) -> bool {
-        while !self.expect.is_empty() {
-            let Some(server) = self.server.as_mut() else {
+        while !self.core.expect.is_empty() {
+            let Some(server) = self.server.as_deref_mut() else {
                 return false;
             };
-            let frame =
-                match tokio::time::timeout_at(deadline, server.recv_frame(self.max_msg)).await {
-                    Ok(Ok(f)) => f,
-                    _ => return false,
-                };
-            let (stale_plan, fatal) = self.note_server_frame(&frame);
-            if fatal {
+            let max = self.core.max_msg;
+            let frame = match tokio::time::timeout_at(deadline, server.recv_frame(max)).await {
+                Ok(Ok(f)) => f,
+                _ => return false,
+            };
+            let mut seen = Replies::default();
+            let error = self.core.on_server_frame(&frame, server, &mut seen);
+            self.on_replies(seen);
+            if error.fatal {
                 return false;
             }
-            self.settle_reply(&frame, stale_plan);
-            self.cout.clear();
+            self.core.cout.clear();
         }
         true
     }

@@ -11,7 +11,6 @@ use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::pool::Checkout;
 use crate::protocol::error::{write_error, Severity};
-use crate::sql::Effects;
 use crate::stats::ErrorReason;
 
 impl Session {
@@ -41,7 +40,7 @@ impl Session {
     pub(super) fn try_hold(&mut self) -> Option<bool> {
         let server = self.pool.try_get_at(self.now)?;
         self.pool.metrics().observe_wait(Duration::ZERO);
-        let in_sync = self.params.in_sync(&server) && self.identity.is_none();
+        let in_sync = self.core.params.in_sync(&server) && self.core.identity.is_none();
         self.hold(server);
         Some(in_sync)
     }
@@ -69,7 +68,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = self.params.sync(server, self.max_msg).await {
+        if let Err(e) = self.core.params.sync(server, self.core.max_msg).await {
             self.close_server();
             return Err(server_error_end(e));
         }
@@ -79,7 +78,7 @@ impl Session {
     /// Closes the held server (its state is unknown) and stops routing
     /// cancels to it.
     pub(super) fn close_server(&mut self) {
-        self.touched = Effects::NONE;
+        self.core.forget_server();
         self.set_pin(None);
         if let Some(s) = self.let_go() {
             s.discard();
@@ -96,9 +95,7 @@ impl Session {
 
     /// Holds a server: the client's requests go there now.
     pub(super) fn hold(&mut self, server: Checkout) {
-        if let Some(t) = self.stmts.as_mut() {
-            t.on_new_server();
-        }
+        self.core.on_new_server();
         self.listed.info.set_state(ClientState::Active);
         self.cancel.slot.set_target(Some(server.key));
         self.server = Some(server);
@@ -126,7 +123,7 @@ impl Session {
             write_error(&mut out, Severity::Fatal, code, msg);
             let _ = self.client.write_all(&out).await;
         }
-        let idle = self.is_idle();
+        let idle = self.core.is_idle();
         let Some(server) = self.server.as_mut() else {
             return;
         };
@@ -142,7 +139,7 @@ impl Session {
                 return;
             }
         }
-        let check_due = self.pin_check_due();
+        let check_due = self.core.pin_check_due();
         let Some(server) = self.server.as_mut() else {
             return;
         };
@@ -151,27 +148,27 @@ impl Session {
         // also drops temporary tables, advisory locks, LISTEN, cursors).
         // A client that left before its transaction's end was checked
         // (a Terminate behind a batch) may have made such state too.
-        let reset = match (self.mode, self.pinned) {
+        let reset = match (self.core.mode, self.core.pinned) {
             (PoolMode::Session, _) => Some(self.pool.settings().reset_query.clone()),
             (_, Some(_)) => Some("DISCARD ALL".to_owned()),
             _ if check_due => Some("DISCARD ALL".to_owned()),
             _ => None,
         };
         if let Some(reset) = reset {
-            if server.reset(&reset, self.max_msg).await.is_err() {
+            if server.reset(&reset, self.core.max_msg).await.is_err() {
                 self.close_server();
                 return;
             }
-            self.touched.settings = false;
+            self.core.touched.settings = false;
         }
         self.set_pin(None);
         // The client is gone: only whether the server comes back clean
         // matters. Its settings are recorded so the next client's sync
         // undoes them.
-        if self.touched.settings && self.mode == PoolMode::Transaction {
+        if self.core.touched.settings && self.core.mode == PoolMode::Transaction {
             let _ = self.settle_settings().await;
         }
-        if self.identity_needs_restore() {
+        if self.core.identity_needs_restore(self.server.as_deref()) {
             let _ = self.restore_identity().await;
         }
         self.release();

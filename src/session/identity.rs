@@ -56,24 +56,18 @@ impl ClientIdentity {
 }
 
 impl Session {
-    /// Whether the held server must have its identity restored before it
-    /// goes back to the pool.
-    pub(super) fn identity_needs_restore(&self) -> bool {
-        self.touched.identity || self.server.as_ref().is_some_and(|s| s.identity_in_doubt())
-    }
-
     /// Reads the identity the client left on its server, remembers it as the
     /// client's own, and restores the server's login identity. A server that
     /// can't be restored is closed; a client whose identity could not be
     /// read is disconnected, since its next server could not be made right.
     pub(super) async fn restore_identity(&mut self) -> Result<(), End> {
-        self.touched.identity = false;
+        self.core.touched.identity = false;
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        let restored = server.restore_identity(self.max_msg).await;
+        let restored = server.restore_identity(self.core.max_msg).await;
         if let Some(before) = &restored.before {
-            self.identity = ClientIdentity::from_session(before, server.login_user());
+            self.core.identity = ClientIdentity::from_session(before, server.login_user());
         }
         let Err(e) = restored.outcome else {
             return Ok(());
@@ -92,12 +86,12 @@ impl Session {
     /// Gives the held server this client's identity, if it has one of its
     /// own. The server is then in doubt until restored.
     pub(super) async fn apply_identity(&mut self) -> Result<(), End> {
-        let (Some(id), Some(server)) = (self.identity.as_ref(), self.server.as_mut()) else {
+        let (Some(id), Some(server)) = (self.core.identity.as_ref(), self.server.as_mut()) else {
             return Ok(());
         };
         server.mark_identity_changed();
         let sql = id.apply_sql();
-        if let Err(e) = server.run_internal(&sql, self.max_msg).await {
+        if let Err(e) = server.run_internal(&sql, self.core.max_msg).await {
             self.close_server();
             return Err(super::server_error_end(e));
         }

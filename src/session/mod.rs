@@ -1,12 +1,18 @@
 //! One client connection, from login to goodbye.
 //!
-//! The session reads whole messages from the client, takes a server from
-//! its pool when a request needs one, forwards the raw frames, and passes
-//! the server's replies back through the [`Expect`] queue. In
-//! transaction mode the server goes back to the pool as soon as the queue is
-//! empty, no extended-protocol batch is open and ReadyForQuery said `I`.
+//! The session is a synchronous protocol core ([`core`]: what the client
+//! asked, what the server owes, what the transaction may have changed)
+//! inside an async shell (this module and the files beside it: sockets,
+//! the held server, the pool, timers, metrics). The shell reads whole
+//! messages from the client, asks the core what each needs, takes a server
+//! from the pool when one is needed, writes what the core queued, and
+//! feeds the server's replies back to it. In transaction mode the server
+//! goes back to the pool once the reply queue is empty, no
+//! extended-protocol batch is open and ReadyForQuery said `I`
+//! ([`Session::finish_transaction`]).
 
 mod abandoned;
+mod core;
 mod effects;
 mod hold;
 pub mod identity;
@@ -32,18 +38,15 @@ use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
 use crate::context::{ClientGuard, Context, Idle};
 use crate::pool::{Checkout, Pool, PoolClient, PoolError};
-use crate::prepared::{Hook, Limits, Tracker};
-use crate::protocol::expect::{Expect, Reply, Req};
+use crate::prepared::{Limits, Tracker};
 use crate::protocol::frame::make_room;
 use crate::protocol::{SqlState, TxStatus};
 use crate::server::ServerError;
 use crate::shutdown::Phase;
-use crate::sql::Effects;
 use crate::stats::ErrorReason;
-use identity::ClientIdentity;
+use core::Core;
 use login::{Login, LoginError, Opening};
 use outside::Outsider;
-use params::ClientParams;
 
 /// How a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +134,9 @@ async fn login_failed(stream: &mut Stream, e: LoginError) {
     }
 }
 
-/// A logged-in client and the server it holds, if any.
+/// The async shell around a logged-in client's [`Core`]: its socket, the
+/// server it holds (if any), the pool, timers, the registry entry and the
+/// metrics. Everything else the session knows is the core's.
 struct Session {
     ctx: Arc<Context>,
     /// This client in the registry (SHOW CLIENTS, KILL).
@@ -152,46 +157,13 @@ struct Session {
     client: Stream,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
-    /// Bytes for the client, written once per batch.
-    cout: BytesMut,
-    /// Bytes for the server, written once per batch.
-    sout: BytesMut,
     pool: Pool,
-    mode: PoolMode,
     server: Option<Checkout>,
-    expect: Expect<Hook>,
-    /// Extended-protocol messages were sent since the last Sync.
-    unsynced: bool,
-    /// The client's transaction status as of the last ReadyForQuery.
-    tx: TxStatus,
-    /// An error ended the current extended-protocol batch (a local error, or
-    /// the server died): drop the client's messages up to its Sync.
-    skip_to_sync: bool,
-    /// The client said goodbye with replies still owed: deliver them, then end.
-    terminated: bool,
-    /// The client prepared `set_config($n, ...)`: its Binds carry setting
-    /// names to follow.
-    scan_binds: bool,
-    /// Prepared statements (transaction mode with tracking on).
-    stmts: Option<Tracker>,
-    /// Replies owed by what the tracker routed, kept to reuse its space.
-    routed: Vec<(Req, Reply, Hook)>,
-    params: ClientParams,
-    /// The role / session authorization this client set, if not its login's.
-    identity: Option<Box<ClientIdentity>>,
-    /// What ran during this hold may have changed the session's identity or
-    /// settings: read back (and, for identity, restored) before the server
-    /// goes back.
-    touched: Effects,
-    /// Why the client keeps its server between transactions (session state
-    /// that cannot move), if it does.
-    pinned: Option<&'static str>,
+    /// The protocol state.
+    core: Core,
     /// Whether the client waits on itself, as last told to the registry.
     idle: Idle,
-    /// The first words of the last statement that may have pinned it.
-    pin_hint: Option<Box<str>>,
     cancel: CancelHandle,
-    max_msg: usize,
 }
 
 /// Room a session keeps for its next read: all an idle client holds.
@@ -238,6 +210,7 @@ impl Session {
         let listed =
             ctx.clients
                 .register(&login.key.database, &login.key.user, peer, timeouts, key);
+        let stmts = tracking.then(|| Tracker::new(limits));
         Self {
             listed,
             _counted: login.pool.client(),
@@ -245,8 +218,7 @@ impl Session {
             tx_started: None,
             query_started: None,
             first_tx_grace: Some(Instant::now() + FIRST_TX_GRACE),
-            stmts: tracking.then(|| Tracker::new(limits)),
-            routed: Vec::new(),
+            core: Core::new(login.mode, max_msg, stmts, login.params),
             ctx,
             client,
             // The login's buffer if a request came with the login, else a
@@ -257,25 +229,10 @@ impl Session {
             } else {
                 login.pending
             },
-            cout: BytesMut::new(),
-            sout: BytesMut::new(),
             pool: login.pool,
-            mode: login.mode,
             server: None,
-            expect: Expect::default(),
-            unsynced: false,
-            tx: TxStatus::Idle,
-            skip_to_sync: false,
-            terminated: false,
-            scan_binds: false,
-            params: login.params,
-            identity: None,
-            touched: Effects::NONE,
-            pinned: None,
             idle: Idle::Client,
-            pin_hint: None,
             cancel: login.cancel,
-            max_msg,
         }
     }
 
@@ -295,7 +252,7 @@ impl Session {
             if let Some(end) = self.check_shutdown(phase) {
                 return end;
             }
-            if self.terminated && self.expect.is_empty() {
+            if self.core.terminated && self.core.expect.is_empty() {
                 return End::ClientGone;
             }
             // Small minimum: an idle client keeps its starting buffer.
@@ -312,7 +269,7 @@ impl Session {
                         self.on_server_data().await
                     }
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !self.terminated => match r {
+                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => {
                         self.now = Instant::now();
@@ -342,9 +299,9 @@ impl Session {
 
     /// What the session waits for now, as the idle timeouts see it.
     fn waits_on(&self) -> Idle {
-        if !self.expect.is_empty() || self.batch_open() {
+        if self.core.owes_replies() {
             Idle::Busy
-        } else if self.tx == TxStatus::Idle {
+        } else if self.core.tx == TxStatus::Idle {
             Idle::Client
         } else {
             Idle::InTransaction
@@ -393,22 +350,10 @@ impl Session {
         let msg = "terminating connection due to administrator command";
         match phase {
             Phase::Running => None,
-            Phase::Draining if !self.is_idle() => None,
+            Phase::Draining if !self.core.is_idle() => None,
             Phase::Draining if self.first_tx_grace.is_some_and(|t| Instant::now() < t) => None,
             _ => Some(fatal(SqlState::ADMIN_SHUTDOWN, msg)),
         }
-    }
-
-    /// No request in flight, no batch open, no transaction open.
-    fn is_idle(&self) -> bool {
-        self.expect.is_empty() && !self.batch_open() && self.tx == TxStatus::Idle
-    }
-
-    /// An extended-protocol batch is open: the server waits for a Sync
-    /// (the client has not sent it, or the server skips to one after an
-    /// error, or a COPY consumed it).
-    fn batch_open(&self) -> bool {
-        self.unsynced || self.expect.sync_owed()
     }
 }
 

@@ -27,13 +27,19 @@ impl Session {
     /// Reads back the settings the client left on its server. A server
     /// that can't answer is closed; the client keeps what pgmux knew.
     pub(super) async fn settle_settings(&mut self) -> Result<(), End> {
-        self.touched.settings = false;
-        self.touched.param_settings = false;
-        let wipe = std::mem::take(&mut self.touched.unnamed_settings);
+        let touched = &mut self.core.touched;
+        touched.settings = false;
+        touched.param_settings = false;
+        let wipe = std::mem::take(&mut touched.unnamed_settings);
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = self.params.settle(server, self.max_msg, wipe).await {
+        if let Err(e) = self
+            .core
+            .params
+            .settle(server, self.core.max_msg, wipe)
+            .await
+        {
             tracing::warn!(pool = %self.pool.name(), error = %e, "closing a server whose settings could not be read");
             self.close_server();
         }
@@ -48,27 +54,27 @@ impl Session {
     /// undoes both), not in a failed one. The client hears the resulting
     /// ParameterStatus messages.
     pub(super) async fn reapply_startup(&mut self) -> Result<(), End> {
-        self.touched.resets = false;
-        if self.tx == TxStatus::Failed {
+        self.core.touched.resets = false;
+        if self.core.tx == TxStatus::Failed {
             return Ok(());
         }
-        let (Some(sql), Some(server)) = (self.params.startup_reapply_sql(), self.server.as_mut())
-        else {
+        let sql = self.core.params.startup_reapply_sql();
+        let (Some(sql), Some(server)) = (sql, self.server.as_deref_mut()) else {
             return Ok(());
         };
         let mut reports = BytesMut::new();
         if let Err(e) = server
-            .run_internal_reporting(&sql, self.max_msg, &mut reports)
+            .run_internal_reporting(&sql, self.core.max_msg, &mut reports)
             .await
         {
             return self.on_server_lost(e).await;
         }
         // The client's values follow the reports, as for its own SETs.
         let mut frames = reports.clone();
-        while let Ok(Some(f)) = split_frame(&mut frames, self.max_msg) {
-            self.note_server_frame(&f);
+        while let Ok(Some(f)) = split_frame(&mut frames, self.core.max_msg) {
+            self.core.on_parameter_status(&f, server);
         }
-        self.cout.extend_from_slice(&reports);
+        self.core.cout.extend_from_slice(&reports);
         self.flush_client().await
     }
 }

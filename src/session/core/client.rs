@@ -1,0 +1,298 @@
+//! Client messages through the core: what a message may change in the
+//! session, whether it needs a server, then routing it once (through the
+//! prepared-statement tracker or as it is) into the server's buffer with
+//! the replies it owes.
+
+use bytes::BytesMut;
+
+use super::Core;
+use crate::config::PoolMode;
+use crate::prepared::{Flags, Hook, Outbox, Registry, Routed};
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::expect::{Reply, Req};
+use crate::protocol::{encode, fe, Frame, SqlState};
+use crate::server::ServerConn;
+use crate::session::effects::{message_effects, statement_text};
+use crate::session::pin::hint;
+use crate::session::{fatal, End};
+use crate::sql::Effects;
+
+/// What a client message needs before [`Core::carry`] can route it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::session) enum Plan {
+    /// Handled already (dropped up to a Sync, or refused): nothing to carry.
+    Done,
+    /// The client said goodbye.
+    Terminate,
+    /// Carry it now, with what its text may change in the session.
+    Carry(Effects),
+    /// Carry it once a server is held.
+    NeedServer(Effects),
+}
+
+/// What the tracker made of a message.
+enum Tracked {
+    /// Not a message it tracks.
+    No,
+    /// It needs a server and none is held; nothing was changed.
+    NeedServer,
+    /// Routed, with what the tracker knows it may change (if it does).
+    Routed(Option<Effects>),
+}
+
+/// What the session's surroundings tell the core about a message.
+pub(in crate::session) struct Policy<'a> {
+    /// The shared statement registry.
+    pub registry: &'a Registry,
+    /// The pool refuses state that cannot move (`session_state = "error"`);
+    /// asked only for a message that would create such state.
+    pub refuses_state: &'a dyn Fn() -> bool,
+}
+
+impl Core {
+    /// Reads a client message once: dropped (a batch skipping to its
+    /// Sync), refused, the end of the session, or to be carried, now or
+    /// once a server is held. Nothing is routed yet.
+    pub(in crate::session) fn plan(
+        &mut self,
+        frame: &Frame,
+        held: bool,
+        policy: &Policy<'_>,
+    ) -> Result<Plan, End> {
+        let tag = frame.tag();
+        match tag {
+            fe::TERMINATE => return Ok(Plan::Terminate),
+            fe::PASSWORD => {
+                let msg = "unexpected password message after login";
+                return Err(fatal(SqlState::PROTOCOL_VIOLATION, msg));
+            }
+            _ => {}
+        }
+        if self.skip_to_sync && tag != fe::SYNC {
+            return Ok(Plan::Done);
+        }
+        self.skip_to_sync = false;
+        let effects = message_effects(frame);
+        if effects.pins
+            && self.mode == PoolMode::Transaction
+            && !self.maps_sql_prepare(frame)
+            && (policy.refuses_state)()
+        {
+            self.refuse_session_state(frame);
+            return Ok(Plan::Done);
+        }
+        if held || !self.needs_server(frame, policy.registry) {
+            Ok(Plan::Carry(effects))
+        } else {
+            Ok(Plan::NeedServer(effects))
+        }
+    }
+
+    /// Whether a message needs a server when none is held: what the
+    /// tracker can answer itself (a Parse some server has accepted, a
+    /// Close, a statement this client may not reach) and a Sync or Flush
+    /// with nothing outstanding do not.
+    fn needs_server(&self, frame: &Frame, registry: &Registry) -> bool {
+        let tracked = self
+            .stmts
+            .as_ref()
+            .and_then(|t| t.needs_server(frame, registry, self.tx));
+        tracked.unwrap_or(!matches!(frame.tag(), fe::SYNC | fe::FLUSH))
+    }
+
+    /// Routes a planned message: into the server's buffer with the replies
+    /// it owes, or answered here. `Ok(false)` when it turned out to need a
+    /// server after all (nothing was changed: hold one and carry again).
+    pub(in crate::session) fn carry(
+        &mut self,
+        frame: &Frame,
+        effects: Effects,
+        mut server: Option<&mut ServerConn>,
+        registry: &Registry,
+    ) -> Result<bool, End> {
+        let tag = frame.tag();
+        // What the tracker knows of a statement beats what its text says
+        // (an EXECUTE of a known statement, a mapped PREPARE), except that
+        // a SQL EXECUTE passes `set_config($n, ...)` its name as an
+        // expression pgmux does not evaluate.
+        let known = match self.route_tracked(frame, server.as_deref_mut(), registry)? {
+            Tracked::NeedServer => return Ok(false),
+            Tracked::Routed(known) => known,
+            Tracked::No => {
+                match tag {
+                    // With no server held nothing is outstanding: answer it here.
+                    fe::SYNC if server.is_none() => {
+                        encode::ready_for_query(&mut self.cout, self.tx)
+                    }
+                    fe::FLUSH if server.is_none() => {}
+                    _ if server.is_none() => return Ok(false),
+                    _ => self.forward(frame, Hook::None, server.as_deref_mut()),
+                }
+                None
+            }
+        };
+        // Names come from the text even when the tracker answers the
+        // Parse itself, and from the Binds of a client that prepared
+        // `set_config($n, ...)`.
+        if self.mode == PoolMode::Transaction
+            && (effects.settings || (tag == fe::BIND && self.scan_binds))
+        {
+            self.watch_setting_names(frame, effects);
+        }
+        let effects = match known {
+            Some(mut known) => {
+                if tag == fe::QUERY && known.param_settings {
+                    known.unnamed_settings = true;
+                }
+                known
+            }
+            None => effects,
+        };
+        if effects.any() {
+            self.note_effects(frame, effects, server);
+        }
+        Ok(true)
+    }
+
+    /// Lets the prepared-statement tracker route a message; the outbox's
+    /// requests are carried out when it is done.
+    fn route_tracked(
+        &mut self,
+        frame: &Frame,
+        mut server: Option<&mut ServerConn>,
+        registry: &Registry,
+    ) -> Result<Tracked, End> {
+        let Some(tracker) = self.stmts.as_mut() else {
+            return Ok(Tracked::No);
+        };
+        let mut out = Outbox::new(&mut self.sout, &mut self.routed);
+        let statements = server.as_deref_mut().map(|s| &mut s.statements);
+        let routed = tracker
+            .route(frame, statements, registry, self.tx, &mut out)
+            .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
+        let flags = out.flags;
+        Ok(match routed {
+            Routed::Untracked => Tracked::No,
+            Routed::NeedServer => Tracked::NeedServer,
+            Routed::Done => {
+                self.carry_out(frame, flags, server);
+                Tracked::Routed(flags.effects)
+            }
+        })
+    }
+
+    /// Carries out what the tracker routed: the client's own message if it
+    /// goes on, the replies owed in request order, and the flags.
+    fn carry_out(&mut self, frame: &Frame, flags: Flags, mut server: Option<&mut ServerConn>) {
+        if flags.forward {
+            self.sout.extend_from_slice(frame.raw());
+        }
+        let mut routed = std::mem::take(&mut self.routed);
+        for (req, reply, hook) in routed.drain(..) {
+            self.send(req, reply, hook, server.as_deref_mut());
+        }
+        self.routed = routed;
+        self.skip_to_sync |= flags.skip_to_sync;
+    }
+
+    /// Queues a client message for the server and notes the reply it owes.
+    fn forward(&mut self, frame: &Frame, hook: Hook, server: Option<&mut ServerConn>) {
+        // (Any other message sent during COPY FROM STDIN fails it, and
+        // PostgreSQL then ends the session: its reply is owed until the
+        // server goes, as pgmux cannot tell whether the server read it
+        // before or after the COPY failed on its own.)
+        if matches!(frame.tag(), fe::COPY_DONE | fe::COPY_FAIL) {
+            self.expect.end_copy_in();
+        }
+        if let Some(req) = Req::from_tag(frame.tag()) {
+            self.send(req, Reply::Forward, hook, server);
+        }
+        self.sout.extend_from_slice(frame.raw());
+    }
+
+    /// Follows the custom setting names a message may set: from its text
+    /// (`effects` as the text reads), or from a Bind's values once the
+    /// client has prepared `set_config($n, ...)` (any Bind may run it).
+    /// Past what pgmux follows, the transaction counts as setting names it
+    /// cannot read back.
+    fn watch_setting_names(&mut self, frame: &Frame, effects: Effects) {
+        self.scan_binds |= effects.param_settings;
+        let names = match frame.tag() {
+            // Any Bind may run it, in this transaction or a later one.
+            fe::BIND => {
+                self.touched.settings = true;
+                crate::prepared::messages::bind_values(frame.body())
+                    .and_then(|v| crate::sql::bound_setting_names(v.into_iter().flatten()))
+            }
+            _ => statement_text(frame).and_then(crate::sql::setting_names),
+        };
+        let followed = names.is_some_and(|n| n.is_empty() || self.params.watch(n));
+        if !followed {
+            self.touched.unnamed_settings = true;
+        }
+    }
+
+    /// Notes a client message that may change session state: the server
+    /// held when it runs is read back (and its identity restored) before it
+    /// is lent again. A Parse that may change identity and stays on the
+    /// server under a name anyone may execute (statement tracking off)
+    /// taints that server for good.
+    fn note_effects(&mut self, frame: &Frame, effects: Effects, server: Option<&mut ServerConn>) {
+        self.touched |= effects;
+        if effects.pins && self.mode == PoolMode::Transaction {
+            self.pin_hint = statement_text(frame).map(hint);
+        }
+        if effects.identity && frame.tag() == fe::PARSE && self.stmts.is_none() {
+            if let Some(s) = server {
+                s.mark_identity_sticky();
+            }
+        }
+    }
+
+    /// Whether the prepared-statement tracker maps this Query's SQL-level
+    /// `PREPARE` (so it creates no state that pins).
+    fn maps_sql_prepare(&self, frame: &Frame) -> bool {
+        use crate::prepared::messages::{sql_prepared, SqlPrepared};
+        self.stmts.is_some()
+            && frame.tag() == fe::QUERY
+            && matches!(
+                statement_text(frame).and_then(sql_prepared),
+                Some(SqlPrepared::Prepare { .. })
+            )
+    }
+
+    /// Answers a statement that would create such state with 0A000 instead
+    /// of running it. A Query gets its ReadyForQuery (the transaction status
+    /// is unchanged: the server never saw it); a Parse ends its batch.
+    fn refuse_session_state(&mut self, frame: &Frame) {
+        let text = statement_text(frame);
+        let msg = format!(
+            "\"{}\" keeps state on its server, which this pool does not allow in transaction mode (session_state = \"error\")",
+            text.map(hint).unwrap_or_default()
+        );
+        let mut reply = BytesMut::new();
+        write_error(
+            &mut reply,
+            Severity::Error,
+            SqlState::FEATURE_NOT_SUPPORTED.0,
+            &msg,
+        );
+        if frame.tag() == fe::QUERY {
+            encode::ready_for_query(&mut reply, self.tx);
+            self.push(
+                Req::Query,
+                Reply::Synthetic(reply.freeze()),
+                Hook::None,
+                None,
+            );
+        } else {
+            self.push(
+                Req::Parse,
+                Reply::Synthetic(reply.freeze()),
+                Hook::None,
+                None,
+            );
+            self.skip_to_sync = true;
+        }
+    }
+}
