@@ -116,8 +116,8 @@ fn prepared(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(256);
         b.iter(|| {
             out.clear();
-            let (portal, _, at) = messages::bind(frame.body()).unwrap();
-            messages::write_bind(&mut out, portal, &held.name, &frame.body()[at..]);
+            let b = pgmux::protocol::frontend::bind(frame.body()).unwrap();
+            messages::write_bind(&mut out, b.portal, &held.name, b.rest);
             out.len()
         })
     });

@@ -25,6 +25,7 @@ use pgmux::prepared::{
 };
 use pgmux::protocol::expect::{Expect, Outcome, Reply, Req};
 use pgmux::protocol::frame::split_frame;
+use pgmux::protocol::frontend::{self as reader, Message};
 use pgmux::protocol::{startup, ErrorFields, Frame, TxStatus};
 use postgres_protocol::message::frontend;
 use rand::rngs::StdRng;
@@ -339,14 +340,16 @@ fn prepared_readers_and_rewriters() {
             bounded(input.len() * 4 + ahead + 4096, &input, || {
                 for f in frames(&input, 1 << 20) {
                     let body = f.body();
-                    let _ = messages::parse(body);
-                    let _ = messages::target(body);
-                    if let Some((portal, _, at)) = messages::bind(body) {
+                    let _ = reader::parse(body);
+                    let _ = reader::target(body);
+                    if let Some(b) = reader::bind(body) {
+                        let _ = b.values();
                         let mut out = BytesMut::new();
-                        messages::write_bind(&mut out, portal, b"pgmux_1", &body[at..]);
+                        messages::write_bind(&mut out, b.portal, b"pgmux_1", b.rest);
                         let again = frames(&out, 1 << 20);
                         assert_eq!(again.len(), 1, "a rewritten Bind must frame as one message");
                     }
+                    let _ = Message::read(&f).text();
                     let _ = messages::sql_effect(body);
                     let _ = pgmux::sql::effects(body);
                 }
@@ -374,9 +377,11 @@ fn tracker_sequences() {
             let held = r.random_range(0..4) > 0;
             // The session asks before routing whether to take a server:
             // the answer must be what routing then finds.
-            let predicted = tracker.needs_server(&f, &registry, TxStatus::Idle);
+            let msg = Message::read(&f);
+            let predicted = tracker.needs_server(&msg, &registry, TxStatus::Idle);
             let mut out = Outbox::new(&mut sout, &mut replies);
             let routed = tracker.route(
+                &msg,
                 &f,
                 held.then_some(&mut server),
                 &registry,

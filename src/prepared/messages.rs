@@ -1,70 +1,8 @@
-//! Reading and rewriting the statement names in Parse, Bind, Describe and
-//! Close bodies, and reading a Bind's values. Every reader checks the
-//! body's layout exactly and returns `None` for anything malformed, so
-//! client bytes can't cause a panic.
+//! Rewriting the statement name of a Bind, and reading what a simple
+//! query does to prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
+//! `DISCARD`). Message bodies are read by [`crate::protocol::frontend`].
 
 use bytes::{BufMut, BytesMut};
-
-use crate::protocol::frame::{cstr, read_i16, read_i32};
-
-/// The parts of a Parse body.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ParseRef<'a> {
-    /// Statement name (empty: the unnamed statement).
-    pub name: &'a [u8],
-    /// Query text, without its NUL.
-    pub query: &'a [u8],
-    /// Parameter type count and OIDs, raw.
-    pub types: &'a [u8],
-}
-
-/// Splits a Parse body: `name\0 query\0 int16 n, n × int32`.
-pub fn parse(body: &[u8]) -> Option<ParseRef<'_>> {
-    let (name, rest) = cstr(body)?;
-    let (query, types) = cstr(rest)?;
-    let (n, oids) = read_i16(types)?;
-    (n >= 0 && oids.len() == n as usize * 4).then_some(ParseRef { name, query, types })
-}
-
-/// Splits a Bind body into portal name, statement name and the offset of
-/// what follows the statement name.
-pub fn bind(body: &[u8]) -> Option<(&[u8], &[u8], usize)> {
-    let (portal, rest) = cstr(body)?;
-    let (stmt, tail) = cstr(rest)?;
-    Some((portal, stmt, body.len() - tail.len()))
-}
-
-/// The parameter values of a Bind body (`None` for NULL), as sent: text,
-/// or binary (for `text` parameters the same bytes).
-pub fn bind_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let (_, _, at) = bind(body)?;
-    let (formats, rest) = read_i16(&body[at..])?;
-    let rest = rest.get(usize::try_from(formats).ok()? * 2..)?;
-    let (count, mut rest) = read_i16(rest)?;
-    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
-    for _ in 0..count {
-        let (len, tail) = read_i32(rest)?;
-        rest = tail;
-        // A negative length is NULL.
-        let value = match usize::try_from(len) {
-            Ok(len) => {
-                let value = rest.get(..len)?;
-                rest = &rest[len..];
-                Some(value)
-            }
-            Err(_) => None,
-        };
-        values.push(value);
-    }
-    Some(values)
-}
-
-/// Splits a Describe or Close body: kind (`S` or `P`) and name.
-pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
-    let (&kind, rest) = body.split_first()?;
-    let (name, tail) = cstr(rest)?;
-    (matches!(kind, b'S' | b'P') && tail.is_empty()).then_some((kind, name))
-}
 
 /// Writes a Bind whose statement name is replaced by `stmt`.
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
@@ -208,46 +146,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_bind_values() {
-        let mut body = b"\0s1\0".to_vec();
-        body.extend_from_slice(&1i16.to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&3i16.to_be_bytes());
-        for v in [&b"app.x"[..], b""] {
-            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            body.extend_from_slice(v);
-        }
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
-        let values = bind_values(&body).expect("a well-formed Bind");
-        assert_eq!(values, [Some(&b"app.x"[..]), Some(&b""[..]), None]);
-        // Cut short anywhere: None, never a panic.
-        for at in 0..body.len() - 2 {
-            assert_eq!(bind_values(&body[..at]), None, "{at}");
-        }
-    }
-
-    #[test]
-    fn reads_parse_exactly() {
-        let body = b"s1\0select $1\0\0\x01\0\0\0\x17";
-        let p = parse(body).unwrap();
-        assert_eq!((p.name, p.query), (&b"s1"[..], &b"select $1"[..]));
-        assert!(parse(&body[..body.len() - 1]).is_none());
-        assert!(parse(b"a\0").is_none());
-        assert!(parse(b"a\0b\0\xff\xff").is_none());
-    }
-
-    #[test]
     fn rewrites_bind() {
+        use crate::protocol::frontend::bind;
         let body = b"p\0s1\0\0\0\0\0\0\0";
-        let (portal, stmt, at) = bind(body).unwrap();
-        assert_eq!((portal, stmt), (&b"p"[..], &b"s1"[..]));
+        let b = bind(body).unwrap();
+        assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
         let mut out = BytesMut::new();
-        write_bind(&mut out, portal, b"pgmux_7", &body[at..]);
+        write_bind(&mut out, b.portal, b"pgmux_7", b.rest);
         let f = crate::protocol::frame::split_frame(&mut out, 1024)
             .unwrap()
             .unwrap();
-        assert_eq!(bind(f.body()).unwrap().1, b"pgmux_7");
+        assert_eq!(bind(f.body()).unwrap().statement, b"pgmux_7");
     }
 
     #[test]
@@ -290,8 +199,5 @@ mod tests {
             SqlEffect::Deallocate(b"S_1".to_vec())
         );
         assert_eq!(sql_effect(b"select 1; discard all"), SqlEffect::None);
-        assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
-        assert_eq!(target(b"Xname\0"), None);
-        assert_eq!(target(b"Sname\0junk"), None);
     }
 }

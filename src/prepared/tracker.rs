@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::messages::{self, ParseRef, SqlEffect, SqlPrepared};
+use super::messages::{self, SqlEffect, SqlPrepared};
 use super::outbox::{duplicate, lossy, Limits, Malformed, Outbox, Routed};
 use super::{ClientStatements, Hook, Registry, ServerStatements, Statement, SQL_PREPARE};
 use crate::protocol::expect::{Reply, Req};
-use crate::protocol::frame::cstr;
-use crate::protocol::{encode, fe, Frame, SqlState, TxStatus};
+use crate::protocol::frontend::{Bind, Message, Parse, Target};
+use crate::protocol::{encode, Frame, SqlState, TxStatus};
 use crate::sql::Effects;
 
 /// Names of pgmux's own server-side statements: clients may not use them.
@@ -38,7 +38,7 @@ macro_rules! held {
     ($server:expr) => {
         match $server {
             Some(s) => s,
-            None => return Ok(Routed::NeedServer),
+            None => return Routed::NeedServer,
         }
     };
 }
@@ -76,21 +76,24 @@ impl Tracker {
         !name.is_empty() || self.limits.track_unnamed
     }
 
-    /// Routes one client message. `tx` is the client's transaction status.
+    /// Routes one client message, `msg` as read from `frame`. `tx` is the
+    /// client's transaction status.
     pub fn route(
         &mut self,
+        msg: &Message<'_>,
         frame: &Frame,
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
     ) -> Result<Routed, Malformed> {
-        match frame.tag() {
-            fe::PARSE => self.parse(frame, server, registry, out),
-            fe::BIND => self.bind(frame, server, registry, out),
-            fe::DESCRIBE => self.describe(frame, server, registry, out),
-            fe::CLOSE => self.close(frame, server.is_some(), out),
-            fe::QUERY => self.query(frame, server, registry, tx, out),
+        match *msg {
+            Message::Parse(p) => Ok(self.parse(p, frame, server, registry, out)),
+            Message::Bind(b) => Ok(self.bind(b, server, registry, out)),
+            Message::Describe(t) => Ok(self.describe(t, server, registry, out)),
+            Message::Close(t) => Ok(self.close(t, frame, server.is_some(), out)),
+            Message::Query(sql) => Ok(self.query(sql, server, registry, tx, out)),
+            Message::Malformed(kind) => Err(Malformed(kind)),
             _ => Ok(Routed::Untracked),
         }
     }
@@ -100,29 +103,27 @@ impl Tracker {
     /// session takes a server first and routes once; `None` for a message
     /// this does not track. Agrees with `route` (which still answers
     /// `NeedServer` if a statement confirmed here was freed meanwhile).
-    pub fn needs_server(&self, frame: &Frame, registry: &Registry, tx: TxStatus) -> Option<bool> {
-        let body = frame.body();
-        // A malformed message is refused here: it needs no server.
-        Some(match frame.tag() {
-            fe::PARSE => messages::parse(body).is_some_and(|p| {
+    pub fn needs_server(
+        &self,
+        msg: &Message<'_>,
+        registry: &Registry,
+        tx: TxStatus,
+    ) -> Option<bool> {
+        Some(match *msg {
+            Message::Parse(p) => {
                 if !self.tracks(p.name) || (!p.name.is_empty() && self.names.get(p.name).is_some())
                 {
-                    return true;
+                    return Some(true);
                 }
                 self.over_limit(p.name).is_none() && !registry.is_confirmed(p.query, p.types)
-            }),
-            fe::BIND => {
-                messages::bind(body).is_some_and(|(_, name, _)| self.use_needs_server(name))
             }
-            fe::DESCRIBE => match messages::target(body) {
-                None => false,
-                Some((b'S', name)) => self.use_needs_server(name),
-                Some(_) => return None,
-            },
-            fe::CLOSE => false,
-            fe::QUERY => {
-                cstr(body).is_some_and(|(sql, _)| self.query_needs_server(sql, registry, tx))
-            }
+            Message::Bind(b) => self.use_needs_server(b.statement),
+            Message::Describe(Target { kind: b'S', name }) => self.use_needs_server(name),
+            Message::Describe(_) => return None,
+            Message::Close(_) => false,
+            Message::Query(sql) => self.query_needs_server(sql, registry, tx),
+            // Refused here: it needs no server.
+            Message::Malformed(_) => false,
             _ => return None,
         })
     }
@@ -164,72 +165,72 @@ impl Tracker {
 
     fn bind(
         &mut self,
-        frame: &Frame,
+        b: Bind<'_>,
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
-        let body = frame.body();
-        let (portal, name, at) = messages::bind(body).ok_or(Malformed("Bind"))?;
-        if !self.tracks(name) {
-            return Ok(self.use_unnamed(Req::Bind, server.is_some(), out));
+    ) -> Routed {
+        if !self.tracks(b.statement) {
+            return self.use_unnamed(Req::Bind, server.is_some(), out);
         }
-        self.use_named(Req::Bind, name, server, registry, out, |o, renamed| {
-            messages::write_bind(o, portal, renamed, &body[at..])
-        })
+        self.use_named(
+            Req::Bind,
+            b.statement,
+            server,
+            registry,
+            out,
+            |o, renamed| messages::write_bind(o, b.portal, renamed, b.rest),
+        )
     }
 
     /// Describe of a statement (a portal's is not tracked).
     fn describe(
         &mut self,
-        frame: &Frame,
+        t: Target<'_>,
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
-        let (kind, name) = messages::target(frame.body()).ok_or(Malformed("Describe"))?;
-        match kind {
-            b'S' if !self.tracks(name) => {
-                Ok(self.use_unnamed(Req::Describe, server.is_some(), out))
-            }
-            b'S' => self.use_named(Req::Describe, name, server, registry, out, |o, n| {
+    ) -> Routed {
+        match t.kind {
+            b'S' if !self.tracks(t.name) => self.use_unnamed(Req::Describe, server.is_some(), out),
+            b'S' => self.use_named(Req::Describe, t.name, server, registry, out, |o, n| {
                 encode::describe_statement(o, n)
             }),
-            _ => Ok(Routed::Untracked),
+            _ => Routed::Untracked,
         }
     }
 
     fn parse(
         &mut self,
+        p: Parse<'_>,
         frame: &Frame,
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
-        let p = messages::parse(frame.body()).ok_or(Malformed("Parse"))?;
+    ) -> Routed {
         if !self.tracks(p.name) {
             held!(server);
             self.unnamed_here = true;
             out.forward(Req::Parse, Hook::None);
-            return Ok(Routed::Done);
+            return Routed::Done;
         }
         let name = frame.raw().slice_ref(p.name);
         if !name.is_empty() && self.names.get(&name).is_some() {
             held!(server);
             duplicate_parse(&p, &name, out);
-            return Ok(Routed::Done);
+            return Routed::Done;
         }
         if let Some(msg) = self.over_limit(&name) {
             out.local_error(Req::Parse, SqlState::PROGRAM_LIMIT_EXCEEDED, &msg);
-            return Ok(Routed::Done);
+            return Routed::Done;
         }
         let stmt = registry.get_or_insert(p.query, p.types);
         let Some(answer_here) = answerable(&stmt, &server) else {
-            return Ok(Routed::NeedServer);
+            return Routed::NeedServer;
         };
         let here = || (Req::Parse, encode::parse_complete());
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
-        Ok(Routed::Done)
+        Routed::Done
     }
 
     /// The error for a Parse past `max_client_prepared_statements`, if it is.
@@ -332,7 +333,7 @@ impl Tracker {
         registry: &Registry,
         out: &mut Outbox<'_>,
         write: impl FnOnce(&mut BytesMut, &[u8]),
-    ) -> Result<Routed, Malformed> {
+    ) -> Routed {
         // A SQL-prepared name reached through Bind/Describe is left to the
         // server (a Query PREPARE can't be injected inside an extended
         // batch): it answers 26000, a documented limit.
@@ -340,17 +341,17 @@ impl Tracker {
             // The server's own unnamed statement may be another client's.
             if name.is_empty() || is_reserved(name) {
                 out.no_such_statement(req, name);
-                return Ok(Routed::Done);
+                return Routed::Done;
             }
             held!(server);
             out.forward(req, Hook::None);
-            return Ok(Routed::Done);
+            return Routed::Done;
         };
         let server = held!(server);
         ensure_prepared(server, &stmt, self.limits, registry, out);
         write(out.sout, &stmt.name);
         out.expect(req, Reply::Forward, Hook::Uses(stmt));
-        Ok(Routed::Done)
+        Routed::Done
     }
 
     /// Bind or Describe of the unnamed statement when it is not shared: it
@@ -366,13 +367,8 @@ impl Tracker {
         Routed::Done
     }
 
-    fn close(
-        &mut self,
-        frame: &Frame,
-        held: bool,
-        out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
-        let (kind, name) = messages::target(frame.body()).ok_or(Malformed("Close"))?;
+    fn close(&mut self, t: Target<'_>, frame: &Frame, held: bool, out: &mut Outbox<'_>) -> Routed {
+        let Target { kind, name } = t;
         if kind == b'S' && self.tracks(name) {
             // The server's copy is shared: only this client's name goes.
             let hook = match self.names.remove(name) {
@@ -380,7 +376,7 @@ impl Tracker {
                 None => Hook::None,
             };
             out.expect(Req::Close, Reply::Synthetic(encode::close_complete()), hook);
-            return Ok(Routed::Done);
+            return Routed::Done;
         }
         if !held {
             // No server held means no portal and no unnamed statement exist.
@@ -389,23 +385,20 @@ impl Tracker {
                 Reply::Synthetic(encode::close_complete()),
                 Hook::None,
             );
-            return Ok(Routed::Done);
+            return Routed::Done;
         }
         out.forward(Req::Close, Hook::None);
-        Ok(Routed::Done)
+        Routed::Done
     }
 
     fn query(
         &mut self,
-        frame: &Frame,
+        sql: &[u8],
         mut server: Option<&mut ServerStatements>,
         registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
-        let sql = cstr(frame.body())
-            .map(|(s, _)| s)
-            .ok_or(Malformed("Query"))?;
+    ) -> Routed {
         // A simple Query destroys the unnamed statement, whatever it runs
         // (done again if this returns NeedServer: it is idempotent).
         self.unnamed_here = false;
@@ -417,16 +410,16 @@ impl Tracker {
         // which refuses it as PostgreSQL does.
         match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
             Some(SqlPrepared::Prepare { name, rest }) => {
-                return Ok(self.sql_prepare(name, rest, server, registry, tx, out));
+                return self.sql_prepare(name, rest, server, registry, tx, out);
             }
             Some(SqlPrepared::Execute { name, at }) => {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
                 if let Some(stmt) = stmt {
                     let Some(s) = server.as_deref_mut() else {
-                        return Ok(Routed::NeedServer);
+                        return Routed::NeedServer;
                     };
                     sql_execute(sql, at, stmt, s, self.limits, registry, out);
-                    return Ok(Routed::Done);
+                    return Routed::Done;
                 }
             }
             None => {}
@@ -462,7 +455,7 @@ impl Tracker {
             }
             _ => out.forward(Req::Query, Hook::None),
         }
-        Ok(Routed::Done)
+        Routed::Done
     }
 }
 
@@ -470,7 +463,7 @@ impl Tracker {
 /// before the duplicate name, so the server checks the query (under a name
 /// of pgmux's own, closed right after, so the client's unnamed statement
 /// stays as it was) and only its success becomes the 42P05 error.
-fn duplicate_parse(p: &ParseRef<'_>, name: &[u8], out: &mut Outbox<'_>) {
+fn duplicate_parse(p: &Parse<'_>, name: &[u8], out: &mut Outbox<'_>) {
     const CHECK: &[u8] = b"pgmux_check";
     encode::parse_raw(out.sout, CHECK, p.query, p.types);
     encode::close_statement(out.sout, CHECK);

@@ -9,6 +9,7 @@ pub mod encode;
 pub mod error;
 pub mod expect;
 pub mod frame;
+pub mod frontend;
 pub mod startup;
 
 pub use error::{ErrorFields, SqlState};

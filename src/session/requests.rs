@@ -5,6 +5,7 @@ use super::core::{Plan, Policy};
 use super::{fatal, End, Session};
 use crate::config::SessionState;
 use crate::protocol::frame::split_frame;
+use crate::protocol::frontend::Message;
 use crate::protocol::{Frame, SqlState};
 use crate::stats::ErrorReason;
 
@@ -33,6 +34,7 @@ impl Session {
     /// One client message, carried through the core: planned once, a
     /// server taken if it needs one, routed once. `true` for a Terminate.
     async fn on_client_frame(&mut self, frame: Frame) -> Result<bool, End> {
+        let msg = Message::read(&frame);
         let plan = {
             let pool = &self.pool;
             let refuses_state = || pool.settings().session_state == SessionState::Error;
@@ -40,7 +42,7 @@ impl Session {
                 registry: &self.ctx.statements,
                 refuses_state: &refuses_state,
             };
-            self.core.plan(&frame, self.server.is_some(), &policy)?
+            self.core.plan(&msg, self.server.is_some(), &policy)?
         };
         let effects = match plan {
             Plan::Done => return Ok(false),
@@ -54,6 +56,7 @@ impl Session {
         // Once more only if a statement the plan found ready was freed in
         // between: the core changed nothing then.
         while !self.core.carry(
+            &msg,
             &frame,
             effects,
             self.server.as_deref_mut(),

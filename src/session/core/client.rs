@@ -10,9 +10,10 @@ use crate::config::PoolMode;
 use crate::prepared::{Flags, Hook, Outbox, Registry, Routed};
 use crate::protocol::error::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
+use crate::protocol::frontend::Message;
 use crate::protocol::{encode, fe, Frame, SqlState};
 use crate::server::ServerConn;
-use crate::session::effects::{message_effects, statement_text};
+use crate::session::effects::message_effects;
 use crate::session::pin::hint;
 use crate::session::{fatal, End};
 use crate::sql::Effects;
@@ -50,38 +51,36 @@ pub(in crate::session) struct Policy<'a> {
 }
 
 impl Core {
-    /// Reads a client message once: dropped (a batch skipping to its
-    /// Sync), refused, the end of the session, or to be carried, now or
-    /// once a server is held. Nothing is routed yet.
+    /// Looks at a client message, read once ([`Message::read`]): dropped
+    /// (a batch skipping to its Sync), refused, the end of the session, or
+    /// to be carried, now or once a server is held. Nothing is routed yet.
     pub(in crate::session) fn plan(
         &mut self,
-        frame: &Frame,
+        msg: &Message<'_>,
         held: bool,
         policy: &Policy<'_>,
     ) -> Result<Plan, End> {
-        let tag = frame.tag();
-        match tag {
-            fe::TERMINATE => return Ok(Plan::Terminate),
-            fe::PASSWORD => {
+        match msg {
+            Message::Terminate => return Ok(Plan::Terminate),
+            Message::Password => {
                 let msg = "unexpected password message after login";
                 return Err(fatal(SqlState::PROTOCOL_VIOLATION, msg));
             }
+            Message::Sync => {}
+            _ if self.skip_to_sync => return Ok(Plan::Done),
             _ => {}
         }
-        if self.skip_to_sync && tag != fe::SYNC {
-            return Ok(Plan::Done);
-        }
         self.skip_to_sync = false;
-        let effects = message_effects(frame);
+        let effects = message_effects(msg);
         if effects.pins
             && self.mode == PoolMode::Transaction
-            && !self.maps_sql_prepare(frame)
+            && !self.maps_sql_prepare(msg)
             && (policy.refuses_state)()
         {
-            self.refuse_session_state(frame);
+            self.refuse_session_state(msg);
             return Ok(Plan::Done);
         }
-        if held || !self.needs_server(frame, policy.registry) {
+        if held || !self.needs_server(msg, policy.registry) {
             Ok(Plan::Carry(effects))
         } else {
             Ok(Plan::NeedServer(effects))
@@ -92,12 +91,12 @@ impl Core {
     /// tracker can answer itself (a Parse some server has accepted, a
     /// Close, a statement this client may not reach) and a Sync or Flush
     /// with nothing outstanding do not.
-    fn needs_server(&self, frame: &Frame, registry: &Registry) -> bool {
+    fn needs_server(&self, msg: &Message<'_>, registry: &Registry) -> bool {
         let tracked = self
             .stmts
             .as_ref()
-            .and_then(|t| t.needs_server(frame, registry, self.tx));
-        tracked.unwrap_or(!matches!(frame.tag(), fe::SYNC | fe::FLUSH))
+            .and_then(|t| t.needs_server(msg, registry, self.tx));
+        tracked.unwrap_or(!matches!(msg, Message::Sync | Message::Flush))
     }
 
     /// Routes a planned message: into the server's buffer with the replies
@@ -105,26 +104,26 @@ impl Core {
     /// server after all (nothing was changed: hold one and carry again).
     pub(in crate::session) fn carry(
         &mut self,
+        msg: &Message<'_>,
         frame: &Frame,
         effects: Effects,
         mut server: Option<&mut ServerConn>,
         registry: &Registry,
     ) -> Result<bool, End> {
-        let tag = frame.tag();
         // What the tracker knows of a statement beats what its text says
         // (an EXECUTE of a known statement, a mapped PREPARE), except that
         // a SQL EXECUTE passes `set_config($n, ...)` its name as an
         // expression pgmux does not evaluate.
-        let known = match self.route_tracked(frame, server.as_deref_mut(), registry)? {
+        let known = match self.route_tracked(msg, frame, server.as_deref_mut(), registry)? {
             Tracked::NeedServer => return Ok(false),
             Tracked::Routed(known) => known,
             Tracked::No => {
-                match tag {
+                match msg {
                     // With no server held nothing is outstanding: answer it here.
-                    fe::SYNC if server.is_none() => {
+                    Message::Sync if server.is_none() => {
                         encode::ready_for_query(&mut self.cout, self.tx)
                     }
-                    fe::FLUSH if server.is_none() => {}
+                    Message::Flush if server.is_none() => {}
                     _ if server.is_none() => return Ok(false),
                     _ => self.forward(frame, Hook::None, server.as_deref_mut()),
                 }
@@ -134,14 +133,14 @@ impl Core {
         // Names come from the text even when the tracker answers the
         // Parse itself, and from the Binds of a client that prepared
         // `set_config($n, ...)`.
-        if self.mode == PoolMode::Transaction
-            && (effects.settings || (tag == fe::BIND && self.scan_binds))
+        let is_bind = matches!(msg, Message::Bind(_));
+        if self.mode == PoolMode::Transaction && (effects.settings || (is_bind && self.scan_binds))
         {
-            self.watch_setting_names(frame, effects);
+            self.watch_setting_names(msg, effects);
         }
         let effects = match known {
             Some(mut known) => {
-                if tag == fe::QUERY && known.param_settings {
+                if matches!(msg, Message::Query(_)) && known.param_settings {
                     known.unnamed_settings = true;
                 }
                 known
@@ -149,7 +148,7 @@ impl Core {
             None => effects,
         };
         if effects.any() {
-            self.note_effects(frame, effects, server);
+            self.note_effects(msg, effects, server);
         }
         Ok(true)
     }
@@ -158,6 +157,7 @@ impl Core {
     /// requests are carried out when it is done.
     fn route_tracked(
         &mut self,
+        msg: &Message<'_>,
         frame: &Frame,
         mut server: Option<&mut ServerConn>,
         registry: &Registry,
@@ -168,7 +168,7 @@ impl Core {
         let mut out = Outbox::new(&mut self.sout, &mut self.routed);
         let statements = server.as_deref_mut().map(|s| &mut s.statements);
         let routed = tracker
-            .route(frame, statements, registry, self.tx, &mut out)
+            .route(msg, frame, statements, registry, self.tx, &mut out)
             .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
         let flags = out.flags;
         Ok(match routed {
@@ -215,16 +215,16 @@ impl Core {
     /// client has prepared `set_config($n, ...)` (any Bind may run it).
     /// Past what pgmux follows, the transaction counts as setting names it
     /// cannot read back.
-    fn watch_setting_names(&mut self, frame: &Frame, effects: Effects) {
+    fn watch_setting_names(&mut self, msg: &Message<'_>, effects: Effects) {
         self.scan_binds |= effects.param_settings;
-        let names = match frame.tag() {
+        let names = match msg {
             // Any Bind may run it, in this transaction or a later one.
-            fe::BIND => {
+            Message::Bind(b) => {
                 self.touched.settings = true;
-                crate::prepared::messages::bind_values(frame.body())
+                b.values()
                     .and_then(|v| crate::sql::bound_setting_names(v.into_iter().flatten()))
             }
-            _ => statement_text(frame).and_then(crate::sql::setting_names),
+            _ => msg.text().and_then(crate::sql::setting_names),
         };
         let followed = names.is_some_and(|n| n.is_empty() || self.params.watch(n));
         if !followed {
@@ -237,12 +237,17 @@ impl Core {
     /// is lent again. A Parse that may change identity and stays on the
     /// server under a name anyone may execute (statement tracking off)
     /// taints that server for good.
-    fn note_effects(&mut self, frame: &Frame, effects: Effects, server: Option<&mut ServerConn>) {
+    fn note_effects(
+        &mut self,
+        msg: &Message<'_>,
+        effects: Effects,
+        server: Option<&mut ServerConn>,
+    ) {
         self.touched |= effects;
         if effects.pins && self.mode == PoolMode::Transaction {
-            self.pin_hint = statement_text(frame).map(hint);
+            self.pin_hint = msg.text().map(hint);
         }
-        if effects.identity && frame.tag() == fe::PARSE && self.stmts.is_none() {
+        if effects.identity && matches!(msg, Message::Parse(_)) && self.stmts.is_none() {
             if let Some(s) = server {
                 s.mark_identity_sticky();
             }
@@ -251,33 +256,32 @@ impl Core {
 
     /// Whether the prepared-statement tracker maps this Query's SQL-level
     /// `PREPARE` (so it creates no state that pins).
-    fn maps_sql_prepare(&self, frame: &Frame) -> bool {
+    fn maps_sql_prepare(&self, msg: &Message<'_>) -> bool {
         use crate::prepared::messages::{sql_prepared, SqlPrepared};
-        self.stmts.is_some()
-            && frame.tag() == fe::QUERY
-            && matches!(
-                statement_text(frame).and_then(sql_prepared),
-                Some(SqlPrepared::Prepare { .. })
-            )
+        match msg {
+            Message::Query(sql) if self.stmts.is_some() => {
+                matches!(sql_prepared(sql), Some(SqlPrepared::Prepare { .. }))
+            }
+            _ => false,
+        }
     }
 
     /// Answers a statement that would create such state with 0A000 instead
     /// of running it. A Query gets its ReadyForQuery (the transaction status
     /// is unchanged: the server never saw it); a Parse ends its batch.
-    fn refuse_session_state(&mut self, frame: &Frame) {
-        let text = statement_text(frame);
-        let msg = format!(
+    fn refuse_session_state(&mut self, msg: &Message<'_>) {
+        let text = format!(
             "\"{}\" keeps state on its server, which this pool does not allow in transaction mode (session_state = \"error\")",
-            text.map(hint).unwrap_or_default()
+            msg.text().map(hint).unwrap_or_default()
         );
         let mut reply = BytesMut::new();
         write_error(
             &mut reply,
             Severity::Error,
             SqlState::FEATURE_NOT_SUPPORTED.0,
-            &msg,
+            &text,
         );
-        if frame.tag() == fe::QUERY {
+        if matches!(msg, Message::Query(_)) {
             encode::ready_for_query(&mut reply, self.tx);
             self.push(
                 Req::Query,
