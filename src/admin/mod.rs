@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use crate::config::{ADMIN_DATABASE, PGBOUNCER_DATABASE};
 pub use commands::Command;
 pub use show::{totals_by_database, Kind, Show};
 
@@ -23,13 +24,6 @@ use crate::tls::Stream;
 
 /// The server_version the admin console reports.
 pub const SERVER_VERSION: &str = "15.0 (pgmux admin)";
-
-/// The name of the admin console's virtual database.
-pub const ADMIN_DATABASE: &str = "pgmux";
-
-/// PgBouncer's name for it, which exporters and scripts connect to; the
-/// console answers to it too unless a real database has that name.
-pub const PGBOUNCER_DATABASE: &str = "pgbouncer";
 
 /// Whether a client asking for `database` reaches the admin console.
 pub fn is_console(database: &str, configured: bool) -> bool {

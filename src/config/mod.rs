@@ -15,6 +15,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The name of the admin console's virtual database. It lives here, not
+/// in `admin`, because [`Config::database`] must keep the console's names
+/// out of the `*` fallback, and `config` depends on nothing above it.
+pub const ADMIN_DATABASE: &str = "pgmux";
+
+/// PgBouncer's name for the admin console, which exporters and scripts
+/// connect to; the console answers to it too unless a real database has
+/// that name.
+pub const PGBOUNCER_DATABASE: &str = "pgbouncer";
+
 /// A configuration error: what is wrong and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -564,9 +574,7 @@ impl Config {
     /// through the fallback.
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.get(name).or_else(|| {
-            let console =
-                name == crate::admin::ADMIN_DATABASE || name == crate::admin::PGBOUNCER_DATABASE;
-            if console {
+            if name == ADMIN_DATABASE || name == PGBOUNCER_DATABASE {
                 None
             } else {
                 self.databases.get("*")
