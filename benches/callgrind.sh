@@ -7,6 +7,7 @@
 #   (default: target/release/pgmux, built if missing)
 #   PGMUX_CALLGRIND_PGBOUNCER=/path/to/pgbouncer adds a PgBouncer column.
 #   PGMUX_CALLGRIND_TX=300 transactions per client (4 clients, 1 thread).
+#   PGMUX_CALLGRIND_KEEP=DIR keeps each profile there (callgrind_annotate).
 #
 # Each load runs a warm-up with instrumentation off, then a fixed run with
 # it on; the count covers only that run (logins of its 4 clients included).
@@ -106,7 +107,12 @@ measure() {
   local file ir
   file=$(ls -t "$work"/cg.*.* "$work"/pgb/cg.*.* 2>/dev/null | head -1)
   ir=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
-  rm -f "$file"
+  if [ -n "${PGMUX_CALLGRIND_KEEP:-}" ]; then
+    mkdir -p "$PGMUX_CALLGRIND_KEEP"
+    mv "$file" "$PGMUX_CALLGRIND_KEEP/$(echo "$LOAD_NAME" | tr -c 'a-zA-Z0-9\n' '_').out"
+  else
+    rm -f "$file"
+  fi
   echo $(( ir / (CLIENTS * TX) ))
 }
 
@@ -126,7 +132,7 @@ for t in "${targets[@]}"; do
   wait_port "$port"
   for l in "${loads[@]}"; do
     # shellcheck disable=SC2086
-    result["$t|${l%%|*}"]=$(measure "$port" ${l#*|})
+    result["$t|${l%%|*}"]=$(LOAD_NAME="$(basename "$t") ${l%%|*}" measure "$port" ${l#*|})
   done
   kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null || true
   proxy_pid=
