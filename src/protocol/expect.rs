@@ -321,8 +321,12 @@ impl<H> Expect<H> {
     /// waiting for a Sync, and the hooks of everything abandoned (to undo,
     /// last first).
     pub fn abandon(&mut self) -> (usize, bool, Vec<H>) {
-        let readies = self.q.iter().filter(|e| e.req.ends_with_ready()).count();
-        let tail = self.q.back().is_some_and(|e| !e.req.ends_with_ready());
+        // Only what the client asked for is owed: a Sync or Query pgmux
+        // injected (before a SQL PREPARE, an EXECUTE's PREPARE) owes it
+        // nothing.
+        let mut owed = self.q.iter().filter(|e| !matches!(e.reply, Reply::Swallow));
+        let readies = owed.clone().filter(|e| e.req.ends_with_ready()).count();
+        let tail = owed.next_back().is_some_and(|e| !e.req.ends_with_ready());
         let hooks = self.q.drain(..).map(|e| e.hook).collect();
         self.skipping = false;
         self.copy_owes_sync = false;
@@ -345,6 +349,23 @@ mod tests {
         let mut b = BytesMut::new();
         encode::ready_for_query(&mut b, crate::protocol::TxStatus::Idle);
         Frame::from_raw(b.freeze())
+    }
+
+    #[test]
+    fn a_lost_server_owes_only_what_the_client_asked() {
+        // An EXECUTE behind the PREPARE pgmux injected, the server lost
+        // before either answered: one error and ReadyForQuery, not two.
+        let mut e: Expect<u8> = Expect::default();
+        let mut out = BytesMut::new();
+        e.push(Req::Query, Reply::Swallow, 1, &mut out);
+        e.push(Req::Query, Reply::Forward, 2, &mut out);
+        assert_eq!(e.abandon(), (1, false, vec![1, 2]));
+        // A batch behind an injected Close and Sync still waits for the
+        // client's Sync.
+        e.push(Req::Close, Reply::Swallow, 1, &mut out);
+        e.push(Req::Sync, Reply::Swallow, 2, &mut out);
+        e.push(Req::Parse, Reply::Forward, 3, &mut out);
+        assert_eq!(e.abandon(), (0, true, vec![1, 2, 3]));
     }
 
     #[test]

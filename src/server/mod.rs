@@ -217,6 +217,14 @@ impl ServerConn {
         }
     }
 
+    /// A connection whose replies a test writes into `rbuf` itself, to
+    /// drive the session core against a scripted server: its socket is
+    /// never read or written.
+    #[cfg(test)]
+    pub(crate) fn scripted(stream: Stream) -> Self {
+        Self::new(stream, SocketAddr::from(([127, 0, 0, 1], 5432)))
+    }
+
     /// When the connection was opened.
     pub fn created(&self) -> Instant {
         self.created

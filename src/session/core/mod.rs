@@ -15,6 +15,8 @@
 
 mod client;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub(super) use client::{Plan, Policy};
 pub(super) use server::Replies;

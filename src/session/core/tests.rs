@@ -1,0 +1,343 @@
+//! The core driven as the shell drives it, against scripted servers that
+//! answer as PostgreSQL does, for hundreds of thousands of random steps:
+//! extended batches with and without Sync, errors mid-batch, SQL-level
+//! PREPARE/EXECUTE/DEALLOCATE, transactions, a server lost at any point,
+//! and a different server for each transaction.
+//!
+//! What must hold whatever the order:
+//! - every Query and every Sync the client sends gets exactly one
+//!   ReadyForQuery, in the order sent (a lost server included);
+//! - a server goes back to the pool only when it is idle: no transaction,
+//!   no batch waiting for its Sync, nothing unanswered;
+//! - a statement pgmux names on a server (`pgmux_<n>`) exists there when
+//!   it is bound, described or executed: pgmux prepared it on that server
+//!   first, whichever server the client landed on.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{Core, Plan, Policy};
+use crate::config::PoolMode;
+use crate::prepared::{Limits, Registry, Tracker};
+use crate::protocol::error::{write_error, Severity};
+use crate::protocol::frame::split_frame;
+use crate::protocol::frontend::Message;
+use crate::protocol::{be, encode, fe, TxStatus};
+use crate::server::ServerConn;
+use crate::session::params::ClientParams;
+
+/// A PostgreSQL backend's protocol behaviour, as far as the core can tell.
+#[derive(Default)]
+struct Script {
+    /// Named statements prepared here (protocol and SQL level).
+    named: HashSet<Vec<u8>>,
+    /// The unnamed statement exists.
+    unnamed: bool,
+    /// An error in an extended batch: everything is skipped up to Sync.
+    skipping: bool,
+    tx: Option<TxStatus>,
+    /// Something the rules say cannot happen.
+    broken: Vec<String>,
+}
+
+impl Script {
+    fn status(&self) -> TxStatus {
+        self.tx.unwrap_or(TxStatus::Idle)
+    }
+
+    fn error(&mut self, out: &mut BytesMut, code: &str) {
+        write_error(out, Severity::Error, code, "scripted error");
+        if self.status() == TxStatus::InTransaction {
+            self.tx = Some(TxStatus::Failed);
+        }
+    }
+
+    /// A statement of pgmux's own must be here when it is used.
+    fn require(&mut self, name: &[u8], what: &str) -> bool {
+        let here = if name.is_empty() {
+            self.unnamed
+        } else {
+            self.named.contains(name)
+        };
+        if !here && name.starts_with(b"pgmux_") {
+            self.broken.push(format!(
+                "{what} of {} on a server that lacks it",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        here
+    }
+
+    /// Answers every whole message pgmux wrote.
+    fn answer(&mut self, sent: &mut BytesMut, out: &mut BytesMut) {
+        while let Ok(Some(frame)) = split_frame(sent, 1 << 20) {
+            let msg = Message::read(&frame);
+            if self.skipping && msg != Message::Sync {
+                continue;
+            }
+            match msg {
+                Message::Parse(p) => {
+                    if !p.name.is_empty() && self.named.contains(p.name) {
+                        self.error(out, "42P05");
+                        self.skipping = true;
+                    } else if p.query.starts_with(b"oops") {
+                        self.error(out, "42601");
+                        self.skipping = true;
+                    } else {
+                        if p.name.is_empty() {
+                            self.unnamed = true;
+                        } else {
+                            self.named.insert(p.name.to_vec());
+                        }
+                        out.extend_from_slice(&encode::parse_complete());
+                    }
+                }
+                Message::Bind(b) => {
+                    if self.require(b.statement, "Bind") {
+                        out.put_slice(&[be::BIND_COMPLETE, 0, 0, 0, 4]);
+                    } else {
+                        self.error(out, "26000");
+                        self.skipping = true;
+                    }
+                }
+                Message::Describe(t) if t.kind == b'S' && !self.require(t.name, "Describe") => {
+                    self.error(out, "26000");
+                    self.skipping = true;
+                }
+                Message::Describe(_) => out.put_slice(&[be::NO_DATA, 0, 0, 0, 4]),
+                Message::Close(t) => {
+                    if t.kind == b'S' {
+                        self.named.remove(t.name);
+                    }
+                    out.extend_from_slice(&encode::close_complete());
+                }
+                Message::Sync => {
+                    self.skipping = false;
+                    encode::ready_for_query(out, self.status());
+                }
+                Message::Query(q) => {
+                    self.query(q, out);
+                    encode::ready_for_query(out, self.status());
+                }
+                Message::Flush => {}
+                _ if frame.tag() == fe::EXECUTE => encode::command_complete(out, "SELECT 1"),
+                other => self.broken.push(format!("unexpected {other:?}")),
+            }
+        }
+    }
+
+    fn query(&mut self, text: &[u8], out: &mut BytesMut) {
+        let text = String::from_utf8_lossy(text).to_ascii_lowercase();
+        for stmt in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let words: Vec<&str> = stmt.split_whitespace().collect();
+            if self.status() == TxStatus::Failed && !matches!(words[0], "rollback" | "commit") {
+                self.error(out, "25P02");
+                return;
+            }
+            match words.as_slice() {
+                ["begin"] => self.tx = Some(TxStatus::InTransaction),
+                ["commit"] | ["rollback"] => self.tx = None,
+                ["oops", ..] => {
+                    self.error(out, "42601");
+                    return;
+                }
+                ["prepare", name, ..] if !self.named.insert(name.as_bytes().to_vec()) => {
+                    self.error(out, "42P05");
+                    return;
+                }
+                ["execute", name, ..] if !self.require(name.as_bytes(), "EXECUTE") => {
+                    self.error(out, "26000");
+                    return;
+                }
+                ["deallocate", "all"] | ["discard", "all"] => self.named.clear(),
+                ["deallocate", name] => {
+                    self.named.remove(name.as_bytes());
+                }
+                _ => {}
+            }
+            encode::command_complete(out, "OK");
+        }
+    }
+}
+
+/// What a driver sends next: a simple Query, or an extended batch of one
+/// to four messages ended by a Sync (a Flush may sit inside it), as libpq,
+/// JDBC and the Rust drivers do: no Query inside an open batch.
+fn client_step(r: &mut StdRng, out: &mut BytesMut) {
+    use postgres_protocol::message::frontend as f;
+    let queries = [
+        "SELECT 1",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "oops",
+        "PREPARE q1 AS SELECT 1",
+        "EXECUTE q1",
+        "DEALLOCATE q1",
+        "DEALLOCATE ALL",
+        "BEGIN; SELECT 1; COMMIT",
+        "SELECT 1; oops",
+    ];
+    if r.random_range(0..3) == 0 {
+        let q = queries[r.random_range(0..queries.len())];
+        f::query(q, out).expect("a Query encodes");
+        return;
+    }
+    let names = ["", "s1", "s2", "s3"];
+    let texts = ["SELECT 1", "SELECT $1", "oops", "SELECT 2"];
+    for _ in 0..r.random_range(1..5) {
+        let name = names[r.random_range(0..names.len())];
+        let text = texts[r.random_range(0..texts.len())];
+        let res = match r.random_range(0..6) {
+            0 => f::parse(name, text, std::iter::empty(), out),
+            1 => f::bind(
+                "",
+                name,
+                std::iter::empty::<i16>(),
+                std::iter::empty::<()>(),
+                |_, _| Ok(postgres_protocol::IsNull::No),
+                std::iter::empty::<i16>(),
+                out,
+            )
+            .map_err(|_| std::io::Error::other("bind")),
+            2 => f::describe(b'S', name, out),
+            3 => f::execute("", 0, out),
+            4 => f::close(b'S', name, out),
+            _ => {
+                f::flush(out);
+                Ok(())
+            }
+        };
+        res.expect("a message encodes");
+    }
+    f::sync(out);
+}
+
+/// Counts the ReadyForQuery messages in what the client received.
+fn readies(received: &mut BytesMut) -> usize {
+    let mut n = 0;
+    while let Ok(Some(f)) = split_frame(received, 1 << 20) {
+        n += usize::from(f.tag() == be::READY_FOR_QUERY);
+    }
+    n
+}
+
+/// A server connection the core can hold; its socket is never used.
+async fn scripted_server() -> Box<ServerConn> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    Box::new(ServerConn::scripted(crate::tls::Stream::Plain(stream)))
+}
+
+#[tokio::test]
+async fn random_sessions_against_scripted_servers() {
+    let registry = Registry::default();
+    let never = || false;
+    let policy = Policy {
+        registry: &registry,
+        refuses_state: &never,
+    };
+    let pool_params = Arc::new(Vec::new());
+    let mut steps = 0usize;
+    for seed in 0..1000u64 {
+        let mut r = StdRng::seed_from_u64(seed);
+        let tracking = seed % 4 != 3;
+        let limits = Limits {
+            per_client: 3,
+            per_server: 2,
+            track_unnamed: seed % 2 == 0,
+        };
+        let params = ClientParams::new(&pool_params, &[]).expect("params");
+        let mut core = Core::new(
+            PoolMode::Transaction,
+            1 << 20,
+            tracking.then(|| Tracker::new(limits)),
+            params,
+        );
+        // Two servers, each with its scripted backend; a lost one is replaced.
+        let mut servers = [
+            (scripted_server().await, Script::default()),
+            (scripted_server().await, Script::default()),
+        ];
+        let mut held: Option<usize> = None;
+        let (mut owed, mut got) = (0usize, 0usize);
+        let mut received = BytesMut::new();
+        let mut ended = false;
+        'steps: for _ in 0..200 {
+            let mut sent = BytesMut::new();
+            client_step(&mut r, &mut sent);
+            while let Ok(Some(frame)) = split_frame(&mut sent, 1 << 20) {
+                steps += 1;
+                owed += usize::from(matches!(frame.tag(), fe::SYNC | fe::QUERY));
+                let msg = Message::read(&frame);
+                let plan = core
+                    .plan(&msg, held.is_some(), &policy)
+                    .expect("no fatal error");
+                let effects = match plan {
+                    Plan::Done | Plan::Terminate => continue,
+                    Plan::Carry(e) => e,
+                    Plan::NeedServer(e) => {
+                        held = Some(r.random_range(0..2));
+                        core.on_new_server();
+                        e
+                    }
+                };
+                loop {
+                    let server = held.map(|i| &mut *servers[i].0);
+                    if core
+                        .carry(&msg, &frame, effects, server, &registry)
+                        .expect("carried")
+                    {
+                        break;
+                    }
+                    held = Some(r.random_range(0..2));
+                    core.on_new_server();
+                }
+                if let Some(i) = held {
+                    // Sometimes the server is lost before it answers.
+                    if r.random_range(0..60) == 0 {
+                        core.sout.clear();
+                        held = None;
+                        core.forget_server();
+                        servers[i] = (scripted_server().await, Script::default());
+                        if core.on_server_lost(false).is_err() {
+                            // Nothing to answer: the shell ends the session.
+                            ended = true;
+                            break 'steps;
+                        }
+                    } else {
+                        let (conn, script) = &mut servers[i];
+                        let mut reply = BytesMut::new();
+                        script.answer(&mut core.sout, &mut reply);
+                        assert!(script.broken.is_empty(), "seed {seed}: {:?}", script.broken);
+                        conn.rbuf.extend_from_slice(&reply);
+                        core.on_server_bytes(conn).expect("replies frame");
+                        if core.releasable() && core.pinned.is_none() {
+                            assert!(
+                                !script.skipping && script.status() == TxStatus::Idle,
+                                "seed {seed}: a server released mid-transaction or mid-batch"
+                            );
+                            held = None;
+                        }
+                    }
+                }
+                received.extend_from_slice(&core.cout.split());
+                got += readies(&mut received);
+            }
+        }
+        if !ended {
+            assert_eq!(
+                got, owed,
+                "seed {seed}: one ReadyForQuery per Query and Sync"
+            );
+        }
+    }
+    assert!(steps >= 200_000, "{steps} steps");
+}
