@@ -31,6 +31,18 @@ pub enum SqlEffect {
     Deallocate(Vec<u8>),
 }
 
+/// Whether a simple query may prepare, execute or drop prepared
+/// statements ([`sql_prepared`], [`sql_effect`]): its first word says so,
+/// or it starts with something other than a word (a comment), which only
+/// the lexer can read. One look at the first word, for every ordinary query.
+pub fn names_statements(query: &[u8]) -> bool {
+    crate::sql::leading_word(query).is_none_or(|w| {
+        [&b"prepare"[..], b"execute", b"deallocate", b"discard"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(k))
+    })
+}
+
 /// Recognizes the statements that drop prepared statements. Only a query
 /// that is exactly one such statement counts.
 pub fn sql_effect(query: &[u8]) -> SqlEffect {

@@ -143,6 +143,9 @@ impl Tracker {
 
     /// [`Tracker::needs_server`] for a simple Query.
     fn query_needs_server(&self, sql: &[u8], registry: &Registry, tx: TxStatus) -> bool {
+        if !messages::names_statements(sql) {
+            return true;
+        }
         match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
             Some(SqlPrepared::Prepare { name, rest }) => {
                 return self.names.get(&name).is_none()
@@ -404,6 +407,11 @@ impl Tracker {
         self.unnamed_here = false;
         if self.limits.track_unnamed {
             self.names.remove(b"");
+        }
+        if !messages::names_statements(sql) {
+            held!(server);
+            out.forward(Req::Query, Hook::None);
+            return Routed::Done;
         }
         // SQL-level PREPARE / EXECUTE: the same names as the protocol's, so
         // the same per-client map. A failed transaction goes to the server,
