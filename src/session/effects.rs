@@ -15,3 +15,11 @@ pub fn message_effects(msg: &Message<'_>) -> Effects {
         _ => msg.text().map_or(Effects::NONE, crate::sql::effects),
     }
 }
+
+/// The first words of a statement, for the log line of a pin and the
+/// error of a refused one.
+pub fn hint(text: &[u8]) -> Box<str> {
+    let text = String::from_utf8_lossy(text);
+    let words: Vec<&str> = text.split_whitespace().take(6).collect();
+    words.join(" ").chars().take(80).collect()
+}

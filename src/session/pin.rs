@@ -91,10 +91,3 @@ impl Session {
         info.set_pin(reason);
     }
 }
-
-/// The first words of a statement, for the log line of a pin.
-pub fn hint(text: &[u8]) -> Box<str> {
-    let text = String::from_utf8_lossy(text);
-    let words: Vec<&str> = text.split_whitespace().take(6).collect();
-    words.join(" ").chars().take(80).collect()
-}

@@ -13,8 +13,7 @@ use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frontend::Message;
 use crate::protocol::{encode, fe, Frame, SqlState};
 use crate::server::ServerConn;
-use crate::session::effects::message_effects;
-use crate::session::pin::hint;
+use crate::session::effects::{hint, message_effects};
 use crate::session::{fatal, End};
 use crate::sql::Effects;
 
