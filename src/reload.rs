@@ -86,8 +86,9 @@ pub fn apply(ctx: &Context, mut new: Config) -> Result<Vec<String>, String> {
         changes.push(format!("user {name}: removed (open sessions finish)"));
     }
     for (name, db) in &new.databases {
-        let (mode, ca) = new.server_tls(db);
-        crate::tls::connector::build(mode, ca).map_err(|e| format!("databases.{name}: {e}"))?;
+        let pool = new.pool(db, None);
+        crate::tls::connector::build(pool.tls_mode, pool.tls_ca.as_deref())
+            .map_err(|e| format!("databases.{name}: {e}"))?;
     }
     let new = Arc::new(new);
     ctx.install(new.clone())?;

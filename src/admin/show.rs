@@ -474,7 +474,7 @@ fn databases(ctx: &Context) -> Table {
             let pools = ctx.pools.matching(Some(name));
             let paused = pools.iter().any(Pool::is_paused);
             let current = ctx.pools.database_usage(name).0;
-            let mode = db.pool_mode.unwrap_or(cfg.pgmux.pool_mode);
+            let pool = cfg.pool(db, None);
             // Several hosts show as libpq writes them: comma-separated
             // (the port column then holds the first host's).
             let hosts = cfg.hosts(db).unwrap_or_default();
@@ -486,10 +486,10 @@ fn databases(ctx: &Context) -> Table {
                 text(port),
                 text(db.dbname.as_deref().unwrap_or(name)),
                 db.server_user.clone(),
-                text(cfg.pool_size(db)),
+                text(pool.size),
                 text(cfg.pgmux.min_pool_size),
-                text(db.reserve_pool.unwrap_or(cfg.pgmux.reserve_pool_size)),
-                text(format!("{mode:?}").to_lowercase()),
+                text(pool.reserve_size),
+                text(format!("{:?}", pool.mode).to_lowercase()),
                 text(cfg.db_limit(db)),
                 text(current),
                 text(u8::from(paused)),

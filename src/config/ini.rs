@@ -417,12 +417,7 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
 fn user(password: &str) -> User {
     User {
         password: password.to_owned(),
-        pool_mode: None,
-        max_user_connections: None,
-        session_state: None,
-        idle_transaction_timeout: None,
-        client_idle_timeout: None,
-        query_timeout: None,
+        ..User::default()
     }
 }
 
@@ -544,26 +539,11 @@ fn database(
     value: &str,
     passwords: &BTreeMap<String, String>,
 ) -> Result<(Database, Vec<String>), String> {
-    let mut db = Database {
-        host: "127.0.0.1".into(),
-        port: 5432,
-        hosts: Vec::new(),
-        target_session_attrs: Default::default(),
-        load_balance_hosts: Default::default(),
-        dbname: None,
-        pool_size: None,
-        max_db_connections: None,
-        reserve_pool: None,
-        pool_mode: None,
-        session_state: None,
-        idle_transaction_timeout: None,
-        client_idle_timeout: None,
-        query_timeout: None,
-        server_user: None,
-        server_password: None,
-        server_tls_mode: None,
-        server_tls_ca: None,
-    };
+    // An empty [databases.NAME] table: its defaults are written once, in
+    // its serde attributes.
+    let mut db: Database = toml::Value::Table(toml::Table::new())
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())?;
     let mut notes = Vec::new();
     let mut ports = Vec::new();
     for (k, v) in connstring(value)? {

@@ -5,8 +5,10 @@
 pub mod de;
 pub mod ini;
 mod modes;
+mod overrides;
 
 pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
+pub use overrides::{Database, PoolConfig, User};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -261,93 +263,6 @@ impl Default for General {
     }
 }
 
-/// A `[databases.NAME]` table: where a client-visible database lives.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Database {
-    /// Server host.
-    #[serde(default = "default_host", deserialize_with = "de::env_string")]
-    pub host: String,
-    /// Server port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Several servers, `"host:port"` (or `"host"` with `port`), tried in
-    /// order (or randomly, see `load_balance_hosts`) until one qualifies
-    /// under `target_session_attrs`; replaces `host` when set.
-    #[serde(default, deserialize_with = "de::env_strings")]
-    pub hosts: Vec<String>,
-    /// Which of the hosts the pool may use (libpq's meaning).
-    #[serde(default)]
-    pub target_session_attrs: TargetSessionAttrs,
-    /// Spread connections over the qualifying hosts (`random`) or fill the
-    /// first one that qualifies (`disable`).
-    #[serde(default)]
-    pub load_balance_hosts: LoadBalanceHosts,
-    /// Database name on the server (default: the table's name).
-    #[serde(default, deserialize_with = "de::opt_env_string")]
-    pub dbname: Option<String>,
-    /// Pool size (default: `default_pool_size`).
-    #[serde(default)]
-    pub pool_size: Option<u32>,
-    /// Overrides `[pgmux] max_db_connections` for this database.
-    #[serde(default)]
-    pub max_db_connections: Option<u32>,
-    /// Overrides `[pgmux] reserve_pool_size` for this database.
-    #[serde(default)]
-    pub reserve_pool: Option<u32>,
-    /// Pool mode (default: `[pgmux] pool_mode`).
-    #[serde(default)]
-    pub pool_mode: Option<PoolMode>,
-    /// Overrides `[pgmux] session_state` for this database.
-    #[serde(default)]
-    pub session_state: Option<SessionState>,
-    /// Overrides `[pgmux] idle_transaction_timeout` for this database.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub idle_transaction_timeout: Option<Duration>,
-    /// Overrides `[pgmux] client_idle_timeout` for this database.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub client_idle_timeout: Option<Duration>,
-    /// Overrides `[pgmux] query_timeout` for this database.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub query_timeout: Option<Duration>,
-    /// Log in to the server as this role instead of the client's.
-    #[serde(default, deserialize_with = "de::opt_env_string")]
-    pub server_user: Option<String>,
-    /// Password for `server_user`.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_env_string",
-        serialize_with = "de::ser_opt_secret"
-    )]
-    pub server_password: Option<String>,
-    /// Overrides `[pgmux] server_tls_mode` for this database.
-    #[serde(default)]
-    pub server_tls_mode: Option<TlsMode>,
-    /// Overrides `[pgmux] server_tls_ca` for this database.
-    #[serde(default)]
-    pub server_tls_ca: Option<String>,
-}
-
-fn default_host() -> String {
-    "127.0.0.1".into()
-}
-
-fn default_port() -> u16 {
-    5432
-}
-
 /// One server address as written: a host name or IP address, and a port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
@@ -431,45 +346,6 @@ impl TcpOptions {
             let _ = socket.set_tcp_user_timeout(Some(self.user_timeout));
         }
     }
-}
-
-/// A `[users.NAME]` table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    /// Plaintext, `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
-    #[serde(deserialize_with = "de::env_string", serialize_with = "de::ser_secret")]
-    pub password: String,
-    /// Overrides the database's pool mode for this user.
-    #[serde(default)]
-    pub pool_mode: Option<PoolMode>,
-    /// Overrides `[pgmux] max_user_connections` for this user.
-    #[serde(default)]
-    pub max_user_connections: Option<u32>,
-    /// Overrides the database's `session_state` for this user.
-    #[serde(default)]
-    pub session_state: Option<SessionState>,
-    /// Overrides the database's `idle_transaction_timeout` for this user.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub idle_transaction_timeout: Option<Duration>,
-    /// Overrides the database's `client_idle_timeout` for this user.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub client_idle_timeout: Option<Duration>,
-    /// Overrides the database's `query_timeout` for this user.
-    #[serde(
-        default,
-        deserialize_with = "de::opt_duration",
-        serialize_with = "de::ser_opt_duration"
-    )]
-    pub query_timeout: Option<Duration>,
 }
 
 /// The `[metrics]` table: where Prometheus scrapes `/metrics`.
@@ -650,42 +526,6 @@ impl Config {
             .collect()
     }
 
-    /// The limit on a database's server connections (0: none).
-    pub fn db_limit(&self, db: &Database) -> u32 {
-        db.max_db_connections
-            .unwrap_or(self.pgmux.max_db_connections)
-    }
-
-    /// The limit on a user's server connections (0: none).
-    pub fn user_limit(&self, user: &str) -> u32 {
-        self.users
-            .get(user)
-            .and_then(|u| u.max_user_connections)
-            .unwrap_or(self.pgmux.max_user_connections)
-    }
-
-    /// Pool size for a database.
-    pub fn pool_size(&self, db: &Database) -> u32 {
-        db.pool_size.unwrap_or(self.pgmux.default_pool_size)
-    }
-
-    /// The pool mode for a (database, user) pair.
-    pub fn pool_mode(&self, db: &Database, user: &User) -> PoolMode {
-        user.pool_mode
-            .or(db.pool_mode)
-            .unwrap_or(self.pgmux.pool_mode)
-    }
-
-    /// TLS mode and CA toward a database's server.
-    pub fn server_tls<'a>(&'a self, db: &'a Database) -> (TlsMode, Option<&'a str>) {
-        let mode = db.server_tls_mode.unwrap_or(self.pgmux.server_tls_mode);
-        let ca = db
-            .server_tls_ca
-            .as_deref()
-            .or(self.pgmux.server_tls_ca.as_deref());
-        (mode, ca)
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         self.check_general(&mut errs);
@@ -750,8 +590,8 @@ impl Config {
                     "databases.{name}: server_user and server_password go together"
                 ));
             }
-            let (mode, ca) = self.server_tls(db);
-            if mode >= TlsMode::VerifyCa && ca.is_none() {
+            let pool = self.pool(db, None);
+            if pool.tls_mode >= TlsMode::VerifyCa && pool.tls_ca.is_none() {
                 errs.push(format!(
                     "databases.{name}: server_tls_mode verify-ca/verify-full needs server_tls_ca"
                 ));

@@ -46,21 +46,19 @@ fn plan(
 ) -> Option<(ServerTarget, PoolSettings)> {
     let db = cfg.database(&key.database)?;
     let user = cfg.users.get(&key.user);
-    let (user_secret, user_mode, user_state) = match user {
+    let user_secret = match user {
         // A verifier alone cannot log in: the pass-through keys can.
         Some(u) => match (Secret::parse(&u.password), looked_up) {
-            (Secret::Scram(_), Some(keys @ Secret::ScramKeys(..))) => {
-                (keys.clone(), u.pool_mode, u.session_state)
-            }
-            (s, _) => (s, u.pool_mode, u.session_state),
+            (Secret::Scram(_), Some(keys @ Secret::ScramKeys(..))) => keys.clone(),
+            (s, _) => s,
         },
-        None => (looked_up?.clone(), None, None),
+        None => looked_up?.clone(),
     };
     let (server_user, password) = match (&db.server_user, &db.server_password) {
         (Some(u), Some(p)) => (u.clone(), Secret::parse(p)),
         _ => (key.user.clone(), user_secret),
     };
-    let (tls_mode, tls_ca) = cfg.server_tls(db);
+    let pool = cfg.pool(db, user);
     let target = ServerTarget {
         hosts: cfg.hosts(db).ok()?,
         target_session_attrs: db.target_session_attrs,
@@ -68,14 +66,14 @@ fn plan(
         dbname: db.dbname.clone().unwrap_or_else(|| key.database.clone()),
         user: server_user,
         password: Some(password),
-        tls_mode,
-        tls_ca: tls_ca.map(str::to_owned),
+        tls_mode: pool.tls_mode,
+        tls_ca: pool.tls_ca,
     };
     let g = &cfg.pgmux;
     let settings = PoolSettings {
-        size: cfg.pool_size(db) as usize,
+        size: pool.size as usize,
         min_size: g.min_pool_size as usize,
-        mode: user_mode.or(db.pool_mode).unwrap_or(g.pool_mode),
+        mode: pool.mode,
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
         tcp: cfg.server_tcp(),
@@ -87,21 +85,12 @@ fn plan(
         lifetime: g.server_lifetime,
         max_message_size: g.max_message_size,
         reset_query: g.server_reset_query.clone(),
-        session_state: user_state.or(db.session_state).unwrap_or(g.session_state),
-        idle_transaction_timeout: user
-            .and_then(|u| u.idle_transaction_timeout)
-            .or(db.idle_transaction_timeout)
-            .unwrap_or(g.idle_transaction_timeout),
-        client_idle_timeout: user
-            .and_then(|u| u.client_idle_timeout)
-            .or(db.client_idle_timeout)
-            .unwrap_or(g.client_idle_timeout),
-        query_timeout: user
-            .and_then(|u| u.query_timeout)
-            .or(db.query_timeout)
-            .unwrap_or(g.query_timeout),
+        session_state: pool.session_state,
+        idle_transaction_timeout: pool.idle_transaction_timeout,
+        client_idle_timeout: pool.client_idle_timeout,
+        query_timeout: pool.query_timeout,
         attrs: db.target_session_attrs,
-        reserve_size: db.reserve_pool.unwrap_or(g.reserve_pool_size) as usize,
+        reserve_size: pool.reserve_size as usize,
         reserve_timeout: g.reserve_pool_timeout,
     };
     Some((target, settings))
