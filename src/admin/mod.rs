@@ -17,7 +17,7 @@ pub use commands::Command;
 pub use show::{totals_by_database, Kind, Show};
 
 use crate::context::Context;
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::frame::{cstr, split_frame};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
 use crate::tls::Stream;

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 
 use super::Hook;
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::SqlState;
 

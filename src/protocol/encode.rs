@@ -7,6 +7,9 @@
 //! with). Neither decodes anything here: untrusted bytes are framed by
 //! pgmux's own checked code ([`super::frame`]), and forwarded messages are
 //! passed on as the raw frames they arrived as.
+//!
+//! ErrorResponse is written here and read in [`super::error`]; neither
+//! module imports the other (the field codes are [`super::field`]'s).
 
 use std::io;
 use std::sync::LazyLock;
@@ -23,7 +26,7 @@ use pgwire::messages::startup::{
 use pgwire::messages::Message;
 use postgres_protocol::message::frontend;
 
-use super::TxStatus;
+use super::{field, TxStatus};
 
 // === To the client (pgwire) ===
 
@@ -136,9 +139,49 @@ pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
     put(out, DataRow::new(data, values.len() as i16));
 }
 
-/// ErrorResponse with the given (field type, value) pairs.
-pub fn error_response(out: &mut BytesMut, fields: &[(u8, &str)]) {
-    let fields = fields.iter().map(|(k, v)| (*k, text(v))).collect();
+/// Severity of an error pgmux writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The current command failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Appends an ErrorResponse. Embedded NULs in the text are dropped because
+/// they would end the field early.
+pub fn write_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    write_error_fields(out, severity, code, message, None);
+}
+
+/// Appends an ErrorResponse with an optional DETAIL field.
+pub fn write_error_fields(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
+    let sev = severity.as_str();
+    // `V` too: drivers read it when present, as it is never localized.
+    let mut fields = vec![
+        (field::SEVERITY, text(sev)),
+        (field::SEVERITY_NONLOCALIZED, text(sev)),
+        (field::CODE, text(code)),
+        (field::MESSAGE, text(message)),
+    ];
+    if let Some(d) = detail {
+        fields.push((field::DETAIL, text(d)));
+    }
     put(out, ErrorResponse::new(fields));
 }
 
@@ -314,7 +357,7 @@ mod tests {
         parse_raw(&mut out, b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
         close_statement(&mut out, b"s1");
         ready_for_query(&mut out, TxStatus::Idle);
-        error_response(&mut out, &[(b'S', "ERROR"), (b'M', "a\0b")]);
+        write_error(&mut out, Severity::Error, "XX000", "a\0b");
         row_description(&mut out, &[("a", 25), ("b", 1700)]);
         data_row(&mut out, &[Some("x".into()), None]);
         out.extend_from_slice(&parse_complete());

@@ -1,8 +1,9 @@
-//! ErrorResponse: the SQLSTATE codes pgmux answers with, a builder for the
-//! errors it writes itself, and a reader for the fields of a server's error.
+//! ErrorResponse: the SQLSTATE codes pgmux answers with, and a reader for
+//! the fields of a server's error. The errors pgmux writes are built in
+//! [`super::encode`] (`write_error`): reading here, writing there, and
+//! neither module imports the other.
 
-use bytes::BytesMut;
-
+use super::field;
 use super::frame::cstr;
 
 /// SQLSTATE codes pgmux itself reports. Each matches what PostgreSQL uses
@@ -51,46 +52,6 @@ impl SqlState {
     pub const SYSTEM_ERROR: Self = Self("58000");
 }
 
-/// Severity of an error pgmux writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// The current command failed; the session goes on.
-    Error,
-    /// The session ends after this message.
-    Fatal,
-}
-
-impl Severity {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Error => "ERROR",
-            Self::Fatal => "FATAL",
-        }
-    }
-}
-
-/// Appends an ErrorResponse to `out`. Embedded NULs in the text are dropped
-/// because they would end the field early.
-pub fn write_error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    write_error_fields(out, severity, code, message, None);
-}
-
-/// Appends an ErrorResponse with an optional DETAIL field.
-pub fn write_error_fields(
-    out: &mut BytesMut,
-    severity: Severity,
-    code: &str,
-    message: &str,
-    detail: Option<&str>,
-) {
-    let sev = severity.as_str();
-    let mut fields = vec![(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)];
-    if let Some(d) = detail {
-        fields.push((b'D', d));
-    }
-    super::encode::error_response(out, &fields);
-}
-
 /// The fields of an ErrorResponse or NoticeResponse body, borrowed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ErrorFields<'a> {
@@ -113,10 +74,10 @@ impl<'a> ErrorFields<'a> {
             }
             let (value, rest) = cstr(rest)?;
             match kind {
-                b'S' if f.severity.is_empty() => f.severity = value,
-                b'V' => f.severity = value,
-                b'C' => f.code = value,
-                b'M' => f.message = value,
+                field::SEVERITY if f.severity.is_empty() => f.severity = value,
+                field::SEVERITY_NONLOCALIZED => f.severity = value,
+                field::CODE => f.code = value,
+                field::MESSAGE => f.message = value,
                 _ => {}
             }
             body = rest;

@@ -404,9 +404,9 @@ mod tests {
             &mut out,
         );
         let mut err = BytesMut::new();
-        crate::protocol::error::write_error(
+        crate::protocol::encode::write_error(
             &mut err,
-            crate::protocol::error::Severity::Error,
+            crate::protocol::encode::Severity::Error,
             crate::protocol::SqlState::PROTOCOL_VIOLATION.0,
             "x",
         );

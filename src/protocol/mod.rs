@@ -1,6 +1,6 @@
 //! The PostgreSQL wire protocol as pgmux sees it: frames split off a byte
 //! buffer without copying, the few message bodies the pooling rules need,
-//! and encoders for the messages pgmux writes itself.
+//! and the encoders of every message pgmux writes itself ([`encode`]).
 //!
 //! Nothing in here does I/O or knows about pools, so it can be tested and
 //! fuzzed on plain byte slices.
@@ -106,6 +106,21 @@ pub mod be {
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     /// NegotiateProtocolVersion.
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+}
+
+/// Field codes of ErrorResponse and NoticeResponse, shared by the writer
+/// ([`encode`]) and the reader ([`error`]).
+pub mod field {
+    /// Severity, possibly localized.
+    pub const SEVERITY: u8 = b'S';
+    /// Severity, never localized (PostgreSQL 9.6 and later).
+    pub const SEVERITY_NONLOCALIZED: u8 = b'V';
+    /// SQLSTATE code.
+    pub const CODE: u8 = b'C';
+    /// Primary message.
+    pub const MESSAGE: u8 = b'M';
+    /// Detail.
+    pub const DETAIL: u8 = b'D';
 }
 
 /// Transaction status carried by ReadyForQuery.

@@ -10,7 +10,7 @@ use super::{fatal, pool_error_code, pool_error_reason, server_error_end, End, Se
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::pool::Checkout;
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::stats::ErrorReason;
 
 impl Session {

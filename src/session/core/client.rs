@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use super::Core;
 use crate::config::PoolMode;
 use crate::prepared::{Flags, Hook, Outbox, Registry, Routed};
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frontend::Message;
 use crate::protocol::{encode, fe, Frame, SqlState};

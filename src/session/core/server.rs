@@ -8,7 +8,7 @@ use bytes::Buf;
 use super::Core;
 use crate::config::PoolMode;
 use crate::prepared::Undo;
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::expect::Outcome;
 use crate::protocol::frame::{run_of, FrameError};
 use crate::protocol::{be, encode, ErrorFields, Frame, SqlState, TxStatus};

@@ -23,7 +23,7 @@ use rand::{RngExt, SeedableRng};
 use super::{Core, Plan, Policy};
 use crate::config::PoolMode;
 use crate::prepared::{Limits, Registry, Tracker};
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::frame::split_frame;
 use crate::protocol::frontend::Message;
 use crate::protocol::{be, encode, fe, TxStatus};

@@ -24,7 +24,7 @@ use crate::cancel::CancelHandle;
 use crate::config::{Config, PoolMode};
 use crate::context::Context;
 use crate::pool::{Pool, PoolKey};
-use crate::protocol::error::{write_error, Severity};
+use crate::protocol::encode::{write_error, Severity};
 use crate::protocol::startup;
 use crate::protocol::{encode, SqlState, TxStatus};
 use crate::stats::ErrorReason;
