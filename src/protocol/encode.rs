@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::extendedquery::{CloseComplete, ParseComplete};
 use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+    CommandComplete, ErrorResponse, GssEncResponse, ReadyForQuery, SslResponse, TransactionStatus,
 };
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
@@ -50,6 +50,17 @@ fn text(s: &str) -> String {
         Some(_) => s.replace('\0', ""),
     }
 }
+
+/// SSLRequest accepted: the TLS handshake follows. A bare byte with no tag
+/// or length, written alone: the client reads exactly one before the
+/// handshake.
+pub const SSL_ACCEPTED: &[u8] = &[SslResponse::BYTE_ACCEPT];
+
+/// SSLRequest or GSSENCRequest refused (pgmux has no GSSAPI): one `N`
+/// answers both.
+pub const ENCRYPTION_REFUSED: &[u8] = &[SslResponse::BYTE_REFUSE];
+
+const _: () = assert!(GssEncResponse::BYTE_REFUSE == SslResponse::BYTE_REFUSE);
 
 /// AuthenticationOk.
 pub fn auth_ok(out: &mut BytesMut) {
@@ -260,6 +271,17 @@ pub fn sync(out: &mut BytesMut) {
     frontend::sync(out);
 }
 
+/// Terminate, encoded once: a server connection dropped says goodbye with
+/// it so the server logs a clean disconnect.
+pub fn terminate() -> &'static [u8] {
+    static MSG: LazyLock<BytesMut> = LazyLock::new(|| {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        out
+    });
+    &MSG
+}
+
 /// CopyFail: pgmux ends a COPY FROM STDIN whose client left.
 pub fn copy_fail(out: &mut BytesMut, reason: &str) {
     let res = frontend::copy_fail(reason, out);
@@ -374,6 +396,8 @@ mod tests {
         assert_eq!(&out[..], b"Z\0\0\0\x05T");
         assert_eq!(&parse_complete()[..], b"1\0\0\0\x04");
         assert_eq!(&close_complete()[..], b"3\0\0\0\x04");
+        assert_eq!(terminate(), b"X\0\0\0\x04");
+        assert_eq!((SSL_ACCEPTED, ENCRYPTION_REFUSED), (&b"S"[..], &b"N"[..]));
         out.clear();
         backend_key_data(&mut out, 7, 9);
         assert_eq!(&out[..], b"K\0\0\0\x0c\0\0\0\x07\0\0\0\x09");

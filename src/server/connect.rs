@@ -56,10 +56,10 @@ async fn negotiate_tls(
     tcp.write_all(&req).await?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
-    match answer[0] {
-        b'S' => handshake(host, tcp, connector).await,
-        b'N' if !t.tls_mode.required() => Ok(Stream::Plain(tcp)),
-        b'N' => Err(ServerError::Tls(format!(
+    match &answer[..] {
+        encode::SSL_ACCEPTED => handshake(host, tcp, connector).await,
+        encode::ENCRYPTION_REFUSED if !t.tls_mode.required() => Ok(Stream::Plain(tcp)),
+        encode::ENCRYPTION_REFUSED => Err(ServerError::Tls(format!(
             "the server does not support TLS and server_tls_mode is {:?}",
             t.tls_mode
         ))),

@@ -185,7 +185,7 @@ impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort: say goodbye so the server logs a clean disconnect.
         if let Stream::Plain(tcp) = &self.stream {
-            let _ = tcp.try_write(b"X\0\0\0\x04");
+            let _ = tcp.try_write(encode::terminate());
         }
     }
 }

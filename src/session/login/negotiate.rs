@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{fatal, send_fatal, LoginError};
 use crate::context::Context;
+use crate::protocol::encode;
 use crate::protocol::frame::make_room;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::SqlState;
@@ -51,7 +52,7 @@ pub async fn negotiate(
             }
             StartupPacket::GssEncRequest => {
                 nothing_behind(buf)?;
-                stream.write_all(b"N").await?
+                stream.write_all(encode::ENCRYPTION_REFUSED).await?
             }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancel(pid, secret).await;
@@ -90,10 +91,10 @@ async fn answer_ssl_request(
 ) -> Result<(), LoginError> {
     match acceptor {
         Some(acceptor) if !stream.is_tls() => {
-            stream.write_all(b"S").await?;
+            stream.write_all(encode::SSL_ACCEPTED).await?;
             upgrade(stream, acceptor, false).await
         }
-        _ => Ok(stream.write_all(b"N").await?),
+        _ => Ok(stream.write_all(encode::ENCRYPTION_REFUSED).await?),
     }
 }
 
@@ -167,7 +168,7 @@ pub async fn refuse(stream: &mut Stream, ctx: &Context, code: SqlState, msg: &st
         loop {
             match read_startup(stream, &mut buf).await? {
                 StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                    stream.write_all(b"N").await?
+                    stream.write_all(encode::ENCRYPTION_REFUSED).await?
                 }
                 StartupPacket::Cancel { pid, secret } => {
                     ctx.cancel(pid, secret).await;
