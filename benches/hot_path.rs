@@ -29,7 +29,7 @@ fn bind(out: &mut BytesMut, stmt: &[u8], param: &[u8]) {
     out.put_i32(param.len() as i32);
     out.put_slice(param);
     out.put_i16(0);
-    encode::patch_len(out, start);
+    encode::patch_len(out, start).unwrap();
 }
 
 /// 1,000 client batches (Bind, Execute, Sync) and the server's replies.
@@ -50,7 +50,7 @@ fn recorded_exchange() -> (BytesMut, BytesMut) {
         server.put_i16(1);
         server.put_i32(6);
         server.put_slice(b"-12345");
-        encode::patch_len(&mut server, start);
+        encode::patch_len(&mut server, start).unwrap();
         encode::command_complete(&mut server, "SELECT 1");
         encode::ready_for_query(&mut server, TxStatus::Idle);
     }
@@ -110,19 +110,24 @@ fn prepared(c: &mut Criterion) {
     let registry = Registry::default();
     let query =
         b"SELECT id, title, body FROM posts WHERE author_id = $1 ORDER BY created_at DESC LIMIT 20";
-    let held = registry.get_or_insert(query, b"\0\x01\0\0\0\x17");
+    let held = registry.get_or_insert(query, b"\0\x01\0\0\0\x17").unwrap();
     let mut g = c.benchmark_group("prepared");
     g.bench_function("rewrite_bind", |b| {
         let mut out = BytesMut::with_capacity(256);
         b.iter(|| {
             out.clear();
             let b = pgmux::protocol::frontend::bind(frame.body()).unwrap();
-            messages::write_bind(&mut out, b.portal, &held.name, b.rest);
+            encode::write_bind(&mut out, b.portal, &held.name, b.rest).unwrap();
             out.len()
         })
     });
     g.bench_function("registry_lookup", |b| {
-        b.iter(|| registry.get_or_insert(query, b"\0\x01\0\0\0\x17").id)
+        b.iter(|| {
+            registry
+                .get_or_insert(query, b"\0\x01\0\0\0\x17")
+                .unwrap()
+                .id
+        })
     });
     g.bench_function("sql_effect_plain_query", |b| {
         b.iter(|| messages::sql_effect(b"SELECT abalance FROM pgbench_accounts WHERE aid = 42"))

@@ -26,7 +26,7 @@ use pgmux::prepared::{
 use pgmux::protocol::expect::{Expect, Outcome, Reply, Req};
 use pgmux::protocol::frame::split_frame;
 use pgmux::protocol::frontend::{self as reader, Message};
-use pgmux::protocol::{startup, ErrorFields, Frame, TxStatus};
+use pgmux::protocol::{encode, startup, ErrorFields, Frame, TxStatus};
 use postgres_protocol::message::frontend;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -345,7 +345,8 @@ fn prepared_readers_and_rewriters() {
                     if let Some(b) = reader::bind(body) {
                         let _ = b.values();
                         let mut out = BytesMut::new();
-                        messages::write_bind(&mut out, b.portal, b"pgmux_1", b.rest);
+                        encode::write_bind(&mut out, b.portal, b"pgmux_1", b.rest)
+                            .expect("a Bind within the frame limit fits once renamed");
                         let again = frames(&out, 1 << 20);
                         assert_eq!(again.len(), 1, "a rewritten Bind must frame as one message");
                     }

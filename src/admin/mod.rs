@@ -17,7 +17,7 @@ pub use commands::Command;
 pub use show::{totals_by_database, Kind, Show};
 
 use crate::context::Context;
-use crate::protocol::encode::{write_error, Severity};
+use crate::protocol::encode::{write_error, EncodeError, Severity};
 use crate::protocol::frame::{cstr, split_frame};
 use crate::protocol::{encode, fe, SqlState, TxStatus};
 use crate::tls::Stream;
@@ -111,29 +111,31 @@ pub fn welcome(out: &mut BytesMut) {
     encode::ready_for_query(out, TxStatus::Idle);
 }
 
-fn write_table(out: &mut BytesMut, t: &Table) {
+fn write_table(out: &mut BytesMut, t: &Table) -> Result<(), EncodeError> {
     let columns: Vec<(&str, u32)> = t.columns.iter().map(|(n, k)| (*n, k.oid())).collect();
     encode::row_description(out, &columns);
     for row in &t.rows {
-        encode::data_row(out, row);
+        encode::data_row(out, row)?;
     }
+    Ok(())
 }
 
-fn write_reply(out: &mut BytesMut, reply: &Reply) {
+fn write_reply(out: &mut BytesMut, reply: &Reply) -> Result<(), EncodeError> {
     match reply {
         Reply::Until(_, _, tag) => encode::command_complete(out, tag),
         Reply::Rows(t) => {
-            write_table(out, t);
+            write_table(out, t)?;
             encode::command_complete(out, "SHOW");
         }
         Reply::Done(tag) => encode::command_complete(out, tag),
         Reply::Lines(tag, lines) => {
             let rows = lines.iter().map(|l| vec![Some(l.clone())]).collect();
             let t = Table::new(&[("change", Kind::Text)], rows);
-            write_table(out, &t);
+            write_table(out, &t)?;
             encode::command_complete(out, tag);
         }
     }
+    Ok(())
 }
 
 /// Serves one admin console session.
@@ -176,7 +178,14 @@ pub async fn run(mut stream: Stream, ctx: Arc<Context>, user: String, mut buf: B
                             if let Reply::Until(pools, until, _) = &reply {
                                 wait_until(pools, *until).await;
                             }
-                            write_reply(&mut out, &reply)
+                            // The error answers the command alone, without the rows
+                            // written before it.
+                            let mark = out.len();
+                            if let Err(e) = write_reply(&mut out, &reply) {
+                                out.truncate(mark);
+                                let code = SqlState::PROGRAM_LIMIT_EXCEEDED.0;
+                                write_error(&mut out, Severity::Error, code, &e.to_string());
+                            }
                         }
                         Err(msg) => {
                             write_error(&mut out, Severity::Error, SqlState::SYSTEM_ERROR.0, &msg)

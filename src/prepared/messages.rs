@@ -1,20 +1,7 @@
-//! Rewriting the statement name of a Bind, and reading what a simple
-//! query does to prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
-//! `DISCARD`). Message bodies are read by [`crate::protocol::frontend`].
-
-use bytes::{BufMut, BytesMut};
-
-/// Writes a Bind whose statement name is replaced by `stmt`.
-pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
-    let len = 4 + portal.len() + 1 + stmt.len() + 1 + tail.len();
-    out.put_u8(b'B');
-    out.put_i32(len as i32);
-    out.put_slice(portal);
-    out.put_u8(0);
-    out.put_slice(stmt);
-    out.put_u8(0);
-    out.put_slice(tail);
-}
+//! Reading what a simple query does to prepared statements (`PREPARE`,
+//! `EXECUTE`, `DEALLOCATE`, `DISCARD`). Message bodies are read by
+//! [`crate::protocol::frontend`]; the messages rewritten from them are
+//! written in [`crate::protocol::encode`].
 
 /// What a simple query does to prepared statements, as far as pgmux tracks.
 #[derive(Debug, PartialEq, Eq)]
@@ -163,8 +150,8 @@ mod tests {
         let body = b"p\0s1\0\0\0\0\0\0\0";
         let b = bind(body).unwrap();
         assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
-        let mut out = BytesMut::new();
-        write_bind(&mut out, b.portal, b"pgmux_7", b.rest);
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::encode::write_bind(&mut out, b.portal, b"pgmux_7", b.rest).unwrap();
         let f = crate::protocol::frame::split_frame(&mut out, 1024)
             .unwrap()
             .unwrap();

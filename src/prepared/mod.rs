@@ -19,7 +19,7 @@ pub mod tracker;
 
 pub use client::ClientStatements;
 pub use hook::{Hook, Undo};
-pub use outbox::{Flags, Limits, Malformed, Outbox, Routed};
+pub use outbox::{Flags, Limits, Malformed, Outbox, RouteError, Routed};
 pub use registry::{Counters, Registry, Statement, SQL_PREPARE};
 pub use server::ServerStatements;
 pub use tracker::Tracker;

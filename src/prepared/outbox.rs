@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 
 use super::Hook;
-use crate::protocol::encode::{write_error, Severity};
+use crate::protocol::encode::{write_error, EncodeError, Severity};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::SqlState;
 
@@ -115,3 +115,17 @@ pub enum Routed {
 #[derive(Debug, thiserror::Error)]
 #[error("malformed {0} message")]
 pub struct Malformed(pub &'static str);
+
+/// Why [`Tracker::route`](super::Tracker::route) could not route a message.
+/// Either way nothing was recorded or written: the session ends.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The client's message could not be read.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// Its rewrite would be too long to send. A client's message is at most
+    /// `max_message_size` (1 GiB), and pgmux's names are short, so only a
+    /// statement name that grows when it is quoted can get here.
+    #[error(transparent)]
+    TooLong(#[from] EncodeError),
+}

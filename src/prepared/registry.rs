@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::protocol::encode;
+use crate::protocol::encode::{self, EncodeError};
 
 /// One distinct statement and its server-side name.
 #[derive(Debug)]
@@ -43,18 +43,18 @@ pub struct Statement {
 pub const SQL_PREPARE: &[u8] = b"\xff\xffPREPARE";
 
 impl Statement {
-    fn new(id: u64, query: &[u8], types: &[u8]) -> Self {
+    fn new(id: u64, query: &[u8], types: &[u8]) -> Result<Self, EncodeError> {
         let name = Bytes::from(format!("pgmux_{id}"));
         let sql = types == SQL_PREPARE;
         let mut parse = BytesMut::with_capacity(query.len() + types.len() + name.len() + 16);
         let start = if sql {
-            encode::query_raw(&mut parse, &[b"PREPARE ", &name, b" ", query]);
+            encode::query_raw(&mut parse, &[b"PREPARE ", &name, b" ", query])?;
             5 + b"PREPARE ".len() + name.len() + 1
         } else {
-            encode::parse_raw(&mut parse, &name, query, types);
+            encode::parse_raw(&mut parse, &name, query, types)?;
             5 + name.len() + 1
         };
-        Self {
+        Ok(Self {
             id,
             name,
             parse: parse.freeze(),
@@ -62,7 +62,7 @@ impl Statement {
             confirmed: AtomicBool::new(false),
             effects: crate::sql::effects(query),
             sql,
-        }
+        })
     }
 
     /// The query text.
@@ -120,8 +120,9 @@ fn key_hash(query: &[u8], types: &[u8]) -> u64 {
 }
 
 impl Registry {
-    /// The entry for this statement, created if no one holds one.
-    pub fn get_or_insert(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
+    /// The entry for this statement, created if no one holds one; an error
+    /// when its Parse would be too long to send.
+    pub fn get_or_insert(&self, query: &[u8], types: &[u8]) -> Result<Arc<Statement>, EncodeError> {
         let hash = key_hash(query, types);
         let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(hash).or_default();
@@ -131,10 +132,10 @@ impl Registry {
             .filter_map(Weak::upgrade)
             .find(|s| s.query() == query && s.types() == types)
         {
-            return s;
+            return Ok(s);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let s = Arc::new(Statement::new(id, query, types));
+        let s = Arc::new(Statement::new(id, query, types)?);
         bucket.push(Arc::downgrade(&s));
         if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
             buckets.retain(|_, b| {
@@ -142,7 +143,7 @@ impl Registry {
                 !b.is_empty()
             });
         }
-        s
+        Ok(s)
     }
 
     /// Whether some server has accepted this statement (it is answered
@@ -175,15 +176,15 @@ mod tests {
     #[test]
     fn same_statement_same_entry_and_freed_when_unused() {
         let r = Registry::default();
-        let a = r.get_or_insert(b"select 1", b"\0\0");
-        let b = r.get_or_insert(b"select 1", b"\0\0");
+        let a = r.get_or_insert(b"select 1", b"\0\0").unwrap();
+        let b = r.get_or_insert(b"select 1", b"\0\0").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let c = r.get_or_insert(b"select 1", b"\0\x01\0\0\0\x17");
+        let c = r.get_or_insert(b"select 1", b"\0\x01\0\0\0\x17").unwrap();
         assert_ne!(a.id, c.id);
         assert_eq!(a.query(), b"select 1");
         assert_eq!(c.types(), b"\0\x01\0\0\0\x17");
         drop((a, b));
-        let d = r.get_or_insert(b"select 1", b"\0\0");
+        let d = r.get_or_insert(b"select 1", b"\0\0").unwrap();
         assert_ne!(d.id, c.id);
         assert_eq!(r.live(), 2);
     }

@@ -108,8 +108,8 @@ mod tests {
     #[test]
     fn evicts_least_recently_used() {
         let r = Registry::default();
-        let a = r.get_or_insert(b"a", b"\0\0");
-        let b = r.get_or_insert(b"b", b"\0\0");
+        let a = r.get_or_insert(b"a", b"\0\0").unwrap();
+        let b = r.get_or_insert(b"b", b"\0\0").unwrap();
         let mut s = ServerStatements::default();
         s.add(a.clone());
         s.add(b.clone());

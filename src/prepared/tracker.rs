@@ -21,11 +21,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::messages::{self, SqlEffect, SqlPrepared};
-use super::outbox::{duplicate, lossy, Limits, Malformed, Outbox, Routed};
+use super::outbox::{duplicate, lossy, Limits, Malformed, Outbox, RouteError, Routed};
 use super::{ClientStatements, Hook, Registry, ServerStatements, Statement, SQL_PREPARE};
+use crate::protocol::encode::{self, EncodeError, RawQuery, RenamedBind};
 use crate::protocol::expect::{Reply, Req};
 use crate::protocol::frontend::{Bind, Message, Parse, Target};
-use crate::protocol::{encode, Frame, SqlState, TxStatus};
+use crate::protocol::{Frame, SqlState, TxStatus};
 use crate::sql::Effects;
 
 /// Names of pgmux's own server-side statements: clients may not use them.
@@ -38,7 +39,7 @@ macro_rules! held {
     ($server:expr) => {
         match $server {
             Some(s) => s,
-            None => return Routed::NeedServer,
+            None => return Ok(Routed::NeedServer),
         }
     };
 }
@@ -86,14 +87,14 @@ impl Tracker {
         registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
-    ) -> Result<Routed, Malformed> {
+    ) -> Result<Routed, RouteError> {
         match *msg {
-            Message::Parse(p) => Ok(self.parse(p, frame, server, registry, out)),
-            Message::Bind(b) => Ok(self.bind(b, server, registry, out)),
-            Message::Describe(t) => Ok(self.describe(t, server, registry, out)),
+            Message::Parse(p) => self.parse(p, frame, server, registry, out),
+            Message::Bind(b) => self.bind(b, server, registry, out),
+            Message::Describe(t) => self.describe(t, server, registry, out),
             Message::Close(t) => Ok(self.close(t, frame, server.is_some(), out)),
-            Message::Query(sql) => Ok(self.query(sql, server, registry, tx, out)),
-            Message::Malformed(kind) => Err(Malformed(kind)),
+            Message::Query(sql) => self.query(sql, server, registry, tx, out),
+            Message::Malformed(kind) => Err(Malformed(kind).into()),
             _ => Ok(Routed::Untracked),
         }
     }
@@ -172,18 +173,15 @@ impl Tracker {
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
         if !self.tracks(b.statement) {
-            return self.use_unnamed(Req::Bind, server.is_some(), out);
+            return Ok(self.use_unnamed(Req::Bind, server.is_some(), out));
         }
-        self.use_named(
-            Req::Bind,
-            b.statement,
-            server,
-            registry,
-            out,
-            |o, renamed| messages::write_bind(o, b.portal, renamed, b.rest),
-        )
+        let bind = Named::Bind {
+            portal: b.portal,
+            tail: b.rest,
+        };
+        self.use_named(bind, b.statement, server, registry, out)
     }
 
     /// Describe of a statement (a portal's is not tracked).
@@ -193,13 +191,13 @@ impl Tracker {
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
         match t.kind {
-            b'S' if !self.tracks(t.name) => self.use_unnamed(Req::Describe, server.is_some(), out),
-            b'S' => self.use_named(Req::Describe, t.name, server, registry, out, |o, n| {
-                encode::describe_statement(o, n)
-            }),
-            _ => Routed::Untracked,
+            b'S' if !self.tracks(t.name) => {
+                Ok(self.use_unnamed(Req::Describe, server.is_some(), out))
+            }
+            b'S' => self.use_named(Named::Describe, t.name, server, registry, out),
+            _ => Ok(Routed::Untracked),
         }
     }
 
@@ -210,30 +208,30 @@ impl Tracker {
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
         if !self.tracks(p.name) {
             held!(server);
             self.unnamed_here = true;
             out.forward(Req::Parse, Hook::None);
-            return Routed::Done;
+            return Ok(Routed::Done);
         }
         let name = frame.raw().slice_ref(p.name);
         if !name.is_empty() && self.names.get(&name).is_some() {
             held!(server);
-            duplicate_parse(&p, &name, out);
-            return Routed::Done;
+            duplicate_parse(&p, &name, out)?;
+            return Ok(Routed::Done);
         }
         if let Some(msg) = self.over_limit(&name) {
             out.local_error(Req::Parse, SqlState::PROGRAM_LIMIT_EXCEEDED, &msg);
-            return Routed::Done;
+            return Ok(Routed::Done);
         }
-        let stmt = registry.get_or_insert(p.query, p.types);
+        let stmt = registry.get_or_insert(p.query, p.types)?;
         let Some(answer_here) = answerable(&stmt, &server) else {
-            return Routed::NeedServer;
+            return Ok(Routed::NeedServer);
         };
         let here = || (Req::Parse, encode::parse_complete());
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
-        Routed::Done
+        Ok(Routed::Done)
     }
 
     /// The error for a Parse past `max_client_prepared_statements`, if it is.
@@ -301,14 +299,14 @@ impl Tracker {
         registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
         if self.names.get(&name).is_some() {
-            duplicate_prepare(&name, tx, out);
-            return Routed::Done;
+            duplicate_prepare(&name, tx, out)?;
+            return Ok(Routed::Done);
         }
-        let stmt = registry.get_or_insert(rest, SQL_PREPARE);
+        let stmt = registry.get_or_insert(rest, SQL_PREPARE)?;
         let Some(answer_here) = answerable(&stmt, &server) else {
-            return Routed::NeedServer;
+            return Ok(Routed::NeedServer);
         };
         let here = || {
             let mut reply = BytesMut::new();
@@ -320,23 +318,23 @@ impl Tracker {
         out.flags.effects = Some(Effects::NONE);
         let name = Bytes::from(name);
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
-        Routed::Done
+        Ok(Routed::Done)
     }
 
-    /// Bind or Describe('S') of a named statement: rewritten by `write` to
-    /// the registry name, with the Parse injected first when the held server
+    /// Bind or Describe('S') of a named statement: rewritten to the
+    /// registry name, with the Parse injected first when the held server
     /// lacks it. An unknown name is sent as it is, so the server reports the
     /// error exactly as PostgreSQL does, unless it could name one of pgmux's
     /// own statements.
     fn use_named(
         &mut self,
-        req: Req,
+        named: Named<'_>,
         name: &[u8],
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         out: &mut Outbox<'_>,
-        write: impl FnOnce(&mut BytesMut, &[u8]),
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
+        let req = named.req();
         // A SQL-prepared name reached through Bind/Describe is left to the
         // server (a Query PREPARE can't be injected inside an extended
         // batch): it answers 26000, a documented limit.
@@ -344,17 +342,26 @@ impl Tracker {
             // The server's own unnamed statement may be another client's.
             if name.is_empty() || is_reserved(name) {
                 out.no_such_statement(req, name);
-                return Routed::Done;
+                return Ok(Routed::Done);
             }
             held!(server);
             out.forward(req, Hook::None);
-            return Routed::Done;
+            return Ok(Routed::Done);
         };
         let server = held!(server);
+        // Checked before anything is recorded, and written after the Parse
+        // the server may lack.
+        let bind = match named {
+            Named::Bind { portal, tail } => Some(RenamedBind::new(portal, &stmt.name, tail)?),
+            Named::Describe => None,
+        };
         ensure_prepared(server, &stmt, self.limits, registry, out);
-        write(out.sout, &stmt.name);
+        match bind {
+            Some(bind) => bind.write(out.sout),
+            None => encode::describe_statement(out.sout, &stmt.name),
+        }
         out.expect(req, Reply::Forward, Hook::Uses(stmt));
-        Routed::Done
+        Ok(Routed::Done)
     }
 
     /// Bind or Describe of the unnamed statement when it is not shared: it
@@ -401,7 +408,7 @@ impl Tracker {
         registry: &Registry,
         tx: TxStatus,
         out: &mut Outbox<'_>,
-    ) -> Routed {
+    ) -> Result<Routed, RouteError> {
         // A simple Query destroys the unnamed statement, whatever it runs
         // (done again if this returns NeedServer: it is idempotent).
         self.unnamed_here = false;
@@ -411,7 +418,7 @@ impl Tracker {
         if !messages::names_statements(sql) {
             held!(server);
             out.forward(Req::Query, Hook::None);
-            return Routed::Done;
+            return Ok(Routed::Done);
         }
         // SQL-level PREPARE / EXECUTE: the same names as the protocol's, so
         // the same per-client map. A failed transaction goes to the server,
@@ -424,10 +431,10 @@ impl Tracker {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
                 if let Some(stmt) = stmt {
                     let Some(s) = server.as_deref_mut() else {
-                        return Routed::NeedServer;
+                        return Ok(Routed::NeedServer);
                     };
-                    sql_execute(sql, at, stmt, s, self.limits, registry, out);
-                    return Routed::Done;
+                    sql_execute(sql, at, stmt, s, self.limits, registry, out)?;
+                    return Ok(Routed::Done);
                 }
             }
             None => {}
@@ -463,7 +470,7 @@ impl Tracker {
             }
             _ => out.forward(Req::Query, Hook::None),
         }
-        Routed::Done
+        Ok(Routed::Done)
     }
 }
 
@@ -471,9 +478,9 @@ impl Tracker {
 /// before the duplicate name, so the server checks the query (under a name
 /// of pgmux's own, closed right after, so the client's unnamed statement
 /// stays as it was) and only its success becomes the 42P05 error.
-fn duplicate_parse(p: &Parse<'_>, name: &[u8], out: &mut Outbox<'_>) {
+fn duplicate_parse(p: &Parse<'_>, name: &[u8], out: &mut Outbox<'_>) -> Result<(), EncodeError> {
     const CHECK: &[u8] = b"pgmux_check";
-    encode::parse_raw(out.sout, CHECK, p.query, p.types);
+    encode::parse_raw(out.sout, CHECK, p.query, p.types)?;
     encode::close_statement(out.sout, CHECK);
     out.expect(
         Req::Parse,
@@ -482,6 +489,7 @@ fn duplicate_parse(p: &Parse<'_>, name: &[u8], out: &mut Outbox<'_>) {
     );
     out.expect(Req::Close, Reply::Swallow, Hook::None);
     out.flags.skip_to_sync = true;
+    Ok(())
 }
 
 /// `EXECUTE name ...` of a SQL-prepared statement: the name rewritten to
@@ -494,10 +502,14 @@ fn sql_execute(
     limits: Limits,
     registry: &Registry,
     out: &mut Outbox<'_>,
-) {
+) -> Result<(), EncodeError> {
+    // Checked before anything is recorded, as a Bind is.
+    let parts = [&query[..at.0], &stmt.name[..], &query[at.1..]];
+    let rewritten = RawQuery::new(&parts)?;
     ensure_prepared(server, &stmt, limits, registry, out);
-    encode::query_raw(out.sout, &[&query[..at.0], &stmt.name, &query[at.1..]]);
+    rewritten.write(out.sout);
     out.expect(Req::Query, Reply::Forward, Hook::Uses(stmt));
+    Ok(())
 }
 
 /// Makes sure the held server has `stmt`, injecting its Parse (or SQL
@@ -525,12 +537,12 @@ fn ensure_prepared(
 /// `PREPARE` of a name the client already uses: PostgreSQL's 42P05. Outside
 /// a transaction it is answered here; inside one the server must raise it,
 /// so that the transaction is aborted as PostgreSQL would.
-fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) {
+fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) -> Result<(), EncodeError> {
     if tx == TxStatus::Idle {
         let mut reply = duplicate(name);
         encode::ready_for_query(&mut reply, tx);
         out.expect(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);
-        return;
+        return Ok(());
     }
     // An escape string inside a dollar-quoted body: a name can close
     // neither (quotes are doubled, backslashes escaped, `$` dropped).
@@ -542,8 +554,31 @@ fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) {
     let raise = format!(
         "DO $pgmux$ BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = E'{quoted}'; END $pgmux$"
     );
-    encode::query_raw(out.sout, &[raise.as_bytes()]);
+    encode::query_raw(out.sout, &[raise.as_bytes()])?;
     out.expect(Req::Query, Reply::Forward, Hook::None);
+    Ok(())
+}
+
+/// What [`Tracker::use_named`] writes under the registry's name.
+enum Named<'a> {
+    /// A Bind: the client's portal, and what follows the statement name.
+    Bind {
+        /// The portal name.
+        portal: &'a [u8],
+        /// Formats, values and result formats, as sent.
+        tail: &'a [u8],
+    },
+    /// A Describe of the statement.
+    Describe,
+}
+
+impl Named<'_> {
+    fn req(&self) -> Req {
+        match self {
+            Self::Bind { .. } => Req::Bind,
+            Self::Describe => Req::Describe,
+        }
+    }
 }
 
 /// Whether a Parse (or SQL `PREPARE`) of `stmt` is answered here: the held

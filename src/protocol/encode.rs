@@ -4,19 +4,28 @@
 //!
 //! Toward clients the messages are pgwire's types; toward servers,
 //! postgres-protocol's frontend encoders (the code tokio-postgres sends
-//! with). Neither decodes anything here: untrusted bytes are framed by
-//! pgmux's own checked code ([`super::frame`]), and forwarded messages are
-//! passed on as the raw frames they arrived as.
+//! with). Messages that carry a client's own bytes (a Bind renamed to one
+//! of pgmux's statements, a Parse or Query with the client's text, which
+//! need not be UTF-8) are written by hand (`encode/raw.rs`), since both
+//! libraries take text as `&str`. Neither library decodes anything here: untrusted
+//! bytes are framed by pgmux's own checked code ([`super::frame`]), and
+//! forwarded messages are passed on as the raw frames they arrived as.
+//!
+//! No length is ever wrapped: pgwire and postgres-protocol check theirs,
+//! and a refusal leaves the buffer as it was; the hand-written encoders
+//! return [`EncodeError`] before writing anything.
 //!
 //! ErrorResponse is written here and read in [`super::error`]; neither
 //! module imports the other (the field codes are [`super::field`]'s).
+
+mod raw;
 
 use std::io;
 use std::sync::LazyLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
-use pgwire::messages::extendedquery::{CloseComplete, ParseComplete};
+use pgwire::messages::extendedquery::{CloseComplete, ParseComplete, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::{
     CommandComplete, ErrorResponse, GssEncResponse, ReadyForQuery, SslResponse, TransactionStatus,
 };
@@ -26,7 +35,43 @@ use pgwire::messages::startup::{
 use pgwire::messages::Message;
 use postgres_protocol::message::frontend;
 
+pub use raw::{parse_raw, patch_len, query_raw, write_bind, RawQuery, RenamedBind};
+
 use super::{field, TxStatus};
+
+/// A message pgmux could not encode, reported by the encoders that work out
+/// a length or count themselves (the hand-written ones, DataRow's body).
+/// Nothing pgmux sends comes near these limits unless a client's own
+/// message already did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The body does not fit the i32 length field (which counts itself).
+    #[error("{message} message of {len} bytes is too long for the protocol")]
+    TooLong {
+        /// The message type.
+        message: &'static str,
+        /// Bytes it would take after its tag (saturated).
+        len: usize,
+    },
+    /// More fields or values than the message's i16 count can say.
+    #[error("{message} message with {count} values is more than the protocol allows")]
+    TooMany {
+        /// The message type.
+        message: &'static str,
+        /// How many there were.
+        count: usize,
+    },
+}
+
+/// The length field of a message whose body takes `body` bytes.
+fn length_field(message: &'static str, body: usize) -> Result<i32, EncodeError> {
+    body.checked_add(4)
+        .and_then(|n| i32::try_from(n).ok())
+        .ok_or(EncodeError::TooLong {
+            message,
+            len: body.saturating_add(4),
+        })
+}
 
 // === To the client (pgwire) ===
 
@@ -135,19 +180,34 @@ pub fn row_description(out: &mut BytesMut, columns: &[(&str, u32)]) {
     put(out, RowDescription::new(fields));
 }
 
-/// DataRow of text values (`None`: NULL).
-pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
-    let mut data = BytesMut::new();
+/// DataRow of text values (`None`: NULL). pgwire takes the body ready-made,
+/// so its counts and lengths are checked here.
+pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) -> Result<(), EncodeError> {
+    const MESSAGE: &str = "DataRow";
+    let count = i16::try_from(values.len()).map_err(|_| EncodeError::TooMany {
+        message: MESSAGE,
+        count: values.len(),
+    })?;
+    let body = values.iter().fold(2usize, |n, v| {
+        n.saturating_add(4 + v.as_ref().map_or(0, String::len))
+    });
+    length_field(MESSAGE, body)?;
+    let mut data = BytesMut::with_capacity(body - 2);
     for v in values {
         match v {
             Some(v) => {
-                data.put_i32(v.len() as i32);
+                let len = i32::try_from(v.len()).map_err(|_| EncodeError::TooLong {
+                    message: MESSAGE,
+                    len: v.len(),
+                })?;
+                data.put_i32(len);
                 data.put_slice(v.as_bytes());
             }
             None => data.put_i32(-1),
         }
     }
-    put(out, DataRow::new(data, values.len() as i16));
+    put(out, DataRow::new(data, count));
+    Ok(())
 }
 
 /// Severity of an error pgmux writes.
@@ -216,9 +276,21 @@ pub fn close_complete() -> Bytes {
 
 // === To the server (postgres-protocol) ===
 
+/// Runs a frontend encoder, leaving `out` as it was if it refuses (a body
+/// too long, a NUL inside a string): it would have left half a message.
+fn frontend_msg(
+    out: &mut BytesMut,
+    encode: impl FnOnce(&mut BytesMut) -> io::Result<()>,
+) -> io::Result<()> {
+    let mark = out.len();
+    encode(out).inspect_err(|_| out.truncate(mark))
+}
+
 /// StartupMessage (protocol 3.0) with the given parameters.
 pub fn startup(out: &mut BytesMut, params: &[(&str, &str)]) -> io::Result<()> {
-    frontend::startup_message(params.iter().copied(), out)
+    frontend_msg(out, |out| {
+        frontend::startup_message(params.iter().copied(), out)
+    })
 }
 
 /// SSLRequest.
@@ -228,41 +300,51 @@ pub fn ssl_request(out: &mut BytesMut) {
 
 /// PasswordMessage with a cleartext password or an md5 answer.
 pub fn password(out: &mut BytesMut, password: &[u8]) -> io::Result<()> {
-    frontend::password_message(password, out)
+    frontend_msg(out, |out| frontend::password_message(password, out))
 }
 
 /// SASLInitialResponse: mechanism name and the client-first-message.
 pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) -> io::Result<()> {
-    frontend::sasl_initial_response(mechanism, data, out)
+    frontend_msg(out, |out| {
+        frontend::sasl_initial_response(mechanism, data, out)
+    })
 }
 
 /// SASLResponse (the client-final-message).
 pub fn sasl_response(out: &mut BytesMut, data: &[u8]) -> io::Result<()> {
-    frontend::sasl_response(data, out)
+    frontend_msg(out, |out| frontend::sasl_response(data, out))
 }
 
 /// Simple Query.
 pub fn query(out: &mut BytesMut, sql: &str) -> io::Result<()> {
-    frontend::query(sql, out)
+    frontend_msg(out, |out| frontend::query(sql, out))
 }
 
 /// Close of a statement pgmux named (`pgmux_<n>`, `pgmux_check`).
 pub fn close_statement(out: &mut BytesMut, name: &[u8]) {
-    own_name(name, |name| frontend::close(b'S', name, out));
+    own_name(out, name, |name, out| {
+        frontend::close(TARGET_TYPE_BYTE_STATEMENT, name, out)
+    });
 }
 
 /// Describe of a statement pgmux named.
 pub fn describe_statement(out: &mut BytesMut, name: &[u8]) {
-    own_name(name, |name| frontend::describe(b'S', name, out));
+    own_name(out, name, |name, out| {
+        frontend::describe(TARGET_TYPE_BYTE_STATEMENT, name, out)
+    });
 }
 
 /// Encodes a message naming one of pgmux's own statements. The encoders
 /// fail only on a NUL inside the name, which pgmux's ASCII names never
 /// hold: they are checked in debug builds, and NULs are dropped regardless.
-fn own_name(name: &[u8], encode: impl FnOnce(&str) -> io::Result<()>) {
+fn own_name(
+    out: &mut BytesMut,
+    name: &[u8],
+    encode: impl FnOnce(&str, &mut BytesMut) -> io::Result<()>,
+) {
     debug_assert!(name.is_ascii() && !name.contains(&0), "{name:?}");
     let name = String::from_utf8_lossy(name).replace('\0', "");
-    let res = encode(&name);
+    let res = frontend_msg(out, |out| encode(&name, out));
     debug_assert!(res.is_ok());
 }
 
@@ -284,7 +366,7 @@ pub fn terminate() -> &'static [u8] {
 
 /// CopyFail: pgmux ends a COPY FROM STDIN whose client left.
 pub fn copy_fail(out: &mut BytesMut, reason: &str) {
-    let res = frontend::copy_fail(reason, out);
+    let res = frontend_msg(out, |out| frontend::copy_fail(reason, out));
     debug_assert!(res.is_ok());
 }
 
@@ -294,7 +376,9 @@ pub fn copy_fail(out: &mut BytesMut, reason: &str) {
 /// a direct connection closed there would, where a Sync would commit it.
 pub fn failing_parse(out: &mut BytesMut) {
     const TEXT: &str = "pgmux: the client left before the Sync of its batch; abort";
-    let res = frontend::parse("", TEXT, std::iter::empty(), out);
+    let res = frontend_msg(out, |out| {
+        frontend::parse("", TEXT, std::iter::empty(), out)
+    });
     debug_assert!(res.is_ok());
 }
 
@@ -306,103 +390,29 @@ pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
 /// One extended-protocol round trip of pgmux's own: Parse (unnamed), Bind
 /// with text parameters, Execute, Sync. Used for `auth_query`.
 pub fn query_with_params(out: &mut BytesMut, sql: &str, params: &[&str]) -> io::Result<()> {
-    frontend::parse("", sql, std::iter::empty(), out)?;
-    frontend::bind(
-        "",
-        "",
-        std::iter::empty(),
-        params.iter(),
-        |p, buf| {
-            buf.put_slice(p.as_bytes());
-            Ok(postgres_protocol::IsNull::No)
-        },
-        std::iter::empty(),
-        out,
-    )
-    .map_err(|e| match e {
-        frontend::BindError::Conversion(e) => io::Error::other(e),
-        frontend::BindError::Serialization(e) => e,
-    })?;
-    frontend::execute("", 0, out)?;
-    frontend::sync(out);
-    Ok(())
-}
-
-/// Parse of a client's statement text under a name of pgmux's, with the
-/// parameter types as the client sent them (count-prefixed OIDs).
-///
-/// Hand-written on purpose: the text is the client's bytes, which need not
-/// be UTF-8 (`client_encoding` LATIN1, SQL_ASCII), and the frontend
-/// encoders take `&str`; decoding and re-encoding would corrupt it.
-pub fn parse_raw(out: &mut BytesMut, name: &[u8], query: &[u8], types: &[u8]) {
-    let start = out.len();
-    out.put_u8(b'P');
-    out.put_i32(0);
-    out.extend(name.iter().copied().filter(|b| *b != 0));
-    out.put_u8(0);
-    out.extend_from_slice(query);
-    out.put_u8(0);
-    out.extend_from_slice(types);
-    patch_len(out, start);
-}
-
-/// A Query whose text is the concatenation of `parts`, client bytes among
-/// them (a rewritten `EXECUTE`, a `PREPARE` under pgmux's name): written by
-/// hand for the same reason as [`parse_raw`]. NULs are dropped.
-pub fn query_raw(out: &mut BytesMut, parts: &[&[u8]]) {
-    let start = out.len();
-    out.put_u8(b'Q');
-    out.put_i32(0);
-    for p in parts {
-        out.extend(p.iter().copied().filter(|b| *b != 0));
-    }
-    out.put_u8(0);
-    patch_len(out, start);
-}
-
-/// Back-patches the length field of the tagged message that starts at
-/// `start` (for the messages pgmux rewrites from a client's raw bytes).
-pub fn patch_len(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    frontend_msg(out, |out| {
+        frontend::parse("", sql, std::iter::empty(), out)?;
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            params.iter(),
+            |p, buf| {
+                buf.put_slice(p.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            std::iter::empty(),
+            out,
+        )
+        .map_err(|e| match e {
+            frontend::BindError::Conversion(e) => io::Error::other(e),
+            frontend::BindError::Serialization(e) => e,
+        })?;
+        frontend::execute("", 0, out)?;
+        frontend::sync(out);
+        Ok(())
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::frame::split_frame;
-
-    #[test]
-    fn encoded_messages_split_back() {
-        let mut out = BytesMut::new();
-        query(&mut out, "select 1").unwrap();
-        parse_raw(&mut out, b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
-        close_statement(&mut out, b"s1");
-        ready_for_query(&mut out, TxStatus::Idle);
-        write_error(&mut out, Severity::Error, "XX000", "a\0b");
-        row_description(&mut out, &[("a", 25), ("b", 1700)]);
-        data_row(&mut out, &[Some("x".into()), None]);
-        out.extend_from_slice(&parse_complete());
-        let tags: Vec<u8> = std::iter::from_fn(|| split_frame(&mut out, 1 << 20).unwrap())
-            .map(|f| f.tag())
-            .collect();
-        assert_eq!(tags, b"QPCZETD1");
-    }
-
-    #[test]
-    fn same_bytes_as_the_protocol_says() {
-        let mut out = BytesMut::new();
-        ready_for_query(&mut out, TxStatus::InTransaction);
-        assert_eq!(&out[..], b"Z\0\0\0\x05T");
-        assert_eq!(&parse_complete()[..], b"1\0\0\0\x04");
-        assert_eq!(&close_complete()[..], b"3\0\0\0\x04");
-        assert_eq!(terminate(), b"X\0\0\0\x04");
-        assert_eq!((SSL_ACCEPTED, ENCRYPTION_REFUSED), (&b"S"[..], &b"N"[..]));
-        out.clear();
-        backend_key_data(&mut out, 7, 9);
-        assert_eq!(&out[..], b"K\0\0\0\x0c\0\0\0\x07\0\0\0\x09");
-        out.clear();
-        auth_ok(&mut out);
-        assert_eq!(&out[..], b"R\0\0\0\x08\0\0\0\0");
-    }
-}
+mod tests;

@@ -156,7 +156,7 @@ impl Raw {
             self.out.put_slice(p.as_bytes());
         }
         self.out.put_i16(0);
-        encode::patch_len(&mut self.out, start);
+        encode::patch_len(&mut self.out, start).expect("a test message fits");
         self
     }
 
@@ -168,7 +168,7 @@ impl Raw {
         self.out.put_slice(portal.as_bytes());
         self.out.put_u8(0);
         self.out.put_i32(0);
-        encode::patch_len(&mut self.out, start);
+        encode::patch_len(&mut self.out, start).expect("a test message fits");
         self
     }
 
@@ -208,7 +208,7 @@ impl Raw {
         self.out.put_u8(b'd');
         self.out.put_i32(0);
         self.out.put_slice(data);
-        encode::patch_len(&mut self.out, start);
+        encode::patch_len(&mut self.out, start).expect("a test message fits");
         self
     }
 
