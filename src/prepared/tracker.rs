@@ -147,22 +147,24 @@ impl Tracker {
         if !messages::names_statements(sql) {
             return true;
         }
+        // As `query` sees the names: a simple Query has already destroyed
+        // the unnamed statement when it looks.
+        let mapped = |name: &[u8]| {
+            self.names
+                .get(name)
+                .filter(|_| !(name.is_empty() && self.limits.track_unnamed))
+        };
         match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
             Some(SqlPrepared::Prepare { name, rest }) => {
-                return self.names.get(&name).is_none()
-                    && !registry.is_confirmed(rest, SQL_PREPARE);
+                return mapped(&name).is_none() && !registry.is_confirmed(rest, SQL_PREPARE);
             }
-            Some(SqlPrepared::Execute { name, .. })
-                if self.names.get(&name).is_some_and(|s| s.sql) =>
-            {
+            Some(SqlPrepared::Execute { name, .. }) if mapped(&name).is_some_and(|s| s.sql) => {
                 return true;
             }
             _ => {}
         }
         match messages::sql_effect(sql) {
-            SqlEffect::Deallocate(name) if tx != TxStatus::Failed => {
-                self.names.get(&name).is_none()
-            }
+            SqlEffect::Deallocate(name) if tx != TxStatus::Failed => mapped(&name).is_none(),
             _ => true,
         }
     }

@@ -16,14 +16,13 @@ impl Session {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(());
         };
-        let seen = match self.core.on_server_bytes(server) {
-            Ok(seen) => seen,
-            Err(e) => {
-                let lost = ServerError::Protocol(e.to_string());
-                return self.on_server_lost(lost).await;
-            }
-        };
+        let mut seen = Replies::default();
+        let read = self.core.on_server_bytes(server, &mut seen);
         self.on_replies(seen);
+        if let Err(e) = read {
+            let lost = ServerError::Protocol(e.to_string());
+            return self.on_server_lost(lost).await;
+        }
         self.flush_client().await?;
         if seen.server_closing {
             // The server is going away: requests must not be sent to it any more.

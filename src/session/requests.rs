@@ -53,8 +53,9 @@ impl Session {
                 effects
             }
         };
-        // Once more only if a statement the plan found ready was freed in
-        // between: the core changed nothing then.
+        // Once more only if a statement the plan found accepted by some
+        // server was freed in between (by another client's session): the
+        // core changed nothing then.
         while !self.core.carry(
             &msg,
             &frame,

@@ -59,13 +59,14 @@ impl ErrorClass {
 impl Core {
     /// Handles every complete message in the server's read buffer: the
     /// replies are queued for the client (or dropped, as the reply queue
-    /// says) and the session's bookkeeping follows them. An unreadable
-    /// frame is an error: the server is to be treated as lost.
+    /// says) and the session's bookkeeping follows them; `seen` counts what
+    /// they completed, also when an unreadable frame follows (an error: the
+    /// server is to be treated as lost).
     pub(in crate::session) fn on_server_bytes(
         &mut self,
         server: &mut ServerConn,
-    ) -> Result<Replies, FrameError> {
-        let mut seen = Replies::default();
+        seen: &mut Replies,
+    ) -> Result<(), FrameError> {
         loop {
             // The rows of a result set go through in one copy, unsplit: a
             // DataRow completes no request and changes nothing in the
@@ -80,9 +81,9 @@ impl Core {
                 continue;
             }
             let Some(frame) = server.next_frame(self.max_msg)? else {
-                return Ok(seen);
+                return Ok(());
             };
-            let error = self.on_server_frame(&frame, server, &mut seen);
+            let error = self.on_server_frame(&frame, server, seen);
             seen.server_closing |= error.fatal;
         }
     }
