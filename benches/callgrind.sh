@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # User-space instructions per transaction, counted by callgrind: the same
-# number whatever else the machine is doing, so two builds (or pgmux and
-# PgBouncer) compare on any machine, one at a time.
+# number whatever else the machine is doing, so two builds compare on any
+# machine, one at a time. (PgBouncer's figures in docs/benchmarks.md were
+# taken the same way by hand: it refuses to run as root, and callgrind's
+# controls do not reach a process of another user here.)
 #
 # Usage: bash benches/callgrind.sh [PGMUX_BINARY ...]
 #   (default: target/release/pgmux, built if missing)
-#   PGMUX_CALLGRIND_PGBOUNCER=/path/to/pgbouncer adds a PgBouncer column.
 #   PGMUX_CALLGRIND_TX=300 transactions per client (4 clients, 1 thread).
 #   PGMUX_CALLGRIND_KEEP=DIR keeps each profile there (callgrind_annotate).
 #
@@ -67,32 +68,6 @@ EOF
   proxy_pid=$!
 }
 
-start_pgbouncer() {
-  local bin=$1 port=$2
-  mkdir -p "$work/pgb" && echo '"bench" "bench-secret"' > "$work/pgb/userlist.txt"
-  cat > "$work/pgb/pgbouncer.ini" <<EOF
-[databases]
-bench = host=127.0.0.1 port=$pg_port dbname=bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-auth_type = md5
-auth_file = $work/pgb/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_prepared_statements = 200
-unix_socket_dir =
-logfile = $work/pgb/pgbouncer.log
-ignore_startup_parameters = extra_float_digits
-EOF
-  [ "$(id -u)" = 0 ] && chown -R postgres "$work/pgb"
-  local as=()
-  [ "$(id -u)" = 0 ] && as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-  "${as[@]}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/pgb/cg.%p" \
-    "$bin" "$work/pgb/pgbouncer.ini" 2>"$work/proxy.log" &
-  proxy_pid=$!
-}
-
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "proxy did not start" >&2; cat "$work/proxy.log" >&2; return 1; }
 
 # The instructions one load costs per transaction, on the proxy at $port.
@@ -101,11 +76,12 @@ measure() {
   pgbench -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 1 -t 50 "$@" bench >/dev/null 2>&1
   callgrind_control -z "$proxy_pid" >/dev/null 2>&1
   callgrind_control -i on "$proxy_pid" >/dev/null 2>&1
-  pgbench -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 1 -t "$TX" "$@" bench >/dev/null 2>&1
+  local ok=1
+  pgbench -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 1 -t "$TX" "$@" bench >"$work/pgbench.log" 2>&1 || ok=
   callgrind_control -i off "$proxy_pid" >/dev/null 2>&1
   callgrind_control -d "$proxy_pid" >/dev/null 2>&1
   local file ir
-  file=$(ls -t "$work"/cg.*.* "$work"/pgb/cg.*.* 2>/dev/null | head -1)
+  file=$(ls -t "$work"/cg.*.* 2>/dev/null | head -1)
   ir=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
   if [ -n "${PGMUX_CALLGRIND_KEEP:-}" ]; then
     mkdir -p "$PGMUX_CALLGRIND_KEEP"
@@ -113,22 +89,18 @@ measure() {
   else
     rm -f "$file"
   fi
-  echo $(( ir / (CLIENTS * TX) ))
+  if [ -n "$ok" ] && [ -n "$ir" ]; then echo $(( ir / (CLIENTS * TX) )); else echo "fails"; fi
 }
 
 loads=("select-only, simple|-S -M simple" "select-only, extended|-S -M extended" "select-only, prepared|-S -M prepared" "TPC-B, simple|-M simple")
 targets=("${binaries[@]}")
-[ -n "${PGMUX_CALLGRIND_PGBOUNCER:-}" ] && targets+=("pgbouncer:$PGMUX_CALLGRIND_PGBOUNCER")
 
 printf '| load |'; for t in "${targets[@]}"; do printf ' %s |' "$t"; done; echo
 printf '|---|'; for _ in "${targets[@]}"; do printf -- '---|'; done; echo
 declare -A result
 for t in "${targets[@]}"; do
   port=$(free_port)
-  case $t in
-    pgbouncer:*) start_pgbouncer "${t#pgbouncer:}" "$port" ;;
-    *) start_pgmux "$t" "$port" ;;
-  esac
+  start_pgmux "$t" "$port"
   wait_port "$port"
   for l in "${loads[@]}"; do
     # shellcheck disable=SC2086
