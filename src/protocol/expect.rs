@@ -98,6 +98,9 @@ pub struct Entry<H> {
     pub hook: H,
     /// An ErrorResponse arrived inside this request's reply.
     errored: bool,
+    /// The client sent it after ending a COPY whose CopyInResponse had not
+    /// arrived: the first request the server reads outside that COPY.
+    after_copy_end: bool,
 }
 
 /// What a server message meant for the queue.
@@ -125,6 +128,12 @@ pub struct Expect<H> {
     /// An extended-protocol COPY FROM STDIN consumed the client's Sync: the
     /// server waits for another once the COPY ends (see [`Expect::sync_owed`]).
     copy_owes_sync: bool,
+    /// COPYs the client ended (CopyDone or CopyFail) before the server
+    /// said it started them: a client that pipelines its data behind the
+    /// COPY command. The next CopyInResponse starts a COPY that is over.
+    copy_ends_ahead: u32,
+    /// The next request queued is the first after such an end.
+    mark_next: bool,
 }
 
 impl<H> Default for Expect<H> {
@@ -135,6 +144,8 @@ impl<H> Default for Expect<H> {
             error_sent: false,
             copy_in: false,
             copy_owes_sync: false,
+            copy_ends_ahead: 0,
+            mark_next: false,
         }
     }
 }
@@ -176,6 +187,7 @@ impl<H> Expect<H> {
                 reply,
                 hook,
                 errored: false,
+                after_copy_end: std::mem::take(&mut self.mark_next),
             }),
         }
         None
@@ -240,6 +252,11 @@ impl<H> Expect<H> {
         let Some(entry) = self.q.pop_front() else {
             return Outcome::Pending;
         };
+        if self.q.is_empty() {
+            // No COPY can be on its way any more.
+            self.copy_ends_ahead = 0;
+            self.mark_next = false;
+        }
         match &entry.reply {
             Reply::Forward => out.extend_from_slice(frame.raw()),
             Reply::Replace(bytes) => {
@@ -263,15 +280,39 @@ impl<H> Expect<H> {
     /// COPY command (libpq and tokio-postgres send one right behind it) are
     /// consumed by the copy and will never be answered.
     fn start_copy_in(&mut self) {
-        self.copy_in = true;
-        self.copy_owes_sync |= self.q.front().is_some_and(|e| !e.req.ends_with_ready());
-        let mut first = true;
-        self.q
-            .retain(|e| std::mem::take(&mut first) || e.req != Req::Sync);
+        let ended = self.copy_ends_ahead > 0;
+        self.copy_in = !ended;
+        self.copy_ends_ahead = self.copy_ends_ahead.saturating_sub(1);
+        // Only the Syncs sent before the client ended the copy: what it
+        // sent after its CopyDone (a client that did not wait for this
+        // reply) is read outside the copy and answered as usual.
+        let end = match self.q.iter().skip(1).position(|e| e.after_copy_end) {
+            Some(i) if ended => i + 1,
+            _ => self.q.len(),
+        };
+        if let Some(first_after) = self.q.get_mut(end) {
+            first_after.after_copy_end = false;
+        } else if ended {
+            self.mark_next = false;
+        }
+        let mut at = 0;
+        self.q.retain(|e| {
+            at += 1;
+            at == 1 || at > end || e.req != Req::Sync
+        });
+        // An extended-protocol COPY consumed its batch's Sync: the server
+        // waits for another, unless the client already sent one.
+        let extended = self.q.front().is_some_and(|e| !e.req.ends_with_ready());
+        let sync_ahead = self.q.iter().any(|e| e.req == Req::Sync);
+        self.copy_owes_sync |= extended && !sync_ahead;
     }
 
     /// The client ended the copy (CopyDone or CopyFail).
     pub fn end_copy_in(&mut self) {
+        if !self.copy_in && !self.q.is_empty() {
+            self.copy_ends_ahead += 1;
+            self.mark_next = true;
+        }
         self.copy_in = false;
     }
 
@@ -331,6 +372,8 @@ impl<H> Expect<H> {
         self.skipping = false;
         self.copy_owes_sync = false;
         self.copy_in = false;
+        self.copy_ends_ahead = 0;
+        self.mark_next = false;
         (readies, tail, hooks)
     }
 }

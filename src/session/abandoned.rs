@@ -78,6 +78,16 @@ impl Session {
                 return false;
             }
             self.core.cout.clear();
+            // A COPY the client started just before it left.
+            if self.core.fail_abandoned_copy() {
+                let Some(server) = self.server.as_deref_mut() else {
+                    return false;
+                };
+                if server.write_all(&self.core.sout).await.is_err() {
+                    return false;
+                }
+                self.core.sout.clear();
+            }
         }
         true
     }

@@ -190,10 +190,10 @@ impl Core {
         self.push(req, reply, hook, server);
     }
 
-    /// A request completed: the tracker learns what the server now holds.
-    fn on_done(&mut self, hook: Hook, server: Option<&mut ServerConn>) {
+    /// A request completed: the tracker confirms what the server accepted.
+    fn on_done(&mut self, hook: Hook) {
         if let Some(t) = self.stmts.as_mut() {
-            t.on_done(hook, server.map(|s| &mut s.statements));
+            t.on_done(hook);
         }
     }
 
@@ -226,10 +226,7 @@ impl Core {
     pub(super) fn abandon_requests(&mut self, server: &mut ServerConn) -> bool {
         use crate::protocol::encode;
         let running = !self.expect.is_empty() && !self.expect.in_copy_in();
-        if self.expect.in_copy_in() {
-            encode::copy_fail(&mut self.sout, "the client left during COPY");
-            self.expect.end_copy_in();
-        }
+        self.fail_abandoned_copy();
         if self.batch_open() {
             // A Sync alone would commit the batch's implicit transaction;
             // a server already skipping to the Sync skips the Parse too.
@@ -240,5 +237,18 @@ impl Core {
             self.unsynced = false;
         }
         running
+    }
+
+    /// A COPY FROM STDIN whose client left (it may start only now, when a
+    /// CopyInResponse arrives behind the client's last bytes): failed at
+    /// once, so the server does not wait for data that will never come.
+    /// `true` when a CopyFail was written for the server.
+    pub(super) fn fail_abandoned_copy(&mut self) -> bool {
+        if !self.expect.in_copy_in() {
+            return false;
+        }
+        crate::protocol::encode::copy_fail(&mut self.sout, "the client left during COPY");
+        self.expect.end_copy_in();
+        true
     }
 }
