@@ -574,3 +574,78 @@ async fn sql_prepare_and_execute_destroy_the_unnamed_statement() {
     }
     assert_eq!(answers[1], answers[0], "pgmux, then PostgreSQL");
 }
+
+/// Replies to a pipeline sent in one write, up to `readies` ReadyForQuery,
+/// as tags with errors by SQLSTATE.
+async fn pipeline(c: &mut Raw, readies: usize) -> String {
+    c.flush().await;
+    let mut seen = String::new();
+    for _ in 0..readies {
+        let r = tokio::time::timeout(Duration::from_secs(10), c.until_ready())
+            .await
+            .expect("every ReadyForQuery arrives");
+        seen += &tags(&r);
+        if let Some(code) = error_code(&r) {
+            seen += &format!("({code})");
+        }
+    }
+    seen
+}
+
+/// Clients that send their next requests before reading the replies
+/// (pipelining): a COPY whose data and CopyDone follow the command at once,
+/// with a batch behind it; DEALLOCATE ALL with the same statement prepared
+/// and used again behind it; DISCARD ALL refused inside a transaction block
+/// that a ROLLBACK ahead of it ends. Through pgmux the client sees what
+/// PostgreSQL answers directly, and its statements stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_copy_and_deallocate_match_direct_postgres() {
+    let name = "t_pipeline";
+    let p = setup(name, 1, "").await;
+    let direct_port = cluster().port();
+    let mut d = Raw::connect(direct_port, name, PASSWORD, name).await;
+    d.query("CREATE TABLE IF NOT EXISTS t (a int)")
+        .round_trip()
+        .await;
+    let mut answers = Vec::new();
+    for port in [direct_port, p.addr().port()] {
+        let mut c = Raw::connect(port, name, PASSWORD, name).await;
+        let mut seen = Vec::new();
+        c.query("COPY t FROM STDIN")
+            .copy_data(b"1\n")
+            .copy_done()
+            .parse("", "SELECT count(*) FROM t")
+            .bind("", "", &[])
+            .execute("")
+            .sync();
+        seen.push(pipeline(&mut c, 2).await);
+        c.parse("s1", "SELECT 1").sync();
+        seen.push(pipeline(&mut c, 1).await);
+        c.query("DEALLOCATE ALL")
+            .parse("s1", "SELECT 1")
+            .describe("s1")
+            .bind("", "s1", &[])
+            .execute("")
+            .sync();
+        seen.push(pipeline(&mut c, 2).await);
+        c.query("BEGIN")
+            .query("SELECT 1/0")
+            .query("ROLLBACK")
+            .query("DISCARD ALL")
+            .bind("", "s1", &[])
+            .execute("")
+            .sync();
+        seen.push(pipeline(&mut c, 5).await);
+        c.query("BEGIN")
+            .query("DISCARD ALL")
+            .query("ROLLBACK")
+            .parse("s2", "SELECT 2")
+            .bind("", "s2", &[])
+            .execute("")
+            .sync();
+        seen.push(pipeline(&mut c, 4).await);
+        answers.push(seen);
+    }
+    assert_eq!(answers[1], answers[0], "through pgmux, then directly");
+    d.query("DROP TABLE t").round_trip().await;
+}
