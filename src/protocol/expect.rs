@@ -208,6 +208,7 @@ impl<H> Expect<H> {
 
     /// Handles one server message: appends what the client should get to
     /// `out` and says what completed.
+    #[inline]
     pub fn on_server(&mut self, frame: &Frame, out: &mut BytesMut) -> Outcome<H> {
         let tag = frame.tag();
         if matches!(

@@ -458,6 +458,16 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_starter_is_found_in_any_case() {
+        for s in STARTERS {
+            assert_eq!(starter(s.as_bytes()), Some(s));
+            assert_eq!(starter(s.to_ascii_uppercase().as_bytes()), Some(s));
+        }
+        assert_eq!(starter(b"select"), None);
+        assert_eq!(starter(b""), None);
+    }
+
     use super::*;
 
     fn changes_identity(sql: &[u8]) -> bool {
