@@ -401,7 +401,7 @@ fn tracker_sequences() {
             }
             for (_, _, hook) in replies.drain(..) {
                 match r.random_range(0..3) {
-                    0 => tracker.on_done(hook),
+                    0 => tracker.on_done(hook, Some(&mut server)),
                     n => {
                         let how = match (r.random::<bool>(), n == 1) {
                             (true, rejected) => Undo::StalePlan { rejected },

@@ -286,10 +286,12 @@ enum Leaving {
     /// The socket closed right behind a COPY command and its first data,
     /// before the server said the COPY started.
     CloseBeforeCopyStarts,
+    /// The same with a COPY started by Execute (its Sync consumed by it).
+    CloseBeforeExtendedCopyStarts,
 }
 
 impl Leaving {
-    const ALL: [Leaving; 8] = [
+    const ALL: [Leaving; 9] = [
         Leaving::TerminateInCopy,
         Leaving::TerminateInExtendedCopy,
         Leaving::TerminateUnsynced,
@@ -298,6 +300,7 @@ impl Leaving {
         Leaving::RejectedExtendedCopy,
         Leaving::QueryInsteadOfCopyDone,
         Leaving::CloseBeforeCopyStarts,
+        Leaving::CloseBeforeExtendedCopyStarts,
     ];
 }
 
@@ -337,6 +340,9 @@ async fn leave(port: u16, name: &str, how: Leaving) -> String {
             seen += &common::raw::tags(&c.until(b'E').await);
             seen += &common::raw::tags(&c.sync().round_trip().await);
             seen += &common::raw::tags(&c.query("SELECT 1").round_trip().await);
+        }
+        CloseBeforeExtendedCopyStarts => {
+            c.extended("COPY t FROM STDIN").sync().flush().await;
         }
         CloseBeforeCopyStarts => {
             c.query("COPY t FROM STDIN")

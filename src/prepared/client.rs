@@ -51,13 +51,4 @@ impl ClientStatements {
     pub fn clear(&mut self) {
         self.names.clear();
     }
-
-    /// Puts back the names a statement-dropping request took, when the
-    /// server did not run it; a name mapped again since keeps its new
-    /// statement.
-    pub fn restore(&mut self, old: ClientStatements) {
-        for (name, stmt) in old.names {
-            self.names.entry(name).or_insert(stmt);
-        }
-    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ClientStatements, ServerStatements, Statement, Tracker};
+use super::{ServerStatements, Statement, Tracker};
 
 /// What a request changed, so it can be undone if the request fails.
 #[derive(Debug)]
@@ -32,17 +32,7 @@ pub enum Hook {
     /// A Bind or Describe that uses `stmt` on the server.
     Uses(Arc<Statement>),
     /// DISCARD ALL or DEALLOCATE ALL: the server drops every statement.
-    /// The client's names and the server's set were emptied when the
-    /// request was routed (a client that pipelines a Parse behind it must
-    /// have the statement prepared again); this is what they held, back in
-    /// place if the server does not run it (a failed transaction, DISCARD
-    /// ALL in a transaction block, an error earlier in the batch).
-    DropAll {
-        /// The client's names.
-        names: Box<ClientStatements>,
-        /// The server's set.
-        server: Box<ServerStatements>,
-    },
+    DropAll,
 }
 
 /// Why a request's bookkeeping is undone.
@@ -70,16 +60,19 @@ impl Undo {
 
 impl Tracker {
     /// A request completed: a statement a server accepted is confirmed.
-    /// (What a request changed on the server's set was changed when it was
-    /// routed.)
-    pub fn on_done(&mut self, hook: Hook) {
-        if let Hook::Parse {
-            stmt,
-            on_server: true,
-            ..
-        } = hook
-        {
-            stmt.confirm();
+    pub fn on_done(&mut self, hook: Hook, server: Option<&mut ServerStatements>) {
+        match hook {
+            Hook::Parse {
+                stmt,
+                on_server: true,
+                ..
+            } => stmt.confirm(),
+            Hook::DropAll => {
+                if let Some(s) = server {
+                    s.clear();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -87,16 +80,7 @@ impl Tracker {
     /// whose cached plan went stale is retired on this server.
     pub fn undo(&mut self, hook: Hook, server: Option<&mut ServerStatements>, how: Undo) {
         match hook {
-            Hook::None => {}
-            Hook::DropAll {
-                names,
-                server: held,
-            } => {
-                self.names.restore(*names);
-                if let Some(s) = server {
-                    s.restore(*held);
-                }
-            }
+            Hook::None | Hook::DropAll => {}
             Hook::Parse {
                 stmt,
                 client,

@@ -84,21 +84,6 @@ impl ServerStatements {
         self.stale.clear();
     }
 
-    /// Puts back what [`std::mem::take`] took for a statement-dropping
-    /// request the server did not run, beside what was added since.
-    pub fn restore(&mut self, old: ServerStatements) {
-        for (_, (stmt, _)) in old.held {
-            if !self.held.contains_key(&stmt.id) {
-                self.add(stmt);
-            }
-        }
-        for stmt in old.stale {
-            if !self.stale.iter().any(|s| s.id == stmt.id) {
-                self.stale.push(stmt);
-            }
-        }
-    }
-
     /// Marks `stmt` unusable on this server until it is closed and prepared again.
     pub fn mark_stale(&mut self, stmt: &Arc<Statement>) {
         if self.held.remove(&stmt.id).is_some() {

@@ -446,8 +446,8 @@ impl Tracker {
             SqlEffect::Deallocate(name) if tx != TxStatus::Failed => self.names.get(name).cloned(),
             _ => None,
         };
-        if owned.is_none() && server.is_none() {
-            return Ok(Routed::NeedServer);
+        if owned.is_none() {
+            held!(server);
         }
         match (effect, owned) {
             (SqlEffect::Deallocate(name), Some(stmt)) => {
@@ -459,16 +459,16 @@ impl Tracker {
                 let hook = Hook::ClientClosed(Bytes::from(name), stmt);
                 out.expect(Req::Query, Reply::Synthetic(reply.freeze()), hook);
             }
-            // Emptied now, not when the server answers: a statement used
-            // behind it in the same pipeline must be sent again. The server
-            // refuses it in a failed transaction, and DISCARD ALL in any
-            // transaction block, which the client's status here may not yet
-            // show (a ROLLBACK ahead of it in the pipeline): the hook then
-            // puts everything back.
+            // The server refuses it in a failed transaction, and DISCARD ALL
+            // in any transaction block: nothing is dropped then.
+            (SqlEffect::DropAll { discard }, _)
+                if tx == TxStatus::Failed || (discard && tx == TxStatus::InTransaction) =>
+            {
+                out.forward(Req::Query, Hook::None)
+            }
             (SqlEffect::DropAll { .. }, _) => {
-                let names = Box::new(std::mem::take(&mut self.names));
-                let server = Box::new(server.map(std::mem::take).unwrap_or_default());
-                out.forward(Req::Query, Hook::DropAll { names, server });
+                self.names.clear();
+                out.forward(Req::Query, Hook::DropAll);
             }
             _ => out.forward(Req::Query, Hook::None),
         }

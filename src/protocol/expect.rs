@@ -128,11 +128,10 @@ pub struct Expect<H> {
     /// An extended-protocol COPY FROM STDIN consumed the client's Sync: the
     /// server waits for another once the COPY ends (see [`Expect::sync_owed`]).
     copy_owes_sync: bool,
-    /// COPYs the client ended (CopyDone or CopyFail) before the server
-    /// said it started them: a client that pipelines its data behind the
-    /// COPY command. The next CopyInResponse starts a COPY that is over.
-    copy_ends_ahead: u32,
-    /// The next request queued is the first after such an end.
+    /// The client ended a COPY (CopyDone or CopyFail) before the server
+    /// said it started one (a client that pipelines its data behind the
+    /// COPY command), and nothing was queued since: the next request is
+    /// the first the server reads outside that COPY.
     mark_next: bool,
 }
 
@@ -144,7 +143,6 @@ impl<H> Default for Expect<H> {
             error_sent: false,
             copy_in: false,
             copy_owes_sync: false,
-            copy_ends_ahead: 0,
             mark_next: false,
         }
     }
@@ -253,11 +251,7 @@ impl<H> Expect<H> {
         let Some(entry) = self.q.pop_front() else {
             return Outcome::Pending;
         };
-        if self.q.is_empty() {
-            // No COPY can be on its way any more.
-            self.copy_ends_ahead = 0;
-            self.mark_next = false;
-        }
+        self.popped();
         match &entry.reply {
             Reply::Forward => out.extend_from_slice(frame.raw()),
             Reply::Replace(bytes) => {
@@ -281,9 +275,10 @@ impl<H> Expect<H> {
     /// COPY command (libpq and tokio-postgres send one right behind it) are
     /// consumed by the copy and will never be answered.
     fn start_copy_in(&mut self) {
-        let ended = self.copy_ends_ahead > 0;
+        // A mark behind the COPY command can only be this COPY's end: the
+        // client cannot have begun another before ending it.
+        let ended = self.mark_next || self.q.iter().skip(1).any(|e| e.after_copy_end);
         self.copy_in = !ended;
-        self.copy_ends_ahead = self.copy_ends_ahead.saturating_sub(1);
         // Only the Syncs sent before the client ended the copy: what it
         // sent after its CopyDone (a client that did not wait for this
         // reply) is read outside the copy and answered as usual.
@@ -311,10 +306,19 @@ impl<H> Expect<H> {
     /// The client ended the copy (CopyDone or CopyFail).
     pub fn end_copy_in(&mut self) {
         if !self.copy_in && !self.q.is_empty() {
-            self.copy_ends_ahead += 1;
             self.mark_next = true;
         }
         self.copy_in = false;
+    }
+
+    /// An entry left the queue. A mark on the new head is stale (its COPY
+    /// ended without starting, or was already read), and with nothing
+    /// owed no COPY can be on its way.
+    fn popped(&mut self) {
+        match self.q.front_mut() {
+            Some(head) => head.after_copy_end = false,
+            None => self.mark_next = false,
+        }
     }
 
     /// The server skips every request up to the next Sync after an error.
@@ -323,10 +327,12 @@ impl<H> Expect<H> {
         failed.extend(self.q.pop_front().map(|e| e.hook));
         while let Some(e) = self.q.front() {
             if e.req == Req::Sync {
+                self.popped();
                 return failed;
             }
             failed.extend(self.q.pop_front().map(|e| e.hook));
         }
+        self.popped();
         self.skipping = true;
         failed
     }
@@ -342,6 +348,7 @@ impl<H> Expect<H> {
             self.note_synthetic(&bytes);
             out.extend_from_slice(&bytes);
             self.q.pop_front();
+            self.popped();
         }
     }
 
@@ -373,7 +380,6 @@ impl<H> Expect<H> {
         self.skipping = false;
         self.copy_owes_sync = false;
         self.copy_in = false;
-        self.copy_ends_ahead = 0;
         self.mark_next = false;
         (readies, tail, hooks)
     }

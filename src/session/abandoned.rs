@@ -42,7 +42,12 @@ impl Session {
             let key = server.key;
             let _ = tokio::time::timeout_at(deadline, crate::cancel::cancel_server(key)).await;
         }
-        if !self.drain_replies(deadline).await {
+        // Whatever was owed is in; a server still waiting for a Sync (or
+        // in a COPY) is not idle, and is closed rather than lent.
+        if !self.drain_replies(deadline).await
+            || self.core.batch_open()
+            || self.core.expect.in_copy_in()
+        {
             return false;
         }
         if self.core.tx != TxStatus::Idle {

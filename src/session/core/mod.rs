@@ -190,10 +190,10 @@ impl Core {
         self.push(req, reply, hook, server);
     }
 
-    /// A request completed: the tracker confirms what the server accepted.
-    fn on_done(&mut self, hook: Hook) {
+    /// A request completed: the tracker learns what the server now holds.
+    fn on_done(&mut self, hook: Hook, server: Option<&mut ServerConn>) {
         if let Some(t) = self.stmts.as_mut() {
-            t.on_done(hook);
+            t.on_done(hook, server.map(|s| &mut s.statements));
         }
     }
 
@@ -249,6 +249,12 @@ impl Core {
         }
         crate::protocol::encode::copy_fail(&mut self.sout, "the client left during COPY");
         self.expect.end_copy_in();
+        // An extended-protocol COPY consumed its batch's Sync: the failed
+        // COPY leaves the server skipping to the next one.
+        if self.expect.sync_owed() {
+            crate::protocol::encode::sync(&mut self.sout);
+            self.push(Req::Sync, Reply::Swallow, Hook::None, None);
+        }
         true
     }
 }

@@ -115,7 +115,7 @@ impl Core {
         }
         match self.expect.on_server(frame, &mut self.cout) {
             Outcome::Pending => {}
-            Outcome::Done(hook) => self.on_done(hook),
+            Outcome::Done(hook) => self.on_done(hook, Some(server)),
             Outcome::Failed(hooks) => {
                 // The first is the request the server rejected, the rest
                 // were skipped.
