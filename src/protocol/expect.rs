@@ -402,6 +402,34 @@ mod tests {
     }
 
     #[test]
+    fn copy_ended_before_it_started() {
+        let mut e: Expect<u8> = Expect::default();
+        let mut out = BytesMut::new();
+        // COPY, its data and CopyDone, then a batch, all in one write.
+        e.push(Req::Query, Reply::Forward, 1, &mut out);
+        e.end_copy_in();
+        e.push(Req::Parse, Reply::Forward, 2, &mut out);
+        e.push(Req::Sync, Reply::Forward, 3, &mut out);
+        e.on_server(&frame(be::COPY_IN_RESPONSE), &mut out);
+        assert!(!e.in_copy_in(), "the client already ended it");
+        for tag in [b'C', b'Z', b'1'] {
+            e.on_server(&frame(tag), &mut out);
+        }
+        assert!(!e.is_empty(), "the batch's Sync is still owed");
+        e.on_server(&z(), &mut out);
+        assert!(e.is_empty());
+        // A COPY refused before it started leaves no end behind for the
+        // next one, whose client waits for CopyInResponse.
+        e.push(Req::Query, Reply::Forward, 4, &mut out);
+        e.end_copy_in();
+        e.push(Req::Query, Reply::Forward, 5, &mut out);
+        e.on_server(&frame(be::ERROR_RESPONSE), &mut out);
+        e.on_server(&z(), &mut out);
+        e.on_server(&frame(be::COPY_IN_RESPONSE), &mut out);
+        assert!(e.in_copy_in());
+    }
+
+    #[test]
     fn a_lost_server_owes_only_what_the_client_asked() {
         // An EXECUTE behind the PREPARE pgmux injected, the server lost
         // before either answered: one error and ReadyForQuery, not two.
