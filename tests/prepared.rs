@@ -594,11 +594,13 @@ async fn pipeline(c: &mut Raw, readies: usize) -> String {
 
 /// Clients that send their next requests before reading the replies
 /// (pipelining): a COPY whose data and CopyDone follow the command at once,
-/// with a batch behind it; DISCARD ALL behind a failed transaction's
-/// ROLLBACK, and refused inside a transaction block. Through pgmux the
-/// client sees what PostgreSQL answers directly.
+/// with a batch behind it; DEALLOCATE ALL with the same statement
+/// prepared and used again behind it, also behind a failed transaction's
+/// ROLLBACK; DISCARD ALL behind such a ROLLBACK, and refused inside a
+/// transaction block. Through pgmux the client sees what PostgreSQL
+/// answers directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_copy_and_discard_match_direct_postgres() {
+async fn pipelined_copy_and_deallocate_match_direct_postgres() {
     let name = "t_pipeline";
     let p = setup(name, 1, "").await;
     let direct_port = cluster().port();
@@ -620,17 +622,24 @@ async fn pipelined_copy_and_discard_match_direct_postgres() {
         seen.push(pipeline(&mut c, 2).await);
         c.parse("s1", "SELECT 1").sync();
         seen.push(pipeline(&mut c, 1).await);
-        // (DEALLOCATE ALL takes effect when its reply is read: a
-        // statement re-prepared behind it in the same write is a
-        // documented limit.)
-        c.query("DEALLOCATE ALL");
-        seen.push(pipeline(&mut c, 1).await);
-        c.parse("s1", "SELECT 1")
+        c.query("DEALLOCATE ALL")
+            .parse("s1", "SELECT 1")
             .describe("s1")
             .bind("", "s1", &[])
             .execute("")
             .sync();
-        seen.push(pipeline(&mut c, 1).await);
+        seen.push(pipeline(&mut c, 2).await);
+        // DEALLOCATE ALL behind the ROLLBACK of a failed transaction, and
+        // the statement used again behind it.
+        c.query("BEGIN")
+            .query("SELECT 1/0")
+            .query("ROLLBACK")
+            .query("DEALLOCATE ALL")
+            .parse("s1", "SELECT 1")
+            .bind("", "s1", &[])
+            .execute("")
+            .sync();
+        seen.push(pipeline(&mut c, 5).await);
         c.query("BEGIN")
             .query("SELECT 1/0")
             .query("ROLLBACK")

@@ -161,6 +161,9 @@ struct Session {
     server: Option<Checkout>,
     /// The protocol state.
     core: Core,
+    /// A client message that waits for the server's replies (behind a
+    /// DEALLOCATE ALL, say); nothing more is read from the client meanwhile.
+    held: Option<Box<crate::protocol::Frame>>,
     /// Whether the client waits on itself, as last told to the registry.
     idle: Idle,
     cancel: CancelHandle,
@@ -231,6 +234,7 @@ impl Session {
             },
             pool: login.pool,
             server: None,
+            held: None,
             idle: Idle::Client,
             cancel: login.cancel,
         }
@@ -261,15 +265,22 @@ impl Session {
             // rare signals last, so a round trip polls only what woke it.
             let res = tokio::select! {
                 biased;
-                r = read_server(&mut self.server) => match r {
-                    Ok(0) => self.on_server_lost(ServerError::Protocol("server closed the connection unexpectedly".into())).await,
-                    Err(e) => self.on_server_lost(e.into()).await,
-                    Ok(_) => {
-                        self.now = Instant::now();
-                        self.on_server_data().await
+                r = read_server(&mut self.server) => {
+                    let res = match r {
+                        Ok(0) => self.on_server_lost(ServerError::Protocol("server closed the connection unexpectedly".into())).await,
+                        Err(e) => self.on_server_lost(e.into()).await,
+                        Ok(_) => {
+                            self.now = Instant::now();
+                            self.on_server_data().await
+                        }
+                    };
+                    // A message that waited for these replies goes on.
+                    match res {
+                        Ok(()) if self.held.is_some() && !self.core.holding() => self.on_client_data().await,
+                        res => res,
                     }
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated => match r {
+                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated && self.held.is_none() => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => {
                         self.now = Instant::now();

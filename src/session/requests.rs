@@ -9,22 +9,42 @@ use crate::protocol::frontend::Message;
 use crate::protocol::{Frame, SqlState};
 use crate::stats::ErrorReason;
 
+/// What became of one client message.
+enum Step {
+    /// Handled: on to the next.
+    Next,
+    /// The client said goodbye.
+    Terminate,
+    /// It waits for the server's replies (kept by the session).
+    Hold(Frame),
+}
+
 impl Session {
+    /// Handles the client's messages in order: one kept waiting first,
+    /// then what was read, until one has to wait.
     pub(super) async fn on_client_data(&mut self) -> Result<(), End> {
         loop {
-            let frame = match split_frame(&mut self.cbuf, self.core.max_msg) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    self.count_error(ErrorReason::ProtocolError);
-                    return Err(fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!("invalid frontend message: {e}"),
-                    ));
-                }
+            let frame = match self.held.take() {
+                Some(held) => *held,
+                None => match split_frame(&mut self.cbuf, self.core.max_msg) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.count_error(ErrorReason::ProtocolError);
+                        return Err(fatal(
+                            SqlState::PROTOCOL_VIOLATION,
+                            format!("invalid frontend message: {e}"),
+                        ));
+                    }
+                },
             };
-            if self.on_client_frame(frame).await? {
-                return self.on_terminate().await;
+            match self.on_client_frame(frame).await? {
+                Step::Next => {}
+                Step::Terminate => return self.on_terminate().await,
+                Step::Hold(frame) => {
+                    self.held = Some(Box::new(frame));
+                    break;
+                }
             }
         }
         self.flush_server().await?;
@@ -32,8 +52,8 @@ impl Session {
     }
 
     /// One client message, carried through the core: planned once, a
-    /// server taken if it needs one, routed once. `true` for a Terminate.
-    async fn on_client_frame(&mut self, frame: Frame) -> Result<bool, End> {
+    /// server taken if it needs one, routed once.
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<Step, End> {
         let msg = Message::read(&frame);
         let plan = {
             let pool = &self.pool;
@@ -45,8 +65,9 @@ impl Session {
             self.core.plan(&msg, self.server.is_some(), &policy)?
         };
         let effects = match plan {
-            Plan::Done => return Ok(false),
-            Plan::Terminate => return Ok(true),
+            Plan::Done => return Ok(Step::Next),
+            Plan::Terminate => return Ok(Step::Terminate),
+            Plan::Hold => return Ok(Step::Hold(frame)),
             Plan::Carry(effects) => effects,
             Plan::NeedServer(effects) => {
                 self.ensure_server().await?;
@@ -65,7 +86,7 @@ impl Session {
         )? {
             self.ensure_server().await?;
         }
-        Ok(false)
+        Ok(Step::Next)
     }
 
     /// Terminate: the session ends once the replies still owed are

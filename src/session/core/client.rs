@@ -28,6 +28,11 @@ pub(in crate::session) enum Plan {
     Carry(Effects),
     /// Carry it once a server is held.
     NeedServer(Effects),
+    /// Not yet: it waits for the replies to what went before (behind a
+    /// DEALLOCATE ALL or DISCARD ALL, or to be one with the client's
+    /// transaction status up to date). The shell keeps it, reads nothing
+    /// more from the client, and plans it again when the server answers.
+    Hold,
 }
 
 /// What the tracker made of a message.
@@ -59,6 +64,10 @@ impl Core {
         held: bool,
         policy: &Policy<'_>,
     ) -> Result<Plan, End> {
+        let owed = !self.expect.is_empty() && !self.batch_open();
+        if self.drop_in_flight || (owed && self.drops_all(msg)) {
+            return Ok(Plan::Hold);
+        }
         match msg {
             Message::Terminate => return Ok(Plan::Terminate),
             Message::Password => {
@@ -83,6 +92,22 @@ impl Core {
             Ok(Plan::Carry(effects))
         } else {
             Ok(Plan::NeedServer(effects))
+        }
+    }
+
+    /// A DEALLOCATE ALL or DISCARD ALL of a client whose statements are
+    /// tracked: it is routed only with nothing owed before it (a ROLLBACK
+    /// ahead of it decides whether the server runs it), and nothing after
+    /// it until it is answered (a statement prepared again behind it must
+    /// be sent to the server again). Pipelining clients wait one round
+    /// trip there; nobody else does.
+    fn drops_all(&self, msg: &Message<'_>) -> bool {
+        use crate::prepared::messages::{names_statements, sql_effect, SqlEffect};
+        match msg {
+            Message::Query(sql) if self.stmts.is_some() && names_statements(sql) => {
+                matches!(sql_effect(sql), SqlEffect::DropAll { .. })
+            }
+            _ => false,
         }
     }
 
@@ -188,6 +213,9 @@ impl Core {
         }
         let mut routed = std::mem::take(&mut self.routed);
         for (req, reply, hook) in routed.drain(..) {
+            // (A server skipping to a Sync skips it too: no answer comes,
+            // and the undo at the push clears this again.)
+            self.drop_in_flight |= matches!(hook, Hook::DropAll);
             self.send(req, reply, hook, server.as_deref_mut());
         }
         self.routed = routed;

@@ -69,6 +69,10 @@ pub(super) struct Core {
     pub(super) pinned: Option<&'static str>,
     /// The first words of the last statement that may have pinned it.
     pub(super) pin_hint: Option<Box<str>>,
+    /// A DEALLOCATE ALL or DISCARD ALL is at the server: the statements it
+    /// drops are known only from its answer, so the client's next messages
+    /// wait for it ([`Plan::Hold`]).
+    drop_in_flight: bool,
 }
 
 impl Core {
@@ -97,6 +101,7 @@ impl Core {
             touched: Effects::NONE,
             pinned: None,
             pin_hint: None,
+            drop_in_flight: false,
         }
     }
 
@@ -147,9 +152,15 @@ impl Core {
         self.touched.identity || server.is_some_and(|s| s.identity_in_doubt())
     }
 
+    /// The client's messages wait for a DEALLOCATE ALL or DISCARD ALL.
+    pub(super) fn holding(&self) -> bool {
+        self.drop_in_flight
+    }
+
     /// The held server was closed: nothing it held is to be read back.
     pub(super) fn forget_server(&mut self) {
         self.touched = Effects::NONE;
+        self.drop_in_flight = false;
     }
 
     /// A request went to the server: an extended-protocol message owes a
@@ -192,6 +203,7 @@ impl Core {
 
     /// A request completed: the tracker learns what the server now holds.
     fn on_done(&mut self, hook: Hook, server: Option<&mut ServerConn>) {
+        self.drop_in_flight &= !matches!(hook, Hook::DropAll);
         if let Some(t) = self.stmts.as_mut() {
             t.on_done(hook, server.map(|s| &mut s.statements));
         }
@@ -199,6 +211,7 @@ impl Core {
 
     /// A request failed or was skipped: the tracker undoes what it recorded.
     fn undo(&mut self, hook: Hook, server: Option<&mut ServerConn>, how: Undo) {
+        self.drop_in_flight &= !matches!(hook, Hook::DropAll);
         if let Some(t) = self.stmts.as_mut() {
             t.undo(hook, server.map(|s| &mut s.statements), how);
         }
