@@ -161,9 +161,10 @@ struct Session {
     server: Option<Checkout>,
     /// The protocol state.
     core: Core,
-    /// A client message that waits for the server's replies (behind a
-    /// DEALLOCATE ALL, say); nothing more is read from the client meanwhile.
-    held: Option<Box<crate::protocol::Frame>>,
+    /// The next client message waits for the server's replies (behind a
+    /// DEALLOCATE ALL, say): nothing more is read from the client until
+    /// they come.
+    waiting: bool,
     /// Whether the client waits on itself, as last told to the registry.
     idle: Idle,
     cancel: CancelHandle,
@@ -234,7 +235,7 @@ impl Session {
             },
             pool: login.pool,
             server: None,
-            held: None,
+            waiting: false,
             idle: Idle::Client,
             cancel: login.cancel,
         }
@@ -276,11 +277,11 @@ impl Session {
                     };
                     // A message that waited for these replies goes on.
                     match res {
-                        Ok(()) if self.held.is_some() && !self.core.holding() => self.on_client_data().await,
+                        Ok(()) if self.waiting => self.on_client_data().await,
                         res => res,
                     }
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated && self.held.is_none() => match r {
+                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated && !self.waiting => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => {
                         self.now = Instant::now();

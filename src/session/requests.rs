@@ -4,47 +4,37 @@
 use super::core::{Plan, Policy};
 use super::{fatal, End, Session};
 use crate::config::SessionState;
-use crate::protocol::frame::split_frame;
+use crate::protocol::frame::{peek_len, split_frame};
 use crate::protocol::frontend::Message;
 use crate::protocol::{Frame, SqlState};
 use crate::stats::ErrorReason;
 
-/// What became of one client message.
-enum Step {
-    /// Handled: on to the next.
-    Next,
-    /// The client said goodbye.
-    Terminate,
-    /// It waits for the server's replies (kept by the session).
-    Hold(Frame),
-}
-
 impl Session {
-    /// Handles the client's messages in order: one kept waiting first,
-    /// then what was read, until one has to wait.
+    /// Handles the client's messages in order, until one has to wait.
     pub(super) async fn on_client_data(&mut self) -> Result<(), End> {
+        self.waiting = false;
         loop {
-            let frame = match self.held.take() {
-                Some(held) => *held,
-                None => match split_frame(&mut self.cbuf, self.core.max_msg) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.count_error(ErrorReason::ProtocolError);
-                        return Err(fatal(
-                            SqlState::PROTOCOL_VIOLATION,
-                            format!("invalid frontend message: {e}"),
-                        ));
-                    }
-                },
-            };
-            match self.on_client_frame(frame).await? {
-                Step::Next => {}
-                Step::Terminate => return self.on_terminate().await,
-                Step::Hold(frame) => {
-                    self.held = Some(Box::new(frame));
+            // A message that must wait for the server's replies stays in
+            // the buffer, unread ([`Core::waits`]).
+            if let Ok(Some(n)) = peek_len(&self.cbuf, self.core.max_msg) {
+                if self.cbuf.get(..n).is_some_and(|next| self.core.waits(next)) {
+                    self.waiting = true;
                     break;
                 }
+            }
+            let frame = match split_frame(&mut self.cbuf, self.core.max_msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.count_error(ErrorReason::ProtocolError);
+                    return Err(fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message: {e}"),
+                    ));
+                }
+            };
+            if self.on_client_frame(frame).await? {
+                return self.on_terminate().await;
             }
         }
         self.flush_server().await?;
@@ -52,8 +42,8 @@ impl Session {
     }
 
     /// One client message, carried through the core: planned once, a
-    /// server taken if it needs one, routed once.
-    async fn on_client_frame(&mut self, frame: Frame) -> Result<Step, End> {
+    /// server taken if it needs one, routed once. `true` for a Terminate.
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<bool, End> {
         let msg = Message::read(&frame);
         let plan = {
             let pool = &self.pool;
@@ -65,9 +55,8 @@ impl Session {
             self.core.plan(&msg, self.server.is_some(), &policy)?
         };
         let effects = match plan {
-            Plan::Done => return Ok(Step::Next),
-            Plan::Terminate => return Ok(Step::Terminate),
-            Plan::Hold => return Ok(Step::Hold(frame)),
+            Plan::Done => return Ok(false),
+            Plan::Terminate => return Ok(true),
             Plan::Carry(effects) => effects,
             Plan::NeedServer(effects) => {
                 self.ensure_server().await?;
@@ -86,7 +75,7 @@ impl Session {
         )? {
             self.ensure_server().await?;
         }
-        Ok(Step::Next)
+        Ok(false)
     }
 
     /// Terminate: the session ends once the replies still owed are

@@ -28,11 +28,6 @@ pub(in crate::session) enum Plan {
     Carry(Effects),
     /// Carry it once a server is held.
     NeedServer(Effects),
-    /// Not yet: it waits for the replies to what went before (behind a
-    /// DEALLOCATE ALL or DISCARD ALL, or to be one with the client's
-    /// transaction status up to date). The shell keeps it, reads nothing
-    /// more from the client, and plans it again when the server answers.
-    Hold,
 }
 
 /// What the tracker made of a message.
@@ -64,10 +59,6 @@ impl Core {
         held: bool,
         policy: &Policy<'_>,
     ) -> Result<Plan, End> {
-        let owed = !self.expect.is_empty() && !self.batch_open();
-        if self.drop_in_flight || (owed && self.drops_all(msg)) {
-            return Ok(Plan::Hold);
-        }
         match msg {
             Message::Terminate => return Ok(Plan::Terminate),
             Message::Password => {
@@ -95,20 +86,29 @@ impl Core {
         }
     }
 
-    /// A DEALLOCATE ALL or DISCARD ALL of a client whose statements are
-    /// tracked: it is routed only with nothing owed before it (a ROLLBACK
-    /// ahead of it decides whether the server runs it), and nothing after
-    /// it until it is answered (a statement prepared again behind it must
-    /// be sent to the server again). Pipelining clients wait one round
-    /// trip there; nobody else does.
-    fn drops_all(&self, msg: &Message<'_>) -> bool {
+    /// Whether the next client message (`next`, whole and raw) must wait
+    /// for the server's replies before it is even read: a DEALLOCATE ALL or
+    /// DISCARD ALL of a client whose statements are tracked goes to the
+    /// server only with nothing owed before it (a ROLLBACK ahead of it
+    /// decides whether the server runs it), and nothing goes after it until
+    /// it is answered (a statement prepared again behind it must be sent to
+    /// the server again). Pipelining clients wait one round trip there;
+    /// nobody else does. The shell reads no more from the client meanwhile.
+    pub(in crate::session) fn waits(&self, next: &[u8]) -> bool {
+        self.drop_in_flight || (next.first() == Some(&fe::QUERY) && self.waits_to_drop(next))
+    }
+
+    /// [`Core::waits`] for a Query. Not inlined: every message asks.
+    #[inline(never)]
+    fn waits_to_drop(&self, query: &[u8]) -> bool {
         use crate::prepared::messages::{names_statements, sql_effect, SqlEffect};
-        match msg {
-            Message::Query(sql) if self.stmts.is_some() && names_statements(sql) => {
-                matches!(sql_effect(sql), SqlEffect::DropAll { .. })
-            }
-            _ => false,
+        if self.expect.is_empty() || self.batch_open() || self.stmts.is_none() {
+            return false;
         }
+        let text = query.get(5..).and_then(crate::protocol::frame::cstr);
+        text.is_some_and(|(sql, _)| {
+            names_statements(sql) && matches!(sql_effect(sql), SqlEffect::DropAll { .. })
+        })
     }
 
     /// Whether a message needs a server when none is held: what the

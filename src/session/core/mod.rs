@@ -71,7 +71,7 @@ pub(super) struct Core {
     pub(super) pin_hint: Option<Box<str>>,
     /// A DEALLOCATE ALL or DISCARD ALL is at the server: the statements it
     /// drops are known only from its answer, so the client's next messages
-    /// wait for it ([`Plan::Hold`]).
+    /// wait for it ([`Core::waits`]).
     drop_in_flight: bool,
 }
 
@@ -150,11 +150,6 @@ impl Core {
     /// goes back to the pool.
     pub(super) fn identity_needs_restore(&self, server: Option<&ServerConn>) -> bool {
         self.touched.identity || server.is_some_and(|s| s.identity_in_doubt())
-    }
-
-    /// The client's messages wait for a DEALLOCATE ALL or DISCARD ALL.
-    pub(super) fn holding(&self) -> bool {
-        self.drop_in_flight
     }
 
     /// The held server was closed: nothing it held is to be read back.
