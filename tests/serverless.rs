@@ -288,10 +288,13 @@ enum Leaving {
     CloseBeforeCopyStarts,
     /// The same with a COPY started by Execute (its Sync consumed by it).
     CloseBeforeExtendedCopyStarts,
+    /// The socket closed while a DISCARD ALL waits behind a long query
+    /// (sent in the same write): the query is cancelled at once.
+    CloseWhileDiscardWaits,
 }
 
 impl Leaving {
-    const ALL: [Leaving; 9] = [
+    const ALL: [Leaving; 10] = [
         Leaving::TerminateInCopy,
         Leaving::TerminateInExtendedCopy,
         Leaving::TerminateUnsynced,
@@ -301,6 +304,7 @@ impl Leaving {
         Leaving::QueryInsteadOfCopyDone,
         Leaving::CloseBeforeCopyStarts,
         Leaving::CloseBeforeExtendedCopyStarts,
+        Leaving::CloseWhileDiscardWaits,
     ];
 }
 
@@ -340,6 +344,10 @@ async fn leave(port: u16, name: &str, how: Leaving) -> String {
             seen += &common::raw::tags(&c.until(b'E').await);
             seen += &common::raw::tags(&c.sync().round_trip().await);
             seen += &common::raw::tags(&c.query("SELECT 1").round_trip().await);
+        }
+        CloseWhileDiscardWaits => {
+            c.query("SELECT pg_sleep(3)").query("DISCARD ALL").flush().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         CloseBeforeExtendedCopyStarts => {
             c.extended("COPY t FROM STDIN").sync().flush().await;

@@ -170,6 +170,11 @@ struct Session {
     cancel: CancelHandle,
 }
 
+/// While a message waits for the server's replies, the client is still
+/// read (so a client that leaves is seen, and its server recovered at
+/// once), up to this much.
+const WAITING_READ_ROOM: usize = 64 * 1024;
+
 /// Room a session keeps for its next read: all an idle client holds.
 const IDLE_READ_ROOM: usize = 128;
 
@@ -281,7 +286,7 @@ impl Session {
                         res => res,
                     }
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated && !self.waiting => match r {
+                r = self.client.read_buf(&mut self.cbuf), if !self.core.terminated && (!self.waiting || self.cbuf.len() < WAITING_READ_ROOM) => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => {
                         self.now = Instant::now();

@@ -10,21 +10,34 @@ use crate::protocol::{Frame, SqlState};
 use crate::stats::ErrorReason;
 
 impl Session {
-    /// Handles the client's messages in order, until one has to wait.
+    /// Handles what the client sent, and writes what it caused.
     pub(super) async fn on_client_data(&mut self) -> Result<(), End> {
-        self.waiting = false;
         loop {
-            // A message that must wait for the server's replies stays in
-            // the buffer, unread ([`Core::waits`]).
+            self.waiting = false;
+            self.handle_client_frames().await?;
+            self.flush_server().await?;
+            self.flush_client().await?;
+            // A server lost while writing answered what was owed: the
+            // message that waited for it waits no more.
+            if !(self.waiting && self.server.is_none()) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles the client's whole messages in order, until one has to
+    /// wait for the server's replies (it stays unread, [`Core::waits`]).
+    async fn handle_client_frames(&mut self) -> Result<(), End> {
+        loop {
             if let Ok(Some(n)) = peek_len(&self.cbuf, self.core.max_msg) {
                 if self.cbuf.get(..n).is_some_and(|next| self.core.waits(next)) {
                     self.waiting = true;
-                    break;
+                    return Ok(());
                 }
             }
             let frame = match split_frame(&mut self.cbuf, self.core.max_msg) {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     self.count_error(ErrorReason::ProtocolError);
                     return Err(fatal(
@@ -37,8 +50,6 @@ impl Session {
                 return self.on_terminate().await;
             }
         }
-        self.flush_server().await?;
-        self.flush_client().await
     }
 
     /// One client message, carried through the core: planned once, a

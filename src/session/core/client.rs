@@ -102,7 +102,13 @@ impl Core {
     #[inline(never)]
     fn waits_to_drop(&self, query: &[u8]) -> bool {
         use crate::prepared::messages::{names_statements, sql_effect, SqlEffect};
-        if self.expect.is_empty() || self.batch_open() || self.stmts.is_none() {
+        // (Not inside a batch, whose replies come only at its Sync or a
+        // Flush, nor inside a COPY: waiting there would wait forever.)
+        if self.expect.is_empty()
+            || self.batch_open()
+            || self.expect.in_copy_in()
+            || self.stmts.is_none()
+        {
             return false;
         }
         let text = query.get(5..).and_then(crate::protocol::frame::cstr);
