@@ -346,7 +346,10 @@ async fn leave(port: u16, name: &str, how: Leaving) -> String {
             seen += &common::raw::tags(&c.query("SELECT 1").round_trip().await);
         }
         CloseWhileDiscardWaits => {
-            c.query("SELECT pg_sleep(3)").query("DISCARD ALL").flush().await;
+            c.query("SELECT pg_sleep(3)")
+                .query("DISCARD ALL")
+                .flush()
+                .await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         CloseBeforeExtendedCopyStarts => {
