@@ -797,8 +797,17 @@ mod tests {
                 "{key} mapped and refused"
             );
         }
-        let dir = std::env::temp_dir().join(format!("pgmux-ini-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        /// Removes the test's directory however the test ends.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch =
+            Scratch(std::env::temp_dir().join(format!("pgmux-ini-test-{}", std::process::id())));
+        let dir = &scratch.0;
+        std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("users.txt"), "\"app\" \"secret\"\n").unwrap();
         let ini = dir.join("t.ini");
         let at = |line: usize| format!("{}:{line}", ini.display());
@@ -842,6 +851,5 @@ mod tests {
                 format!("{}: database app: connect_query is not supported; sessions would start without it", at(5)),
             ]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
