@@ -95,6 +95,13 @@ pub const RESERVE_AHEAD: usize = 64 * 1024;
 /// bytes are needed; room for the rest of the message (up to
 /// [`RESERVE_AHEAD`]) is reserved so the next read can complete it.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+    Ok(whole_len(buf, max_len)?.map(|total| take_frame(buf, total)))
+}
+
+/// The length of the complete message at the front of `buf`, for a caller
+/// that looks at it before splitting it off ([`take_frame`]); `Ok(None)`
+/// as [`split_frame`] says it.
+pub fn whole_len(buf: &mut BytesMut, max_len: usize) -> Result<Option<usize>, FrameError> {
     let Some(total) = peek_len(buf, max_len)? else {
         return Ok(None);
     };
@@ -102,9 +109,14 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
         buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
-    Ok(Some(Frame {
+    Ok(Some(total))
+}
+
+/// Splits off the first `total` bytes, a length [`whole_len`] gave.
+pub fn take_frame(buf: &mut BytesMut, total: usize) -> Frame {
+    Frame {
         raw: buf.split_to(total).freeze(),
-    }))
+    }
 }
 
 /// Gives `buf` at least `min` bytes of room for the next read, reserving

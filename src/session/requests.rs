@@ -4,7 +4,7 @@
 use super::core::{Plan, Policy};
 use super::{fatal, End, Session};
 use crate::config::SessionState;
-use crate::protocol::frame::{peek_len, split_frame};
+use crate::protocol::frame::{take_frame, whole_len};
 use crate::protocol::frontend::Message;
 use crate::protocol::{Frame, SqlState};
 use crate::stats::ErrorReason;
@@ -29,14 +29,8 @@ impl Session {
     /// wait for the server's replies (it stays unread, [`Core::waits`]).
     async fn handle_client_frames(&mut self) -> Result<(), End> {
         loop {
-            if let Ok(Some(n)) = peek_len(&self.cbuf, self.core.max_msg) {
-                if self.cbuf.get(..n).is_some_and(|next| self.core.waits(next)) {
-                    self.waiting = true;
-                    return Ok(());
-                }
-            }
-            let frame = match split_frame(&mut self.cbuf, self.core.max_msg) {
-                Ok(Some(f)) => f,
+            let total = match whole_len(&mut self.cbuf, self.core.max_msg) {
+                Ok(Some(n)) => n,
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     self.count_error(ErrorReason::ProtocolError);
@@ -46,6 +40,11 @@ impl Session {
                     ));
                 }
             };
+            if self.core.waits(&self.cbuf[..total]) {
+                self.waiting = true;
+                return Ok(());
+            }
+            let frame = take_frame(&mut self.cbuf, total);
             if self.on_client_frame(frame).await? {
                 return self.on_terminate().await;
             }
