@@ -204,11 +204,9 @@ impl Raw {
 
     /// Queues CopyData.
     pub fn copy_data(&mut self, data: &[u8]) -> &mut Self {
-        let start = self.out.len();
-        self.out.put_u8(b'd');
-        self.out.put_i32(0);
-        self.out.put_slice(data);
-        encode::patch_len(&mut self.out, start).expect("a test message fits");
+        frontend::CopyData::new(data)
+            .expect("a test message fits")
+            .write(&mut self.out);
         self
     }
 
