@@ -882,3 +882,119 @@ async fn temporary_objects_made_without_temp_pin_their_client() {
     ];
     same_as_direct(name, 3, &[3, 4], &steps).await;
 }
+
+/// The application's own functions, called from a plain SELECT, may set
+/// a custom setting (the usual row-level-security key), a built-in
+/// setting or the role: pgmux cannot see their bodies, so such a
+/// transaction counts as code it cannot read, and nothing reaches another
+/// client, through text or bound parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_functions_never_pass_settings_on() {
+    use Step::*;
+    let name = "t_app_fn_set";
+    superuser_db(name).await;
+    direct_setup(
+        name,
+        &format!(
+            "CREATE TABLE docs (tenant text, body text); \
+             INSERT INTO docs VALUES ('A', 'a1'), ('B', 'b1'); \
+             GRANT SELECT ON docs TO {name}_low; \
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY; \
+             CREATE POLICY by_tenant ON docs \
+               USING (tenant = nullif(current_setting('app.tenant_id', true), '')); \
+             CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
+               AS $$ SELECT set_config('app.tenant_id', t, false) $$; \
+             CREATE FUNCTION set_hidden(t text) RETURNS text LANGUAGE sql \
+               AS $$ SELECT set_config('app.' || 'hidden', t, false) $$; \
+             CREATE FUNCTION app_path() RETURNS text LANGUAGE plpgsql \
+               AS $$ BEGIN SET search_path = pg_catalog; RETURN 'ok'; END $$; \
+             CREATE FUNCTION lower_me() RETURNS text LANGUAGE plpgsql \
+               AS $$ BEGIN SET ROLE {name}_low; RETURN 'ok'; END $$"
+        ),
+    )
+    .await
+    .unwrap();
+    // The login is a superuser (to test SET ROLE), which row-level
+    // security lets through: the setting itself is read too.
+    const DOCS: &str = "SELECT coalesce(string_agg(body, ',' ORDER BY body), '-'), \
+         nullif(current_setting('app.tenant_id', true), '') FROM docs";
+    const PATH: &str = "SELECT current_setting('search_path')";
+    const HIDDEN: &str = "SELECT nullif(current_setting('app.hidden', true), '')";
+    const ROLE: &str = "SELECT current_user = session_user";
+    let steps = [
+        Simple(0, "SELECT set_tenant('A')"),
+        Simple(0, DOCS),
+        Simple(1, DOCS),
+        Simple(2, DOCS),
+        Extended(1, "SELECT public.set_tenant($1)", &["B"]),
+        Simple(1, DOCS),
+        Simple(0, DOCS),
+        Simple(2, DOCS),
+        Simple(2, "SELECT body FROM docs WHERE set_tenant('A') IS NULL"),
+        Simple(2, DOCS),
+        Simple(0, DOCS),
+        // A name no text shows: reset rather than passed on.
+        Simple(1, "SELECT set_hidden('H')"),
+        Simple(0, HIDDEN),
+        Simple(2, HIDDEN),
+        Simple(0, "SELECT app_path()"),
+        Simple(0, PATH),
+        Simple(1, PATH),
+        Simple(2, PATH),
+        Simple(1, "SELECT lower_me()"),
+        Simple(1, ROLE),
+        Simple(0, ROLE),
+        Simple(2, ROLE),
+        Simple(1, "RESET ROLE"),
+        Simple(1, ROLE),
+        Simple(0, "RESET ALL"),
+        Simple(0, DOCS),
+        Simple(1, DOCS),
+        Simple(2, DOCS),
+    ];
+    same_as_direct(name, 3, &[1, 2], &steps).await;
+}
+
+/// The application's own functions may also make state that cannot move:
+/// a temporary table without the word TEMP, a session advisory lock,
+/// LISTEN. Their client keeps its server, and no other client sees the
+/// state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_functions_that_make_session_state_pin_their_client() {
+    use Step::*;
+    let name = "t_app_fn_pin";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE FUNCTION scratch() RETURNS int LANGUAGE plpgsql \
+           AS $$ BEGIN CREATE TABLE pg_temp.scratch (x int); RETURN 1; END $$; \
+         CREATE FUNCTION hold() RETURNS void LANGUAGE sql AS $$ SELECT pg_advisory_lock(4242) $$; \
+         CREATE FUNCTION free() RETURNS boolean LANGUAGE sql AS $$ SELECT pg_advisory_unlock(4242) $$; \
+         CREATE FUNCTION hear() RETURNS int LANGUAGE plpgsql AS $$ BEGIN LISTEN news; RETURN 1; END $$",
+    )
+    .await
+    .unwrap();
+    const LOCKS: &str = "SELECT count(*) FROM pg_locks \
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
+    const HEARS: &str = "SELECT count(*) FROM pg_listening_channels()";
+    let steps = [
+        Simple(0, "SELECT scratch()"),
+        Simple(1, "SELECT to_regclass('scratch') IS NULL"),
+        Simple(0, "SELECT count(*) FROM scratch"),
+        Simple(1, "SELECT hold()"),
+        Simple(0, LOCKS),
+        Simple(2, LOCKS),
+        Simple(1, LOCKS),
+        Simple(1, "SELECT free()"),
+        Simple(1, LOCKS),
+        Simple(2, "SELECT hear()"),
+        Simple(0, HEARS),
+        Simple(1, HEARS),
+        Simple(2, HEARS),
+        Simple(0, "DISCARD ALL"),
+        Simple(2, "DISCARD ALL"),
+        Simple(1, "SELECT to_regclass('scratch') IS NULL"),
+        Simple(2, HEARS),
+    ];
+    same_as_direct(name, 3, &[3, 4], &steps).await;
+}

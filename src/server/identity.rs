@@ -13,8 +13,10 @@ use super::{ServerConn, ServerError};
 
 /// Reads the identity, restores the login one and reads again, in one
 /// round trip. Qualified names and keywords only: a client's
-/// `search_path` can't put its own `current_setting` in front.
-const RESTORE: &str = "SELECT pg_catalog.current_setting('session_authorization'), \
+/// `search_path` can't put its own `current_setting` in front. Its first
+/// statement reads the identity, its fourth reads it again
+/// ([`ServerConn::identity_restored`]).
+pub const RESTORE: &str = "SELECT pg_catalog.current_setting('session_authorization'), \
      pg_catalog.current_setting('role'); \
      RESET SESSION AUTHORIZATION; RESET ROLE; \
      SELECT session_user, current_user, pg_catalog.current_setting('role'), \
@@ -101,16 +103,27 @@ impl ServerConn {
     /// that it took: the session user, current user, `role` and
     /// `is_superuser` must all be as at login.
     pub async fn restore_identity(&mut self, max: usize) -> Restored {
-        let mut rows = Vec::new();
-        let res = self.run_internal_rows(RESTORE, max, &mut rows).await;
-        let before = match (column(rows.first(), 0), column(rows.first(), 1)) {
+        let mut sets = Vec::new();
+        let res = self.run_internal_statements(RESTORE, max, &mut sets).await;
+        self.identity_restored(&sets, res.map(|_| ()))
+    }
+
+    /// What [`ServerConn::restore_identity`] concludes from the rows of
+    /// [`RESTORE`]'s statements (`sets`, in order) and how the query ended.
+    pub fn identity_restored(
+        &mut self,
+        sets: &[Vec<Vec<Option<String>>>],
+        res: Result<(), ServerError>,
+    ) -> Restored {
+        let first_row = |i: usize| sets.get(i).and_then(|rows| rows.first());
+        let before = match (column(first_row(0), 0), column(first_row(0), 1)) {
             (Some(sa), Some(role)) => Some(SessionIdentity {
                 session_authorization: sa.to_owned(),
                 role: role.to_owned(),
             }),
             _ => None,
         };
-        let outcome = res.and_then(|_| self.check_login_identity(rows.get(1)));
+        let outcome = res.and_then(|_| self.check_login_identity(first_row(3)));
         if outcome.is_ok() {
             self.identity_changed = false;
         }

@@ -18,7 +18,7 @@ use crate::tls::Stream;
 
 pub use connect::ServerTarget;
 pub use hosts::{ask_role, open, resolve, still_fits, ConnectOptions, Failure, Role};
-pub use identity::{Restored, SessionIdentity};
+pub use identity::{Restored, SessionIdentity, RESTORE};
 
 use crate::protocol::frame::{cstr, make_room, split_frame};
 use crate::protocol::{be, encode, ErrorFields, Frame, FrameError, TxStatus};
@@ -145,6 +145,12 @@ pub struct ServerConn {
     /// The server answered a write with "read-only transaction" (25006):
     /// its role is checked before it goes back to a pool that must write.
     pub role_suspect: bool,
+    /// The dotted names in the bodies of the database's own functions:
+    /// the custom settings its code may set without pgmux reading the
+    /// name. Asked once per connection, at the first read-back that must
+    /// reset the session (and again after a `CREATE` on it); `None` until
+    /// then.
+    pub code_setting_names: Option<Vec<String>>,
 }
 
 /// The columns of a DataRow as text (`None` for NULL or malformed).
@@ -214,6 +220,7 @@ impl ServerConn {
             identity_changed: false,
             identity_sticky: false,
             role_suspect: false,
+            code_setting_names: None,
         }
     }
 
@@ -344,7 +351,32 @@ impl ServerConn {
     ) -> Result<TxStatus, ServerError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql)?;
-        self.exchange(&out, max, rows, None).await
+        self.exchange(&out, max, rows, &mut Vec::new(), None).await
+    }
+
+    /// [`ServerConn::run_internal`] for a Query of several statements,
+    /// each statement's rows apart and in order in `sets` (a statement
+    /// that returns none gives an empty set; the sets stop at an error).
+    pub async fn run_internal_statements(
+        &mut self,
+        sql: &str,
+        max: usize,
+        sets: &mut Vec<Vec<Vec<Option<String>>>>,
+    ) -> Result<TxStatus, ServerError> {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, sql)?;
+        let (mut rows, mut ends) = (Vec::new(), Vec::new());
+        let res = self.exchange(&out, max, &mut rows, &mut ends, None).await;
+        // A statement's rows run from the previous statement's end to its
+        // own; rows after the last end came before an error.
+        rows.truncate(ends.last().copied().unwrap_or(0));
+        let first = sets.len();
+        while let Some(end) = ends.pop() {
+            debug_assert_eq!(end, rows.len());
+            sets.push(rows.split_off(ends.last().copied().unwrap_or(0)));
+        }
+        sets[first..].reverse();
+        res
     }
 
     /// [`ServerConn::run_internal`], appending the ParameterStatus messages
@@ -357,7 +389,7 @@ impl ServerConn {
     ) -> Result<TxStatus, ServerError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql)?;
-        self.exchange(&out, max, &mut Vec::new(), Some(reports))
+        self.exchange(&out, max, &mut Vec::new(), &mut Vec::new(), Some(reports))
             .await
     }
 
@@ -372,12 +404,14 @@ impl ServerConn {
         let mut out = BytesMut::new();
         encode::query_with_params(&mut out, sql, params)?;
         let mut rows = Vec::new();
-        self.exchange(&out, max, &mut rows, None).await?;
+        self.exchange(&out, max, &mut rows, &mut Vec::new(), None)
+            .await?;
         Ok(rows.into_iter().next())
     }
 
     /// Sends pgmux's own request and reads the replies up to ReadyForQuery:
-    /// rows into `rows`, ParameterStatus noted (and copied to `reports`),
+    /// rows into `rows` (with the number of rows so far in `ends` at the end
+    /// of each statement), ParameterStatus noted (and copied to `reports`),
     /// the first ErrorResponse returned as the error once ReadyForQuery
     /// arrives.
     async fn exchange(
@@ -385,6 +419,7 @@ impl ServerConn {
         request: &[u8],
         max: usize,
         rows: &mut Vec<Vec<Option<String>>>,
+        ends: &mut Vec<usize>,
         mut reports: Option<&mut BytesMut>,
     ) -> Result<TxStatus, ServerError> {
         self.write_all(request).await?;
@@ -393,6 +428,7 @@ impl ServerConn {
             let frame = self.recv_frame(max).await?;
             match frame.tag() {
                 be::DATA_ROW => rows.push(data_row_text(frame.body())),
+                be::COMMAND_COMPLETE | be::EMPTY_QUERY => ends.push(rows.len()),
                 be::ERROR_RESPONSE if failure.is_none() => {
                     failure = Some(ServerError::from_error_body(frame.body()));
                 }

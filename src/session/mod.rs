@@ -23,6 +23,7 @@ mod pin;
 mod replies;
 mod requests;
 mod settings;
+mod verify;
 
 use std::io;
 use std::net::SocketAddr;

@@ -10,6 +10,33 @@ use crate::pool::ParamList;
 
 use crate::server::{ServerConn, ServerError, TRACKED_REPORTED};
 
+/// The dotted names in the bodies of the database's own functions (not
+/// C or internal ones), each with its value when it is a custom setting
+/// that `pg_settings` hides and is not empty: what code pgmux cannot read
+/// may have set. Up to 256 names; no backslash, so it reads the same
+/// whatever `standard_conforming_strings` says.
+const CODE_SETTING_NAMES: &str = "SELECT c.n, CASE WHEN v <> '' AND NOT EXISTS \
+     (SELECT 1 FROM pg_catalog.pg_settings AS s WHERE pg_catalog.lower(s.name) = c.n) THEN v END \
+     FROM (SELECT DISTINCT pg_catalog.lower(m[1]) AS n \
+     FROM pg_catalog.pg_proc AS p, \
+     pg_catalog.regexp_matches(p.prosrc, '([A-Za-z_][A-Za-z_0-9$]*[.][A-Za-z_][A-Za-z_0-9$]*)', 'g') AS m \
+     WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
+     AND p.pronamespace <> 'information_schema'::pg_catalog.regnamespace \
+     AND p.prolang NOT IN (12, 13) LIMIT 256) AS c, \
+     LATERAL (SELECT pg_catalog.current_setting(c.n, true) AS v) AS r";
+
+/// A read-back query and what its statements are
+/// ([`ClientParams::settle_sql`]).
+#[derive(Debug)]
+pub struct Settle {
+    /// The statements, as one Query.
+    pub sql: String,
+    /// `RESET ALL` follows the reading.
+    pub wipe: bool,
+    /// The names of the database's own functions are asked first.
+    pub ask_code: bool,
+}
+
 /// Parameters that can't come from a client's startup packet: changing
 /// them would change who the server thinks the client is.
 const FORBIDDEN: &[&str] = &["role", "session_authorization", "is_superuser"];
@@ -268,27 +295,46 @@ impl ClientParams {
     /// session level: what `pg_settings` lists, and the followed custom
     /// names it hides (placeholders), by name. A placeholder that reads as
     /// an empty string is at its reset value. With `wipe`, `RESET ALL`
-    /// follows: the session may hold settings no name can find.
-    fn settle_sql(&self, wipe: bool) -> String {
-        let mut sql = String::from(
+    /// follows: the session may hold settings no name can find. Before a
+    /// wipe, the names the database's own functions mention are read too
+    /// (asked of the server once per connection, [`CODE_SETTING_NAMES`]),
+    /// so a setting such a function made stays its client's.
+    pub fn settle_sql(&self, wipe: bool, server: &ServerConn) -> Settle {
+        let ask_code = wipe && server.code_setting_names.is_none();
+        let mut sql = String::new();
+        if ask_code {
+            sql.push_str(CODE_SETTING_NAMES);
+            sql.push_str("; ");
+        }
+        sql.push_str(
             "SELECT name, pg_catalog.current_setting(name) \
              FROM pg_catalog.pg_settings WHERE source = 'session' \
              AND name NOT IN ('role', 'session_authorization')",
         );
-        if let Some(names) = self.watched.as_deref().filter(|n| !n.is_empty()) {
-            let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+        let names: Vec<String> = self
+            .watched
+            .iter()
+            .flat_map(|w| w.iter())
+            .chain(server.code_setting_names.iter().flatten().filter(|_| wipe))
+            .map(|n| literal(n))
+            .collect();
+        if !names.is_empty() {
             sql.push_str(&format!(
                 " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
                  FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n) AS c \
                  WHERE v <> '' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings AS s \
                  WHERE pg_catalog.lower(s.name) = c.n)",
-                list.join(", ")
+                names.join(", ")
             ));
         }
         if wipe {
             sql.push_str("; RESET ALL");
         }
-        sql
+        Settle {
+            sql,
+            wipe,
+            ask_code,
+        }
     }
 
     /// Adopts the settings the session on `server` holds at session level
@@ -304,9 +350,42 @@ impl ClientParams {
         max: usize,
         wipe: bool,
     ) -> Result<(), ServerError> {
+        let settle = self.settle_sql(wipe, server);
+        let mut sets = Vec::new();
+        server
+            .run_internal_statements(&settle.sql, max, &mut sets)
+            .await?;
+        self.adopt_settled(server, &mut sets.into_iter(), &settle);
+        Ok(())
+    }
+
+    /// What [`ClientParams::settle`] does with the rows of the statements
+    /// of [`ClientParams::settle_sql`], taken from `sets` in order. Nothing
+    /// is adopted unless the read-back itself completed.
+    pub fn adopt_settled(
+        &mut self,
+        server: &mut ServerConn,
+        sets: &mut impl Iterator<Item = Vec<Vec<Option<String>>>>,
+        settle: &Settle,
+    ) {
         let mut rows = Vec::new();
-        let sql = self.settle_sql(wipe);
-        server.run_internal_rows(&sql, max, &mut rows).await?;
+        if settle.ask_code {
+            let Some(code) = sets.next() else { return };
+            server.code_setting_names = Some(
+                code.iter()
+                    .filter_map(|r| r.first().cloned().flatten())
+                    .collect(),
+            );
+            rows.extend(
+                code.into_iter()
+                    .filter(|r| r.get(1).is_some_and(Option::is_some)),
+            );
+        }
+        let Some(read) = sets.next() else { return };
+        rows.extend(read);
+        if settle.wipe {
+            sets.next();
+        }
         let held: BTreeMap<String, String> = rows
             .into_iter()
             .filter_map(|r| match r.as_slice() {
@@ -318,14 +397,13 @@ impl ClientParams {
         self.desired.retain(|k| TRACKED_REPORTED.contains(&k));
         self.desired.extend(held.clone());
         self.refresh();
-        if wipe {
+        if settle.wipe {
             server.set_unreported(BTreeMap::new());
             server.params_fingerprint = 0;
         } else {
             server.set_unreported(held);
             server.params_fingerprint = self.fingerprint;
         }
-        Ok(())
     }
 
     /// The statement that gives back, after a `RESET` or `RESET ALL`, the

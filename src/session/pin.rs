@@ -18,7 +18,7 @@ use crate::protocol::SqlState;
 /// a temporary function or type): every such object depends on its schema
 /// in `pg_depend`, which is how PostgreSQL itself finds them to drop (an
 /// index lookup, whatever the object's kind).
-const SESSION_OBJECTS: &str = "SELECT \
+pub(super) const SESSION_OBJECTS: &str = "SELECT \
      EXISTS (SELECT 1 FROM pg_catalog.pg_depend \
              WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
              AND refobjid = pg_catalog.pg_my_temp_schema()), \
@@ -37,6 +37,14 @@ const REASONS: [&str; 5] = [
     "with_hold_cursor",
     "prepare",
 ];
+
+/// The first kind of per-session state the answer to [`SESSION_OBJECTS`]
+/// names, if any.
+pub(super) fn pin_reason(rows: &[Vec<Option<String>>]) -> Option<&'static str> {
+    rows.first()
+        .and_then(|r| r.iter().position(|c| c.as_deref() == Some("t")))
+        .and_then(|i| REASONS.get(i).copied())
+}
 
 impl Session {
     /// Asks the server which per-session state exists; the client keeps
@@ -62,11 +70,7 @@ impl Session {
                 "server connection lost; session state (temporary tables, locks, ...) is gone";
             return Err(fatal(SqlState::CONNECTION_FAILURE, msg));
         }
-        let reason = rows
-            .first()
-            .and_then(|r| r.iter().position(|c| c.as_deref() == Some("t")))
-            .and_then(|i| REASONS.get(i).copied());
-        self.set_pin(reason);
+        self.set_pin(pin_reason(&rows));
         Ok(())
     }
 

@@ -49,7 +49,9 @@ impl Session {
         if !self.core.releasable() {
             return Ok(());
         }
-        if self.core.pin_check_due() {
+        if self.verify_due() {
+            Box::pin(self.verify_after_code()).await?;
+        } else if self.core.pin_check_due() {
             Box::pin(self.check_pin()).await?;
         }
         if self.core.pinned.is_some() {

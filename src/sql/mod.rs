@@ -10,6 +10,7 @@
 //! false alarm costs one round trip to the server, a miss could leak one
 //! client's state to another.
 
+mod calls;
 mod lexer;
 mod names;
 
@@ -367,7 +368,8 @@ pub fn effects(sql: &[u8]) -> Effects {
     // Fast path: one statement starting with an ordinary word, read from
     // its first word alone, unless it calls set_config (whose name
     // argument is read below) or may be a SELECT ... INTO.
-    if !found.settings && single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
+    // A statement with no parenthesis calls no function.
+    if !found.settings && single_statement(sql) && memchr::memchr2(b'&', b'(', sql).is_none() {
         if let Some(w) = leading_word(sql) {
             if starter(w).is_none() && !(may_select_into(w) && has_word(sql, b"into")) {
                 return found;
@@ -408,8 +410,14 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
     // read from `set_config` `(` and what follows.
     let mut prev = [Token::Semicolon; 2];
     let mut arg = NameArg::Done;
+    let mut calls = calls::Calls::default();
     for tok in lexer {
         arg = arg.next(tok, &mut found);
+        // A function of the application's own may do anything a DO block
+        // may.
+        if calls.next(Some(prev[1]), tok) {
+            found |= Effects::ALL;
+        }
         if let [Token::Word(f) | Token::QuotedIdent(f), Token::Other(b'(')] = prev {
             if f.eq_ignore_ascii_case(b"set_config") {
                 arg = NameArg::start(tok, &mut found);

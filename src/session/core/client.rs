@@ -280,10 +280,14 @@ impl Core {
         if effects.pins && self.mode == PoolMode::Transaction {
             self.pin_hint = msg.text().map(hint);
         }
+        let Some(s) = server else { return };
         if effects.identity && matches!(msg, Message::Parse(_)) && self.stmts.is_none() {
-            if let Some(s) = server {
-                s.mark_identity_sticky();
-            }
+            s.mark_identity_sticky();
+        }
+        // A CREATE may have made or replaced a function: the setting names
+        // functions mention are asked again.
+        if effects.may_pin {
+            s.code_setting_names = None;
         }
     }
 
