@@ -998,3 +998,110 @@ async fn application_functions_that_make_session_state_pin_their_client() {
     ];
     same_as_direct(name, 3, &[3, 4], &steps).await;
 }
+
+/// A trigger (or a view, a column default, a policy) runs code no
+/// statement text shows. With `server_reset_query_always`, every
+/// transaction ends with the check that follows code pgmux cannot read:
+/// what the trigger set stays its client's and reaches no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reset_query_always_covers_code_no_text_shows() {
+    use Step::*;
+    let name = "t_reset_always";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE TABLE orders (tenant text); \
+         CREATE FUNCTION note_tenant() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           PERFORM set_config('app.tenant_id', NEW.tenant, false); \
+           PERFORM set_config('search_path', 'pg_catalog, public', false); \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER note BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION note_tenant()",
+    )
+    .await
+    .unwrap();
+    const SEEN: &str = "SELECT nullif(current_setting('app.tenant_id', true), ''), \
+         current_setting('search_path')";
+    let steps = [
+        Simple(0, "INSERT INTO orders VALUES ('A')"),
+        Simple(1, SEEN),
+        Simple(0, SEEN),
+        Extended(1, "INSERT INTO orders VALUES ($1)", &["B"]),
+        Simple(0, SEEN),
+        Simple(1, SEEN),
+        Simple(2, SEEN),
+    ];
+    same_as_direct_with(
+        name,
+        3,
+        &[1, 2],
+        &steps,
+        "",
+        "server_reset_query_always = true",
+    )
+    .await;
+}
+
+/// The common case pays nothing: the statements of pgbench, sqlx and ORMs
+/// (built-in functions, column lists, `IN`, `ANY`, casts with a type
+/// modifier) end their transactions with no check of the server, while a
+/// function of the application's own costs one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_statements_cost_no_check() {
+    let name = "t_no_check";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE TABLE accounts (aid int PRIMARY KEY, abalance int, filler text); \
+         CREATE TABLE history (aid int, delta int, mtime timestamp); \
+         INSERT INTO accounts SELECT g, 0, '' FROM generate_series(1, 10) AS g; \
+         CREATE FUNCTION mine() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    )
+    .await
+    .unwrap();
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
+        .await
+        .expect("start pgmux");
+    let c = connect(&url(&p, name))
+        .await
+        .expect("connect through pgmux");
+    c.batch_execute(
+        "BEGIN; UPDATE accounts SET abalance = abalance + 5 WHERE aid = 3; \
+         SELECT abalance FROM accounts WHERE aid = 3; \
+         INSERT INTO history (aid, delta, mtime) VALUES (3, 5, CURRENT_TIMESTAMP); END",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "SELECT count(*), coalesce(max(abalance), 0), now() FROM accounts WHERE aid = ANY($1)",
+        "SELECT aid FROM accounts WHERE aid IN (1, 2) AND lower(filler) = '' LIMIT 1 OFFSET 0",
+        "SELECT CAST(abalance AS numeric(10, 2)), filler::varchar(20) FROM accounts \
+         WHERE aid = $1::int4",
+        "INSERT INTO history (aid, delta, mtime) VALUES ($1, 1, now()) RETURNING aid",
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE aid = $1)",
+    ] {
+        let stmt = c.prepare(sql).await.unwrap();
+        let arg: Box<dyn tokio_postgres::types::ToSql + Sync> = if sql.contains("ANY") {
+            Box::new(vec![1i32, 2])
+        } else {
+            Box::new(1i32)
+        };
+        let args = [arg.as_ref()];
+        c.query(&stmt, &args[..stmt.params().len()]).await.unwrap();
+    }
+    let checks = |kind| metric(&p, "pgmux_session_checks_total", &[("kind", kind)]).unwrap_or(0.0);
+    for kind in ["code", "settings", "identity", "pin"] {
+        assert_eq!(checks(kind), 0.0, "{kind} checks after ordinary statements");
+    }
+    // Preparing runs nothing; running does.
+    let stmt = c.prepare("SELECT mine()").await.unwrap();
+    assert_eq!(checks("code"), 0.0, "no check after preparing");
+    c.query(&stmt, &[]).await.unwrap();
+    assert_eq!(
+        checks("code"),
+        1.0,
+        "one check after a function pgmux does not know"
+    );
+    assert_eq!(checks("settings") + checks("identity") + checks("pin"), 0.0);
+    drop(c);
+    p.shutdown().await;
+}

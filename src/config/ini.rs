@@ -266,7 +266,6 @@ const PROCESS_ONLY: &[&str] = &[
     "ignore_startup_parameters",
     "server_round_robin",
     "server_fast_close",
-    "server_reset_query_always",
     "server_lifetime_jitter",
     "conffile",
     "service_name",
@@ -367,6 +366,10 @@ const GENERAL: &[Row<General>] = &[
     ("server_check_delay", set!(server_check_delay, seconds)),
     ("server_check_query", set!(server_check_query, text)),
     ("server_reset_query", set!(server_reset_query, text)),
+    (
+        "server_reset_query_always",
+        set!(server_reset_query_always, boolean),
+    ),
     ("dns_max_ttl", set!(dns_max_ttl, seconds)),
     ("tcp_keepalive", set!(tcp_keepalive, boolean)),
     ("tcp_keepidle", set!(tcp_keepidle, seconds)),

@@ -67,6 +67,13 @@ pub struct General {
     pub pool_mode: PoolMode,
     /// Session state that cannot move, in transaction mode: pin or error.
     pub session_state: SessionState,
+    /// Transaction mode: end every transaction with the check that follows
+    /// code pgmux cannot read (settings read back then reset, identity
+    /// restored, per-session state asked), for databases whose triggers,
+    /// views, defaults or policies call functions that change session
+    /// state. PgBouncer's key of the same name runs `server_reset_query`
+    /// after every transaction instead, which loses the client's own state.
+    pub server_reset_query_always: bool,
     /// Server connections per (database, user) unless the database says otherwise.
     pub default_pool_size: u32,
     /// Server connections kept open even when idle.
@@ -213,6 +220,7 @@ impl Default for General {
             peer_id: 0,
             pool_mode: PoolMode::Transaction,
             session_state: SessionState::Pin,
+            server_reset_query_always: false,
             default_pool_size: 20,
             min_pool_size: 0,
             max_client_conn: 10_000,

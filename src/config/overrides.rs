@@ -34,6 +34,10 @@ macro_rules! with_overrides {
             /// database's).
             #[serde(default)]
             pub session_state: Option<SessionState>,
+            /// Overrides `[pgmux] server_reset_query_always` (a user's beats
+            /// its database's).
+            #[serde(default)]
+            pub server_reset_query_always: Option<bool>,
             /// Overrides `[pgmux] idle_transaction_timeout` (a user's beats
             /// its database's).
             #[serde(
@@ -158,6 +162,9 @@ pub struct PoolConfig {
     pub mode: PoolMode,
     /// Session state that cannot move, in transaction mode: pin or error.
     pub session_state: SessionState,
+    /// Every transaction ends with the check that follows code pgmux
+    /// cannot read (transaction mode).
+    pub reset_always: bool,
     /// Client idle inside a transaction: disconnected past this (0: never).
     pub idle_transaction_timeout: Duration,
     /// Client idle outside a transaction: disconnected past this (0: never).
@@ -191,6 +198,7 @@ impl Config {
             reserve_size: db.reserve_pool.unwrap_or(g.reserve_pool_size),
             mode: pick!(pool_mode),
             session_state: pick!(session_state),
+            reset_always: pick!(server_reset_query_always),
             idle_transaction_timeout: pick!(idle_transaction_timeout),
             client_idle_timeout: pick!(client_idle_timeout),
             query_timeout: pick!(query_timeout),
@@ -334,8 +342,8 @@ mod tests {
         assert!(
             err.contains(
                 "unknown field `query_timout`, expected one of `password`, `pool_mode`, \
-                 `max_user_connections`, `session_state`, `idle_transaction_timeout`, \
-                 `client_idle_timeout`, `query_timeout`\n"
+                 `max_user_connections`, `session_state`, `server_reset_query_always`, \
+                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`\n"
             ),
             "{err}"
         );
@@ -347,8 +355,9 @@ mod tests {
             err.contains(
                 "expected one of `host`, `port`, `hosts`, `target_session_attrs`, \
                  `load_balance_hosts`, `dbname`, `pool_size`, `max_db_connections`, \
-                 `reserve_pool`, `pool_mode`, `session_state`, `idle_transaction_timeout`, \
-                 `client_idle_timeout`, `query_timeout`, `server_user`, `server_password`, \
+                 `reserve_pool`, `pool_mode`, `session_state`, `server_reset_query_always`, \
+                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`, \
+                 `server_user`, `server_password`, \
                  `server_tls_mode`, `server_tls_ca`\n"
             ),
             "{err}"

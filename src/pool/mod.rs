@@ -94,6 +94,9 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Session state that cannot move: pin the client, or refuse.
     pub session_state: crate::config::SessionState,
+    /// Every transaction ends with the check that follows code pgmux
+    /// cannot read.
+    pub reset_always: bool,
     /// Client idle inside a transaction: disconnected past this (0: never).
     pub idle_transaction_timeout: Duration,
     /// Client idle outside a transaction: disconnected past this (0: never).

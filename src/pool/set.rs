@@ -86,6 +86,7 @@ fn plan(
         max_message_size: g.max_message_size,
         reset_query: g.server_reset_query.clone(),
         session_state: pool.session_state,
+        reset_always: pool.reset_always,
         idle_transaction_timeout: pool.idle_transaction_timeout,
         client_idle_timeout: pool.client_idle_timeout,
         query_timeout: pool.query_timeout,

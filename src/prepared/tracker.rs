@@ -232,6 +232,10 @@ impl Tracker {
             return Ok(Routed::NeedServer);
         };
         let here = || (Req::Parse, encode::parse_complete());
+        // Preparing runs nothing: the statement's effects come with its
+        // Binds (a Parse and Describe of a function call, as a driver
+        // prepares it, costs no check of the server).
+        out.flags.effects = Some(Effects::NONE);
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
         Ok(Routed::Done)
     }
@@ -360,7 +364,11 @@ impl Tracker {
         ensure_prepared(server, &stmt, self.limits, registry, out);
         match bind {
             Some(bind) => bind.write(out.sout),
-            None => encode::describe_statement(out.sout, &stmt.name),
+            // A Describe runs nothing.
+            None => {
+                out.flags.effects = Some(Effects::NONE);
+                encode::describe_statement(out.sout, &stmt.name);
+            }
         }
         out.expect(req, Reply::Forward, Hook::Uses(stmt));
         Ok(Routed::Done)

@@ -65,6 +65,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        self.ctx.metrics.session_check("identity");
         let restored = server.restore_identity(self.core.max_msg).await;
         if let Some(before) = &restored.before {
             self.core.identity = ClientIdentity::from_session(before, server.login_user());

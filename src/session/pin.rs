@@ -55,6 +55,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        self.ctx.metrics.session_check("pin");
         let mut rows = Vec::new();
         if let Err(e) = server
             .run_internal_rows(SESSION_OBJECTS, self.core.max_msg, &mut rows)

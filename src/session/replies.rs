@@ -49,6 +49,11 @@ impl Session {
         if !self.core.releasable() {
             return Ok(());
         }
+        // Code no text shows (a trigger, a view, a column default, a
+        // policy) may have changed anything: checked every time.
+        if self.pool.settings().reset_always && self.core.pinned.is_none() {
+            self.core.touched |= crate::sql::Effects::CODE;
+        }
         if self.verify_due() {
             Box::pin(self.verify_after_code()).await?;
         } else if self.core.pin_check_due() {

@@ -34,6 +34,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        self.ctx.metrics.session_check("settings");
         if let Err(e) = self
             .core
             .params

@@ -39,6 +39,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        self.ctx.metrics.session_check("code");
         let settle = self.core.params.settle_sql(wipe, server);
         let sql = format!("{SESSION_OBJECTS}; {}; {RESTORE}", settle.sql);
         let mut sets = Vec::new();

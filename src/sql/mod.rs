@@ -68,6 +68,15 @@ impl Effects {
         param_settings: false,
     };
 
+    /// What code pgmux cannot see may do (a function of the application's
+    /// own): everything but `resets`, which only gives a client's startup
+    /// values back after its own `RESET` (as `DO` and `CALL` do, since
+    /// they may run one).
+    pub const CODE: Self = Self {
+        resets: false,
+        ..Self::ALL
+    };
+
     /// Nothing pgmux follows.
     pub const NONE: Self = Self {
         identity: false,
@@ -416,7 +425,7 @@ fn lexed_effects(lexer: Lexer<'_>) -> Effects {
         // A function of the application's own may do anything a DO block
         // may.
         if calls.next(Some(prev[1]), tok) {
-            found |= Effects::ALL;
+            found |= Effects::CODE;
         }
         if let [Token::Word(f) | Token::QuotedIdent(f), Token::Other(b'(')] = prev {
             if f.eq_ignore_ascii_case(b"set_config") {

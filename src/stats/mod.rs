@@ -52,6 +52,9 @@ pub mod names {
     pub const PINNED_CLIENTS: &str = "pgmux_pinned_clients";
     /// Clients that started keeping their server, by reason.
     pub const PINS: &str = "pgmux_pins_total";
+    /// Round trips after a transaction that read back or reset a server's
+    /// session state, by what called for them.
+    pub const SESSION_CHECKS: &str = "pgmux_session_checks_total";
     /// Clients disconnected by an idle timeout, by kind.
     pub const CLIENT_TIMEOUTS: &str = "pgmux_client_timeouts_total";
     /// Servers a client left mid-transaction, by outcome.
@@ -534,6 +537,15 @@ impl Metrics {
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
+    /// Counts a round trip that read back or reset a server's session state
+    /// after a transaction: `code` (code pgmux cannot read, or
+    /// `server_reset_query_always`: all of the below at once), `settings`,
+    /// `identity`, `pin`.
+    pub fn session_check(&self, kind: &'static str) {
+        let key = Key::from_parts(names::SESSION_CHECKS, vec![Label::new("kind", kind)]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
     /// Counts a client disconnected by a timeout (`idle_transaction`,
     /// `client_idle`).
     pub fn client_timeout(&self, kind: &'static str) {
@@ -630,6 +642,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::RELOADS, "Configuration reloads by result."),
         (names::ABANDONED, "Servers a client left mid-transaction or with requests in flight: recovered (rolled back, reused) or closed."),
         (names::CLIENT_TIMEOUTS, "Clients disconnected by an idle timeout: idle_transaction (idle_transaction_timeout, 25P03), client_idle (client_idle_timeout, 57P05)."),
+        (names::SESSION_CHECKS, "Round trips after a transaction that read back or reset a server's session state, by what called for them (code: code pgmux cannot read, such as a function of the application's own, DO, CALL, or server_reset_query_always; settings; identity; pin)."),
         (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));
