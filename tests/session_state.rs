@@ -33,7 +33,10 @@ async fn answer(clients: &[Client], step: Step) -> String {
                     .collect();
                 format!("{rows:?}")
             }
-            Err(e) => format!("ERROR {:?}", sqlstate(&e)),
+            Err(e) => match sqlstate(&e) {
+                Some(s) => format!("ERROR {s:?}"),
+                None => format!("ERROR {e}"),
+            },
         },
         Step::Extended(i, sql, params) => {
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
@@ -48,7 +51,10 @@ async fn answer(clients: &[Client], step: Step) -> String {
                         .collect();
                     format!("{rows:?}")
                 }
-                Err(e) => format!("ERROR {:?}", sqlstate(&e)),
+                Err(e) => match sqlstate(&e) {
+                    Some(s) => format!("ERROR {s:?}"),
+                    None => format!("ERROR {e}"),
+                },
             }
         }
     }
@@ -1104,4 +1110,314 @@ async fn ordinary_statements_cost_no_check() {
     assert_eq!(checks("settings") + checks("identity") + checks("pin"), 0.0);
     drop(c);
     p.shutdown().await;
+}
+
+/// One entry of the session-state grammar: its text, and what it does to
+/// the generator's view of which clients must keep a server.
+struct Form {
+    sql: &'static str,
+    /// Bound text parameters (extended protocol) when not empty.
+    params: &'static [&'static str],
+    /// It may leave state that keeps the client on its server.
+    pins: bool,
+    /// Allowed only outside a transaction block.
+    outside_tx: bool,
+}
+
+const fn form(sql: &'static str) -> Form {
+    Form {
+        sql,
+        params: &[],
+        pins: false,
+        outside_tx: false,
+    }
+}
+
+/// Every way the grammar changes session state: settings in all their
+/// spellings (text, bound parameters, DO, functions of the database's own,
+/// a computed name, SET LOCAL, RESET), the role (directly and in a
+/// function), temporary tables (with and without TEMP, in a function),
+/// advisory locks, LISTEN, WITH HOLD cursors, SQL PREPARE / EXECUTE /
+/// DEALLOCATE, DISCARD ALL. (COPY that fails or is left has tests of its
+/// own in tests/serverless.rs and tests/prepared.rs: tokio-postgres sends a
+/// dropped sink's CopyFail whenever its connection task gets to it, so a
+/// direct session is not a deterministic model for it.)
+const GRAMMAR: &[Form] = &[
+    form("SET app.tenant_id = 'A'"),
+    form("SELECT set_config('app.tenant_id', 'C', false)"),
+    Form {
+        params: &["app.tenant_id", "D"],
+        ..form("SELECT set_config($1, $2, false)")
+    },
+    Form {
+        params: &["O"],
+        ..form("SELECT set_config('app.other', $1, false)")
+    },
+    form("SELECT set_tenant('E')"),
+    form("SELECT set_hidden('H')"),
+    form("DO $$ BEGIN PERFORM set_config('app.other', 'F', false); END $$"),
+    form("SET search_path TO pg_catalog, public"),
+    form("SELECT app_path()"),
+    form("SET LOCAL app.tenant_id = 'L'"),
+    form("SET work_mem = '5MB'"),
+    form("RESET app.tenant_id"),
+    form("RESET ALL"),
+    form("SET ROLE t_grammar_low"),
+    form("SELECT lower_me()"),
+    form("RESET ROLE"),
+    Form {
+        pins: true,
+        ..form("CREATE TEMP TABLE IF NOT EXISTS tt (a int)")
+    },
+    Form {
+        pins: true,
+        ..form("CREATE TABLE IF NOT EXISTS pg_temp.t2 (a int)")
+    },
+    Form {
+        pins: true,
+        ..form("SELECT scratch()")
+    },
+    Form {
+        pins: true,
+        ..form("SELECT pg_try_advisory_lock(7)")
+    },
+    form("SELECT pg_advisory_unlock_all()"),
+    Form {
+        pins: true,
+        ..form("LISTEN ch")
+    },
+    form("UNLISTEN *"),
+    Form {
+        pins: true,
+        ..form("DECLARE cur CURSOR WITH HOLD FOR SELECT 1")
+    },
+    form("CLOSE ALL"),
+    form("PREPARE p1 AS SELECT current_setting('work_mem')"),
+    form("EXECUTE p1"),
+    form("DEALLOCATE p1"),
+    Form {
+        outside_tx: true,
+        ..form("DISCARD ALL")
+    },
+    form("SAVEPOINT s"),
+    form("ROLLBACK TO SAVEPOINT s"),
+    form("SELECT set_config('app.tenant_id', 'S', true)"),
+    form("SET \"app.tenant_id\" = 'Q'"),
+    form("UPDATE pg_settings SET setting = 'public' WHERE name = 'search_path'"),
+    form("SET SESSION AUTHORIZATION t_grammar_low"),
+    form("RESET SESSION AUTHORIZATION"),
+    Form {
+        params: &["G"],
+        ..form("SELECT public.set_tenant($1)")
+    },
+    Form {
+        params: &[],
+        ..form("DO $$ BEGIN SET ROLE t_grammar_low; END $$")
+    },
+    Form {
+        pins: true,
+        ..form("SELECT 1 AS a INTO TEMP t3")
+    },
+    form("DISCARD TEMP"),
+    form("SELECT pg_advisory_unlock(7)"),
+    form("DEALLOCATE ALL"),
+];
+
+/// What a client reads back of its own session.
+const GRAMMAR_READ: &str = "SELECT nullif(current_setting('app.tenant_id', true), ''), \
+     nullif(current_setting('app.other', true), ''), current_setting('search_path'), \
+     current_setting('work_mem'), current_user, to_regclass('tt') IS NOT NULL, \
+     to_regclass('t2') IS NOT NULL, to_regclass('scratch') IS NOT NULL, \
+     (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_cursors), \
+     (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())";
+
+/// What a newly arriving client finds on a server: everything a session
+/// can hold, which must be what a new direct connection finds (the census).
+const CENSUS: &str = "SELECT nullif(current_setting('app.tenant_id', true), ''), \
+     nullif(current_setting('app.other', true), ''), \
+     nullif(current_setting('app.hidden', true), ''), current_setting('search_path'), \
+     current_setting('work_mem'), current_user, session_user, \
+     (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), \
+     (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_cursors), \
+     (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+     (SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'pgmux\\_%')";
+
+/// Runs one step of the grammar test.
+async fn grammar_answer(clients: &[Client], c: usize, f: &Form) -> String {
+    let step = if f.params.is_empty() {
+        Step::Simple(c, f.sql)
+    } else {
+        Step::Extended(c, f.sql, f.params)
+    };
+    answer(clients, step).await
+}
+
+/// The census: one probe client per server nobody holds, each inside a
+/// transaction (so each keeps a server of its own while it reads), every
+/// answer equal to a new direct connection's.
+async fn census(p: &pgmux::app::Proxy, name: &str, idle: usize, clean: &str, at: usize) {
+    let mut probes = Vec::new();
+    for _ in 0..idle {
+        let probe = connect(&url(p, name)).await.expect("probe");
+        probe.batch_execute("BEGIN").await.expect("probe BEGIN");
+        probes.push(probe);
+    }
+    for (i, probe) in probes.iter().enumerate() {
+        let got = answer(std::slice::from_ref(probe), Step::Simple(0, CENSUS)).await;
+        assert_eq!(
+            got, clean,
+            "step {at}: server {i} of {idle} idle ones is not clean"
+        );
+    }
+    for probe in &probes {
+        probe.batch_execute("COMMIT").await.expect("probe COMMIT");
+    }
+}
+
+/// The differential test of isolation: random sequences drawn from a
+/// grammar of session-state changes, from three clients through pools of
+/// one, two and three servers, every answer compared with three direct
+/// sessions; and after every step, the census of every server nobody holds
+/// compared with a new direct connection. A client that is inside a
+/// transaction or may keep its server (state that pins) counts as holding
+/// one, and at most as many hold one as there are servers (a sequential
+/// script would otherwise wait on itself). `PGMUX_SEED` and
+/// `PGMUX_GRAMMAR_STEPS` run other and longer sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_session_state_matches_direct_and_leaves_servers_clean() {
+    let name = "t_grammar";
+    superuser_db(name).await;
+    direct_setup(
+        name,
+        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
+           AS $$ SELECT set_config('app.tenant_id', t, false) $$; \
+         CREATE FUNCTION set_hidden(t text) RETURNS text LANGUAGE sql \
+           AS $$ SELECT set_config('app.' || 'hidden', t, false) $$; \
+         CREATE FUNCTION app_path() RETURNS text LANGUAGE plpgsql \
+           AS $$ BEGIN SET search_path = pg_catalog; RETURN 'ok'; END $$; \
+         CREATE FUNCTION lower_me() RETURNS text LANGUAGE plpgsql \
+           AS $$ BEGIN SET ROLE t_grammar_low; RETURN 'ok'; END $$; \
+         CREATE FUNCTION scratch() RETURNS int LANGUAGE plpgsql \
+           AS $$ BEGIN CREATE TABLE IF NOT EXISTS pg_temp.scratch (x int); RETURN 1; END $$",
+    )
+    .await
+    .unwrap();
+    let seed: u64 = std::env::var("PGMUX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let steps_per_pool: usize = std::env::var("PGMUX_GRAMMAR_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let clean = {
+        let fresh = connect(&direct_url(name)).await.unwrap();
+        answer(std::slice::from_ref(&fresh), Step::Simple(0, CENSUS)).await
+    };
+    let step_timeout = std::time::Duration::from_secs(10);
+    for pool in [1usize, 2, 3] {
+        // The script: (client, form index or None for BEGIN/COMMIT/ROLLBACK/read).
+        let mut r = Lcg(seed * 131 + pool as u64);
+        let (mut in_tx, mut pinned) = ([false; 3], [false; 3]);
+        let mut script: Vec<(usize, &'static str, Option<&Form>)> = Vec::new();
+        while script.len() < steps_per_pool {
+            let c = r.below(3);
+            let holds = |t: &[bool; 3], p: &[bool; 3], i: usize| t[i] || p[i];
+            let held = (0..3).filter(|&i| holds(&in_tx, &pinned, i)).count();
+            if !holds(&in_tx, &pinned, c) && held >= pool {
+                continue;
+            }
+            match r.below(12) {
+                0 if !in_tx[c] => {
+                    in_tx[c] = true;
+                    script.push((c, "BEGIN", None));
+                }
+                1 if in_tx[c] => {
+                    in_tx[c] = false;
+                    let end = if r.below(2) == 0 {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    script.push((c, end, None));
+                }
+                2..=4 => script.push((c, GRAMMAR_READ, None)),
+                _ => {
+                    let f = &GRAMMAR[r.below(GRAMMAR.len())];
+                    if f.outside_tx && in_tx[c] {
+                        continue;
+                    }
+                    if f.sql == "DISCARD ALL" {
+                        pinned[c] = false;
+                    }
+                    pinned[c] |= f.pins;
+                    script.push((c, f.sql, Some(f)));
+                }
+            }
+        }
+        for c in 0..3 {
+            if in_tx[c] {
+                script.push((c, "COMMIT", None));
+            }
+        }
+        if std::env::var("PGMUX_GRAMMAR_PRINT").is_ok() {
+            for (i, (c, sql, _)) in script.iter().enumerate() {
+                eprintln!("pool {pool} step {i}: client {c}: {sql}");
+            }
+        }
+        // The model: three direct sessions.
+        let mut model = Vec::new();
+        {
+            let direct = [
+                connect(&direct_url(name)).await.unwrap(),
+                connect(&direct_url(name)).await.unwrap(),
+                connect(&direct_url(name)).await.unwrap(),
+            ];
+            for (c, sql, f) in &script {
+                model.push(match f {
+                    Some(f) => grammar_answer(&direct, *c, f).await,
+                    None => answer(&direct, Step::Simple(*c, sql)).await,
+                });
+            }
+        }
+        let p = pgmux::app::Proxy::start(config(cluster(), name, pool as u32, ""))
+            .await
+            .expect("start pgmux");
+        let clients = [
+            connect(&url(&p, name)).await.unwrap(),
+            connect(&url(&p, name)).await.unwrap(),
+            connect(&url(&p, name)).await.unwrap(),
+        ];
+        let (mut in_tx, mut pinned) = ([false; 3], [false; 3]);
+        for (i, (c, sql, f)) in script.iter().enumerate() {
+            let run = async {
+                match f {
+                    Some(f) => grammar_answer(&clients, *c, f).await,
+                    None => answer(&clients, Step::Simple(*c, sql)).await,
+                }
+            };
+            let got = tokio::time::timeout(step_timeout, run)
+                .await
+                .unwrap_or_else(|_| panic!("pool of {pool}, step {i} ({c}: {sql}) waited"));
+            assert_eq!(
+                got, model[i],
+                "pool of {pool}, step {i} ({c}: {sql}): pgmux answered {got}, PostgreSQL {}",
+                model[i]
+            );
+            match (*sql, f) {
+                ("BEGIN", None) => in_tx[*c] = true,
+                ("COMMIT" | "ROLLBACK", None) => in_tx[*c] = false,
+                (_, Some(f)) if f.sql == "DISCARD ALL" => pinned[*c] = false,
+                (_, Some(f)) => pinned[*c] |= f.pins,
+                _ => {}
+            }
+            let held = (0..3).filter(|&k| in_tx[k] || pinned[k]).count();
+            let idle = pool.saturating_sub(held);
+            tokio::time::timeout(step_timeout, census(&p, name, idle, &clean, i))
+                .await
+                .unwrap_or_else(|_| panic!("pool of {pool}, census after step {i} waited"));
+        }
+        drop(clients);
+        p.shutdown().await;
+    }
 }

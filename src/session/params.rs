@@ -311,13 +311,28 @@ impl ClientParams {
              FROM pg_catalog.pg_settings WHERE source = 'session' \
              AND name NOT IN ('role', 'session_authorization')",
         );
-        let names: Vec<String> = self
+        // Every custom name the client holds is read back too, however it
+        // was learned (its text, its Binds, a function's body): pgmux set
+        // it on this server, and what is not read back is not recorded
+        // as set, so the next client's sync would not reset it.
+        let held = self
+            .desired
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.contains('.'));
+        let mut names: Vec<String> = Vec::new();
+        for n in self
             .watched
             .iter()
             .flat_map(|w| w.iter())
+            .chain(held)
             .chain(server.code_setting_names.iter().flatten().filter(|_| wipe))
-            .map(|n| literal(n))
-            .collect();
+        {
+            let n = literal(n);
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         if !names.is_empty() {
             sql.push_str(&format!(
                 " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
