@@ -1355,10 +1355,8 @@ async fn random_session_state_matches_direct_and_leaves_servers_clean() {
                 }
             }
         }
-        for c in 0..3 {
-            if in_tx[c] {
-                script.push((c, "COMMIT", None));
-            }
+        for (c, _) in in_tx.iter().enumerate().filter(|(_, open)| **open) {
+            script.push((c, "COMMIT", None));
         }
         if std::env::var("PGMUX_GRAMMAR_PRINT").is_ok() {
             for (i, (c, sql, _)) in script.iter().enumerate() {
