@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::raw::{error_code, Raw};
 use common::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -1418,4 +1419,164 @@ async fn random_session_state_matches_direct_and_leaves_servers_clean() {
         drop(clients);
         p.shutdown().await;
     }
+}
+
+/// The checks pgmux runs on a client's session name their operators with
+/// their schema: a client whose `search_path` puts an `=` of its own
+/// first (or whose database has an exact-match `=` in `public`) cannot
+/// make them answer falsely, so its settings are still read back and
+/// reset, and its temporary table still keeps its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_of_the_clients_own_do_not_fool_the_checks() {
+    let name = "t_own_ops";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE SCHEMA evil; \
+         CREATE FUNCTION evil.never(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT false'; \
+         CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.never); \
+         CREATE OPERATOR evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.never); \
+         CREATE FUNCTION public.never(oid, regclass) RETURNS boolean LANGUAGE sql \
+           AS 'SELECT false'; \
+         CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.never)",
+    )
+    .await
+    .unwrap();
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
+        .await
+        .expect("start pgmux");
+    let (a, b) = (
+        connect(&url(&p, name)).await.unwrap(),
+        connect(&url(&p, name)).await.unwrap(),
+    );
+    a.batch_execute("SET search_path = evil, pg_catalog, public; SET work_mem = '7MB'")
+        .await
+        .unwrap();
+    let row = b
+        .query_one(
+            "SELECT current_setting('work_mem'), current_setting('search_path')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("4MB".to_owned(), "\"$user\", public".to_owned())
+    );
+    let row = a
+        .query_one(
+            "SELECT current_setting('work_mem'), current_setting('search_path')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "7MB", "a keeps its own settings");
+    // With public's exact-match `=` for (oid, regclass) in the way.
+    a.batch_execute("RESET ALL; CREATE TEMP TABLE shadow (a int)")
+        .await
+        .unwrap();
+    let pinned = || {
+        let p = p.context().clone();
+        async move {
+            eventually(std::time::Duration::from_secs(5), || {
+                let p = p.clone();
+                async move {
+                    sample(
+                        &parse_prometheus(&p.render_metrics()),
+                        "pgmux_pinned_clients",
+                        &[],
+                    ) == Some(1.0)
+                }
+            })
+            .await
+        }
+    };
+    assert!(pinned().await, "the temporary table keeps a's server");
+    drop((a, b));
+    p.shutdown().await;
+}
+
+/// Texts pgmux's lexer would read differently from PostgreSQL: a line
+/// comment ended by a carriage return, and a client encoding (SJIS) whose
+/// second byte of a character may be a backslash, which PostgreSQL
+/// converts before it lexes. The function each hides still sets nothing
+/// another client can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_the_lexer_could_misread_pass_nothing_on() {
+    let name = "t_misread";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
+           AS $$ SELECT set_config('app.tenant_id', t, false) $$",
+    )
+    .await
+    .unwrap();
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
+        .await
+        .expect("start pgmux");
+    let other = connect(&url(&p, name)).await.unwrap();
+    let seen = || async {
+        other
+            .query_one(
+                "SELECT nullif(current_setting('app.tenant_id', true), '')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    };
+    let mut raw = Raw::connect(p.addr().port(), name, PASSWORD, name).await;
+    raw.query("SELECT 1 --\r, set_tenant('CR')");
+    assert!(error_code(&raw.round_trip().await).is_none());
+    assert_eq!(seen().await, None, "a carriage return ends a line comment");
+    // A client of its own: the first one now holds app.tenant_id, which
+    // the parameter sync resets for the next client whatever set it.
+    let mut raw = Raw::connect(p.addr().port(), name, PASSWORD, name).await;
+    raw.query("SET client_encoding = 'SJIS'");
+    assert!(error_code(&raw.round_trip().await).is_none());
+    // 0x95 0x5C is one SJIS character: the string ends at the quote after it.
+    raw.query_bytes(b"SELECT E'\x95\x5c', set_tenant('SJIS') -- '");
+    assert!(error_code(&raw.round_trip().await).is_none());
+    assert_eq!(seen().await, None, "SJIS text is checked");
+    drop(raw);
+    drop(other);
+    p.shutdown().await;
+}
+
+/// With statement tracking off (`max_prepared_statements = 0`), a
+/// statement prepared on a server stays there under a name any client may
+/// run, and its Binds carry no text: a server that holds one that calls
+/// code pgmux cannot read ends every hold with the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untracked_statements_that_call_unknown_code_are_checked_every_time() {
+    let name = "t_untracked_code";
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
+           AS $$ SELECT set_config('app.tenant_id', t, false) $$",
+    )
+    .await
+    .unwrap();
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, "max_prepared_statements = 0"))
+        .await
+        .expect("start pgmux");
+    let (a, b) = (
+        connect(&url(&p, name)).await.unwrap(),
+        connect(&url(&p, name)).await.unwrap(),
+    );
+    let set = a.prepare("SELECT set_tenant($1)").await.unwrap();
+    let seen = "SELECT nullif(current_setting('app.tenant_id', true), '')";
+    for tenant in ["A", "B"] {
+        a.query(&set, &[&tenant]).await.unwrap();
+        let row = b.query_one(seen, &[]).await.unwrap();
+        assert_eq!(
+            row.get::<_, Option<String>>(0),
+            None,
+            "after tenant {tenant}"
+        );
+    }
+    drop((a, b));
+    p.shutdown().await;
 }

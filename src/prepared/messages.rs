@@ -132,7 +132,7 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     let rest = query.get(at.1..)?;
     let end = rest
         .iter()
-        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .rposition(|&b| !crate::sql::blank(b) && b != b';')
         .map_or(0, |i| i + 1);
     Some(SqlPrepared::Prepare {
         name,

@@ -142,6 +142,10 @@ pub struct ServerConn {
     /// under a name any later client may execute (statement tracking off):
     /// every hold ends with a check.
     identity_sticky: bool,
+    /// What statements prepared here under names any later client may
+    /// execute (statement tracking off) may do: every hold of this server
+    /// ends with the check that follows code pgmux cannot read.
+    pub sticky_effects: crate::sql::Effects,
     /// The server answered a write with "read-only transaction" (25006):
     /// its role is checked before it goes back to a pool that must write.
     pub role_suspect: bool,
@@ -219,6 +223,7 @@ impl ServerConn {
             login: Default::default(),
             identity_changed: false,
             identity_sticky: false,
+            sticky_effects: crate::sql::Effects::NONE,
             role_suspect: false,
             code_setting_names: None,
         }

@@ -14,15 +14,20 @@ use crate::server::{ServerConn, ServerError, TRACKED_REPORTED};
 /// C or internal ones), each with its value when it is a custom setting
 /// that `pg_settings` hides and is not empty: what code pgmux cannot read
 /// may have set. Up to 256 names; no backslash, so it reads the same
-/// whatever `standard_conforming_strings` says.
-const CODE_SETTING_NAMES: &str = "SELECT c.n, CASE WHEN v <> '' AND NOT EXISTS \
-     (SELECT 1 FROM pg_catalog.pg_settings AS s WHERE pg_catalog.lower(s.name) = c.n) THEN v END \
+/// whatever `standard_conforming_strings` says. Like every query pgmux
+/// runs on a client's session, it names its operators with their schema
+/// (`OPERATOR(pg_catalog.=)`): the client's `search_path` may put an
+/// operator of its own making first, which would answer falsely.
+const CODE_SETTING_NAMES: &str =
+    "SELECT c.n, CASE WHEN v OPERATOR(pg_catalog.<>) '' AND NOT EXISTS \
+     (SELECT 1 FROM pg_catalog.pg_settings AS s \
+      WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) c.n) THEN v END \
      FROM (SELECT DISTINCT pg_catalog.lower(m[1]) AS n \
-     FROM pg_catalog.pg_proc AS p, \
-     pg_catalog.regexp_matches(p.prosrc, '([A-Za-z_][A-Za-z_0-9$]*[.][A-Za-z_][A-Za-z_0-9$]*)', 'g') AS m \
-     WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
-     AND p.pronamespace <> 'information_schema'::pg_catalog.regnamespace \
-     AND p.prolang NOT IN (12, 13) LIMIT 256) AS c, \
+     FROM pg_catalog.pg_proc AS p, pg_catalog.regexp_matches(p.prosrc, \
+       '([A-Za-z_][A-Za-z_0-9$]*(?:[.][A-Za-z_][A-Za-z_0-9$]*)+)', 'g') AS m \
+     WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+     AND p.pronamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+     AND p.prolang OPERATOR(pg_catalog.>) 13::pg_catalog.oid ORDER BY 1 LIMIT 256) AS c, \
      LATERAL (SELECT pg_catalog.current_setting(c.n, true) AS v) AS r";
 
 /// A read-back query and what its statements are
@@ -308,8 +313,9 @@ impl ClientParams {
         }
         sql.push_str(
             "SELECT name, pg_catalog.current_setting(name) \
-             FROM pg_catalog.pg_settings WHERE source = 'session' \
-             AND name NOT IN ('role', 'session_authorization')",
+             FROM pg_catalog.pg_settings WHERE source OPERATOR(pg_catalog.=) 'session' \
+             AND NOT name OPERATOR(pg_catalog.=) ANY \
+             (ARRAY['role', 'session_authorization']::pg_catalog.text[])",
         );
         // Every custom name the client holds is read back too, however it
         // was learned (its text, its Binds, a function's body): pgmux set
@@ -337,8 +343,9 @@ impl ClientParams {
             sql.push_str(&format!(
                 " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
                  FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n) AS c \
-                 WHERE v <> '' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings AS s \
-                 WHERE pg_catalog.lower(s.name) = c.n)",
+                 WHERE v OPERATOR(pg_catalog.<>) '' AND NOT EXISTS \
+                 (SELECT 1 FROM pg_catalog.pg_settings AS s \
+                 WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) c.n)",
                 names.join(", ")
             ));
         }
@@ -438,11 +445,41 @@ impl ClientParams {
         // back at its reset value when it reads as empty.
         Some(format!(
             "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES {}) AS v(n, v) \
-             LEFT JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n \
-             WHERE s.source <> 'session' \
-             OR (s.name IS NULL AND pg_catalog.current_setting(v.n, true) = '')",
+             LEFT JOIN pg_catalog.pg_settings s \
+             ON pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) v.n \
+             WHERE s.source OPERATOR(pg_catalog.<>) 'session' \
+             OR (s.name IS NULL AND pg_catalog.current_setting(v.n, true) OPERATOR(pg_catalog.=) '')",
             values.join(", ")
         ))
+    }
+
+    /// Whether the client's text may be read differently by PostgreSQL
+    /// than by pgmux's lexer: in the client-only encodings whose second
+    /// byte of a character may be 0x5C (SJIS, BIG5, GBK, GB18030, JOHAB),
+    /// PostgreSQL converts before it lexes, so a backslash pgmux sees in an
+    /// escape string may be half of a character. Such a client's
+    /// transactions all end with the check that follows code pgmux cannot
+    /// read.
+    pub fn lexed_unreliably(&self) -> bool {
+        const ENCODINGS: [&str; 14] = [
+            "sjis",
+            "shift_jis",
+            "mskanji",
+            "win932",
+            "windows932",
+            "shift_jis_2004",
+            "big5",
+            "win950",
+            "windows950",
+            "gbk",
+            "win936",
+            "windows936",
+            "gb18030",
+            "johab",
+        ];
+        self.desired
+            .get("client_encoding")
+            .is_some_and(|e| ENCODINGS.iter().any(|x| e.eq_ignore_ascii_case(x)))
     }
 
     /// True when `server` was last synced to exactly these values.

@@ -17,17 +17,19 @@ use crate::protocol::SqlState;
 /// TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a temporary table,
 /// a temporary function or type): every such object depends on its schema
 /// in `pg_depend`, which is how PostgreSQL itself finds them to drop (an
-/// index lookup, whatever the object's kind).
+/// index lookup, whatever the object's kind). Operators are named with
+/// their schema: the client's `search_path` may put one of its own first.
 pub(super) const SESSION_OBJECTS: &str = "SELECT \
      EXISTS (SELECT 1 FROM pg_catalog.pg_depend \
-             WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
-             AND refobjid = pg_catalog.pg_my_temp_schema()), \
+             WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+             AND refobjid OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
-             WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
+             WHERE locktype OPERATOR(pg_catalog.=) 'advisory' \
+             AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements \
-             WHERE from_sql AND pg_catalog.left(name, 6) <> 'pgmux_')";
+             WHERE from_sql AND pg_catalog.left(name, 6) OPERATOR(pg_catalog.<>) 'pgmux_')";
 
 /// The reasons, in the order of the query's columns (metric labels).
 const REASONS: [&str; 5] = [

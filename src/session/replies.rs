@@ -51,7 +51,12 @@ impl Session {
         }
         // Code no text shows (a trigger, a view, a column default, a
         // policy) may have changed anything: checked every time.
-        if self.pool.settings().reset_always && self.core.pinned.is_none() {
+        // So may a statement prepared on this server that any client may
+        // run (statement tracking off).
+        // And so may any text of a client whose encoding pgmux cannot lex.
+        let sticky = self.server.as_ref().is_some_and(|s| s.sticky_effects.any());
+        let always = self.pool.settings().reset_always || self.core.params.lexed_unreliably();
+        if (always || sticky) && self.core.pinned.is_none() {
             self.core.touched |= crate::sql::Effects::CODE;
         }
         if self.verify_due() {

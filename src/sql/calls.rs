@@ -27,22 +27,21 @@ use super::lexer::Token;
 /// The longest name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_NAME: usize = 63;
 
-/// Keywords that take a parenthesized list or expression and are not
-/// functions: the words of SQL's own syntax (`IN (...)`), PostgreSQL's
-/// special-syntax functions that have no `pg_proc` entry (`COALESCE`,
-/// `GREATEST`), type names with a modifier (`numeric(10, 2)`, `character
-/// varying(20)`), and `TABLESAMPLE` methods. Sorted.
-const KEYWORDS: [&str; 100] = [
+/// Keywords that take a parenthesized list or expression and can never
+/// name a function called without a schema: PostgreSQL's reserved and
+/// column-name keywords (in every version from 13 on) that are written
+/// before `(`: SQL's own syntax (`IN (...)`), the special-syntax functions
+/// with no `pg_proc` entry (`COALESCE`, `GREATEST`), and type names with a
+/// modifier (`numeric(10, 2)`, `character(3)`). Sorted.
+const KEYWORDS: [&str; 72] = [
     "all",
     "and",
     "any",
     "array",
     "as",
-    "bernoulli",
     "between",
     "bigint",
     "bit",
-    "by",
     "case",
     "cast",
     "char",
@@ -50,8 +49,6 @@ const KEYWORDS: [&str; 100] = [
     "check",
     "coalesce",
     "collate",
-    "conflict",
-    "cube",
     "dec",
     "decimal",
     "default",
@@ -61,40 +58,21 @@ const KEYWORDS: [&str; 100] = [
     "except",
     "exists",
     "extract",
-    "filter",
     "float",
     "for",
+    "foreign",
     "from",
     "greatest",
     "group",
     "grouping",
     "having",
-    "ilike",
     "in",
-    "include",
     "integer",
     "intersect",
     "interval",
-    "is",
-    "join",
-    "json",
-    "json_array",
-    "json_arrayagg",
-    "json_exists",
-    "json_object",
-    "json_objectagg",
-    "json_query",
-    "json_scalar",
-    "json_serialize",
-    "json_table",
-    "json_value",
-    "key",
     "lateral",
     "least",
-    "like",
     "limit",
-    "materialized",
-    "merge_action",
     "national",
     "nchar",
     "normalize",
@@ -102,23 +80,17 @@ const KEYWORDS: [&str; 100] = [
     "nullif",
     "offset",
     "on",
-    "operator",
     "or",
-    "over",
-    "overlaps",
     "overlay",
-    "partition",
     "position",
-    "repeatable",
+    "primary",
+    "references",
     "returning",
-    "rollup",
     "row",
     "select",
-    "set",
-    "similar",
     "some",
     "substring",
-    "system",
+    "table",
     "then",
     "time",
     "timestamp",
@@ -126,27 +98,65 @@ const KEYWORDS: [&str; 100] = [
     "treat",
     "trim",
     "union",
+    "unique",
     "using",
     "values",
-    "varying",
     "when",
     "where",
-    "within",
+    "window",
+    "with",
     "xmltable",
+];
+
+/// Words PostgreSQL lets a function be named (unreserved or
+/// type-and-function-name keywords) that are syntax only after certain
+/// words: `GROUP BY (a)`, `PRIMARY KEY (a)`, `ON CONFLICT (a)`, `AS
+/// MATERIALIZED (...)`, `character varying(20)`, `GROUPING SETS (...)`.
+/// After anything else, `is('A')` or `by(1)` is a call like any other.
+/// (`GROUP BY CUBE (a)` and `ROLLUP (a)` read as calls: a false alarm,
+/// since `ORDER BY cube(a)` may call an application's `cube`.)
+const AFTER: [(&str, &[&str]); 6] = [
+    ("by", &["group", "order", "partition"]),
+    ("conflict", &["on"]),
+    ("key", &["foreign", "primary"]),
+    ("materialized", &["as", "not"]),
+    ("sets", &["grouping"]),
+    ("varying", &["bit", "char", "character"]),
+];
+
+/// Words that are syntax right after an operand (`t JOIN (...)`, `a LIKE
+/// (...)`, `UPDATE t SET (a, b) = ...`), each with the keywords that may
+/// also stand before it (`LEFT JOIN (`, `NOT LIKE (`, `DO UPDATE SET (`).
+/// After anything else (`SELECT join(1)`, `, like(1)`) they are calls.
+const AFTER_OPERAND: [(&str, &[&str]); 5] = [
+    ("ilike", &["not"]),
+    (
+        "join",
+        &[
+            "cross", "full", "inner", "left", "natural", "outer", "right",
+        ],
+    ),
+    ("like", &["not"]),
+    ("set", &["update"]),
+    ("similar", &["not"]),
 ];
 
 /// Keywords or punctuation before a name that make the name a relation,
 /// an alias or a common table expression, not a function: `INSERT INTO t
 /// (a)`, `COPY t (a)`, `AS t (a)`, `WITH t (a) AS`, `REFERENCES t (a)`,
-/// `TABLESAMPLE m (10)`.
-const BEFORE_RELATION: [&str; 8] = [
+/// `TABLESAMPLE m (10)`, `CREATE TABLE [IF NOT EXISTS] t (a int)`, `CREATE
+/// VIEW v (a)`.
+const BEFORE_RELATION: [&str; 11] = [
     "as",
     "copy",
+    "exists",
     "into",
     "only",
     "recursive",
     "references",
+    "table",
     "tablesample",
+    "view",
     "with",
 ];
 
@@ -258,7 +268,47 @@ impl<'a> Calls<'a> {
         match self.qualifier {
             Some(q) if !q.is("pg_catalog") => true,
             Some(_) => !name.in_list(builtins()),
-            None => !(name.in_list(builtins()) || (!name.quoted && name.in_list(&KEYWORDS))),
+            None => !(name.in_list(builtins()) || self.syntax(name)),
+        }
+    }
+
+    /// Whether `name (`, unqualified, is SQL syntax here rather than a
+    /// call.
+    fn syntax(&self, name: Name<'_>) -> bool {
+        if name.quoted {
+            return false;
+        }
+        let mut buf = [0; MAX_NAME];
+        let Some(word) = lower(name.text, &mut buf) else {
+            return false;
+        };
+        if listed(&KEYWORDS, word) {
+            return true;
+        }
+        let before_is = |words: &[&str]| match self.before {
+            Some(Token::Word(w)) => words.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes())),
+            _ => false,
+        };
+        if let Some((_, after)) = AFTER.iter().find(|(w, _)| w.as_bytes() == word) {
+            return before_is(after);
+        }
+        if let Some((_, after)) = AFTER_OPERAND.iter().find(|(w, _)| w.as_bytes() == word) {
+            return before_is(after) || self.operand_before();
+        }
+        false
+    }
+
+    /// Whether the token before the name ends an operand: an identifier
+    /// that is not a keyword, a quoted one, a constant, `)` or `]`.
+    fn operand_before(&self) -> bool {
+        match self.before {
+            Some(Token::Word(w)) => {
+                let mut buf = [0; MAX_NAME];
+                lower(w, &mut buf).is_some_and(|w| !listed(&KEYWORDS, w))
+            }
+            Some(Token::QuotedIdent(_) | Token::Literal(_)) => true,
+            Some(Token::Other(b)) => b.is_ascii_digit() || b == b']',
+            _ => false,
         }
     }
 }
@@ -310,6 +360,14 @@ mod tests {
             "SELECT 1 AS a, f(2)",
             "SELECT f  (1)",
             "SELECT (f(1))",
+            // Words PostgreSQL lets a function be named.
+            "SELECT is('A')",
+            "SELECT 1 WHERE set(1)",
+            "SELECT join(1), like(2)",
+            "SELECT x FROM t ORDER BY cube('x')",
+            "SELECT filter(1), over(2), within(3), system(4), bernoulli(5)",
+            "SELECT json_value(1), merge_action()",
+            "SELECT a OPERATOR(public.===) b FROM t WHERE key(1)",
         ] {
             assert!(
                 calls_unknown(sql),
@@ -341,6 +399,14 @@ mod tests {
             "COPY t (a, b) FROM STDIN",
             "SELECT current_setting('app.tenant_id', true)",
             "SELECT f FROM t",
+            "SELECT * FROM a JOIN (SELECT 1) b ON true LEFT JOIN (SELECT 2) c ON true",
+            "SELECT * FROM a WHERE x LIKE ('%' || $1) AND y NOT ILIKE ('a') AND z SIMILAR TO ('b')",
+            "UPDATE t SET (a, b) = (1, 2)",
+            "INSERT INTO t VALUES (1) ON CONFLICT (a) DO UPDATE SET (a, b) = (1, 2)",
+            "SELECT a FROM t GROUP BY (a) ORDER BY (a)",
+            "SELECT a FROM t GROUP BY GROUPING SETS ((a), ())",
+            "WITH x AS MATERIALIZED (SELECT 1), y AS NOT MATERIALIZED (SELECT 2) SELECT 1",
+            "CREATE TABLE t (a int, b bit varying(3), c character varying(2), PRIMARY KEY (a))",
         ] {
             assert!(!calls_unknown(sql), "{sql:?} calls only what pgmux knows");
         }

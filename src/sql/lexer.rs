@@ -31,6 +31,13 @@ pub struct Lexer<'a> {
     backslash_quotes: bool,
 }
 
+/// White space as PostgreSQL's lexer reads it: space, tab, newline,
+/// carriage return, form feed, and (from PostgreSQL 17) vertical tab, which
+/// older servers refuse anyway.
+pub fn blank(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0B
+}
+
 pub(super) fn word_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
@@ -67,9 +74,10 @@ impl<'a> Lexer<'a> {
         loop {
             match (self.peek(0), self.peek(1)) {
                 (None, _) => return false,
-                (Some(b), _) if b.is_ascii_whitespace() => self.i += 1,
+                (Some(b), _) if blank(b) => self.i += 1,
+                // A line comment ends at a newline or a carriage return.
                 (Some(b'-'), Some(b'-')) => {
-                    while self.peek(0).is_some_and(|b| b != b'\n') {
+                    while self.peek(0).is_some_and(|b| b != b'\n' && b != b'\r') {
                         self.i += 1;
                     }
                 }

@@ -14,8 +14,8 @@ mod calls;
 mod lexer;
 mod names;
 
+pub use lexer::{blank, Head, Lexer, Token};
 use lexer::{word_rest, word_start};
-pub use lexer::{Head, Lexer, Token};
 pub use names::{bound_setting_names, setting_names};
 
 /// What running a text may do to session state that pgmux follows.
@@ -320,7 +320,7 @@ impl NameArg {
 /// The first word of `sql` if nothing but white space precedes it, or
 /// `None` when the text starts with a comment or punctuation.
 pub(crate) fn leading_word(sql: &[u8]) -> Option<&[u8]> {
-    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let start = sql.iter().position(|&b| !blank(b))?;
     let rest = &sql[start..];
     if !word_start(*rest.first()?) {
         return None;
@@ -362,9 +362,7 @@ fn has_word(sql: &[u8], word: &[u8]) -> bool {
 fn single_statement(sql: &[u8]) -> bool {
     match memchr::memchr(b';', sql) {
         None => true,
-        Some(i) => sql[i + 1..]
-            .iter()
-            .all(|b| b.is_ascii_whitespace() || *b == b';'),
+        Some(i) => sql[i + 1..].iter().all(|&b| blank(b) || b == b';'),
     }
 }
 
@@ -524,6 +522,13 @@ mod tests {
         yes("CALL p()");
         yes("EXECUTE stmt(1)");
         yes("select U&\"\\0073et_config\"('role', 'x', false)");
+        // PostgreSQL ends a line comment at a carriage return too, and
+        // (from 17) reads a vertical tab as white space.
+        yes("SELECT 1; --\rSET ROLE x");
+        yes("\x0bSET ROLE admin");
+        yes("SET\x0bROLE admin");
+        yes("SELECT 1 --\r, set_tenant('A')");
+        yes("SELECT set_tenant\x0b('A')");
     }
 
     #[test]

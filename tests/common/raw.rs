@@ -241,6 +241,17 @@ impl Raw {
         self
     }
 
+    /// Queues a simple Query whose text is any bytes (another encoding
+    /// than UTF-8, say).
+    pub fn query_bytes(&mut self, sql: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(b"Q");
+        self.out
+            .extend_from_slice(&(4 + sql.len() as i32 + 1).to_be_bytes());
+        self.out.extend_from_slice(sql);
+        self.out.extend_from_slice(b"\0");
+        self
+    }
+
     /// Sends what is queued and reads up to ReadyForQuery.
     pub async fn round_trip(&mut self) -> Vec<Msg> {
         self.flush().await;

@@ -168,7 +168,7 @@ impl Core {
         {
             self.watch_setting_names(msg, effects);
         }
-        let effects = match known {
+        let mut effects = match known {
             Some(mut known) => {
                 if matches!(msg, Message::Query(_)) && known.param_settings {
                     known.unnamed_settings = true;
@@ -177,6 +177,15 @@ impl Core {
             }
             None => effects,
         };
+        // The unnamed statement runs what its Parse said, also when it is
+        // bound again in a later transaction.
+        match msg {
+            Message::Parse(p) if p.name.is_empty() => self.unnamed_effects = effects,
+            Message::Bind(b) if b.statement.is_empty() && known.is_none() => {
+                effects |= self.unnamed_effects;
+            }
+            _ => {}
+        }
         if effects.any() {
             self.note_effects(msg, effects, server);
         }
@@ -281,8 +290,11 @@ impl Core {
             self.pin_hint = msg.text().map(hint);
         }
         let Some(s) = server else { return };
-        if effects.identity && matches!(msg, Message::Parse(_)) && self.stmts.is_none() {
-            s.mark_identity_sticky();
+        if matches!(msg, Message::Parse(_)) && self.stmts.is_none() {
+            s.sticky_effects |= effects;
+            if effects.identity {
+                s.mark_identity_sticky();
+            }
         }
         // A CREATE may have made or replaced a function: the setting names
         // functions mention are asked again.

@@ -64,6 +64,9 @@ pub(super) struct Core {
     /// settings: read back (and, for identity, restored) before the server
     /// goes back.
     pub(super) touched: Effects,
+    /// What the client's unnamed statement may do (its last unnamed
+    /// Parse's text).
+    pub(super) unnamed_effects: Effects,
     /// Why the client keeps its server between transactions (session state
     /// that cannot move), if it does.
     pub(super) pinned: Option<&'static str>,
@@ -99,6 +102,7 @@ impl Core {
             params,
             identity: None,
             touched: Effects::NONE,
+            unnamed_effects: Effects::NONE,
             pinned: None,
             pin_hint: None,
             drop_in_flight: false,
