@@ -1580,3 +1580,44 @@ async fn untracked_statements_that_call_unknown_code_are_checked_every_time() {
     drop((a, b));
     p.shutdown().await;
 }
+
+/// Session mode is a direct connection: a server that ends the session
+/// (`pg_terminate_backend` of its own process) is seen by the client as
+/// directly, its FATAL error and then the close, with nothing of pgmux's
+/// added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_server_ending_the_session_is_seen_as_directly() {
+    let name = "t_sess_ended";
+    create_db(cluster(), name).await;
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 2, "pool_mode = \"session\""))
+        .await
+        .expect("start pgmux");
+    let sql = b"SELECT pg_terminate_backend(pg_backend_pid())\0";
+    let mut query = b"Q".to_vec();
+    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    let mut seen = Vec::new();
+    for port in [cluster().port(), p.addr().port()] {
+        let mut raw = Raw::connect(port, name, PASSWORD, name).await;
+        let got = raw
+            .send_raw(&query, std::time::Duration::from_secs(5))
+            .await;
+        // The error messages' severities and codes, in order.
+        let mut rest = &got[..];
+        let mut errors = Vec::new();
+        while rest.len() >= 5 {
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let Some(body) = rest.get(5..1 + len) else {
+                break;
+            };
+            if rest[0] == b'E' {
+                errors.push(error_code(&[(b'E', body.to_vec())]));
+            }
+            rest = &rest[1 + len..];
+        }
+        seen.push(errors);
+    }
+    assert_eq!(seen[0], vec![Some("57P01".to_owned())], "directly");
+    assert_eq!(seen[1], seen[0], "through pgmux");
+    p.shutdown().await;
+}

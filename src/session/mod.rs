@@ -58,6 +58,11 @@ enum End {
     /// Tell the client this FATAL error, then close.
     #[error("{1}")]
     Fatal(String, String),
+    /// The server ended the session the client had with it (session mode,
+    /// or a client that kept its server): the client has the server's own
+    /// FATAL error, and its connection closes, as a direct one would.
+    #[error("the server ended the session")]
+    ServerEnded,
 }
 
 fn fatal(code: SqlState, msg: impl Into<String>) -> End {

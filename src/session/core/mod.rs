@@ -67,6 +67,9 @@ pub(super) struct Core {
     /// What the client's unnamed statement may do (its last unnamed
     /// Parse's text).
     pub(super) unnamed_effects: Effects,
+    /// The held server sent a FATAL error (which the client has): it is
+    /// ending the session.
+    pub(super) server_said_fatal: bool,
     /// Why the client keeps its server between transactions (session state
     /// that cannot move), if it does.
     pub(super) pinned: Option<&'static str>,
@@ -103,6 +106,7 @@ impl Core {
             identity: None,
             touched: Effects::NONE,
             unnamed_effects: Effects::NONE,
+            server_said_fatal: false,
             pinned: None,
             pin_hint: None,
             drop_in_flight: false,
@@ -218,6 +222,7 @@ impl Core {
 
     /// The client took a (different) server.
     pub(super) fn on_new_server(&mut self) {
+        self.server_said_fatal = false;
         if let Some(t) = self.stmts.as_mut() {
             t.on_new_server();
         }

@@ -85,6 +85,7 @@ impl Core {
             };
             let error = self.on_server_frame(&frame, server, seen);
             seen.server_closing |= error.fatal;
+            self.server_said_fatal |= error.fatal;
         }
     }
 
@@ -166,6 +167,11 @@ impl Core {
         );
         for h in hooks.into_iter().rev() {
             self.undo(h, None, Undo::Skipped);
+        }
+        if (self.mode == PoolMode::Session || was_pinned) && self.server_said_fatal {
+            // The client has the server's FATAL (every error is
+            // forwarded): it ends here, as on a direct connection.
+            return Err(End::ServerEnded);
         }
         if self.mode == PoolMode::Session || was_pinned || (readies == 0 && !tail) {
             return Err(fatal(
