@@ -1,4 +1,5 @@
-//! Cancel requests. Each client gets a key of pgmux's making; a cancel with
+//! Cancel requests. Each client gets a key of pgmux's making (in session
+//! mode, with its server's process id and pgmux's secret); a cancel with
 //! that key is forwarded, with the real server's key, to the server the
 //! client holds at that moment, and to nothing when it holds none. With
 //! peering (`peer_id`, `[peers]`), a key's process id carries the issuing
@@ -20,7 +21,7 @@ use crate::server::BackendKey;
 
 /// One client's cancel key and the server it holds now.
 pub struct CancelSlot {
-    /// pgmux-issued process id.
+    /// The key's process id: pgmux's, or a session-mode client's server's.
     pub pid: i32,
     /// pgmux-issued secret.
     pub secret: i32,
@@ -34,10 +35,13 @@ impl CancelSlot {
     }
 }
 
-/// All live clients' cancel keys.
+/// All live clients' cancel keys, by process id. A process id pgmux
+/// issues is unique; a server's (a session-mode client carries its
+/// server's, [`CancelHandle::adopt_pid`]) may repeat across servers, and
+/// the secret tells them apart.
 #[derive(Default, Clone)]
 pub struct CancelRegistry {
-    slots: Arc<Mutex<HashMap<i32, Arc<CancelSlot>>>>,
+    slots: Arc<Mutex<HashMap<i32, Vec<Arc<CancelSlot>>>>>,
     /// This instance's peer id (0: no peering).
     peer_id: u16,
 }
@@ -54,7 +58,27 @@ pub struct CancelHandle {
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry.slots.lock().remove(&self.slot.pid);
+        self.registry.remove(&self.slot);
+    }
+}
+
+impl CancelHandle {
+    /// Makes the client's key carry `pid` (its server's process id, in
+    /// session mode), keeping its secret and what it holds now.
+    pub fn adopt_pid(&mut self, pid: i32) {
+        let slot = Arc::new(CancelSlot {
+            pid,
+            secret: self.slot.secret,
+            target: Mutex::new(*self.slot.target.lock()),
+        });
+        self.registry.remove(&self.slot);
+        self.registry
+            .slots
+            .lock()
+            .entry(pid)
+            .or_default()
+            .push(slot.clone());
+        self.slot = slot;
     }
 }
 
@@ -97,10 +121,20 @@ impl CancelRegistry {
             secret: rng.random(),
             target: Mutex::new(None),
         });
-        slots.insert(pid, slot.clone());
+        slots.insert(pid, vec![slot.clone()]);
         CancelHandle {
             registry: self.clone(),
             slot,
+        }
+    }
+
+    fn remove(&self, slot: &Arc<CancelSlot>) {
+        let mut slots = self.slots.lock();
+        if let Some(same_pid) = slots.get_mut(&slot.pid) {
+            same_pid.retain(|s| !Arc::ptr_eq(s, slot));
+            if same_pid.is_empty() {
+                slots.remove(&slot.pid);
+            }
         }
     }
 
@@ -108,12 +142,14 @@ impl CancelRegistry {
     /// that holds a server; otherwise does nothing, as PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = {
-            let Some(slot) = self.slots.lock().get(&pid).cloned() else {
+            let slots = self.slots.lock();
+            let Some(slot) = slots.get(&pid).and_then(|same_pid| {
+                same_pid
+                    .iter()
+                    .find(|s| constant_time_eq(&s.secret.to_be_bytes(), &secret.to_be_bytes()))
+            }) else {
                 return;
             };
-            if !constant_time_eq(&slot.secret.to_be_bytes(), &secret.to_be_bytes()) {
-                return;
-            }
             let target = *slot.target.lock();
             target
         };

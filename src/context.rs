@@ -79,8 +79,10 @@ pub struct ClientInfo {
     /// Limits in milliseconds (0: none): idle inside a transaction, idle
     /// outside, busy with a request (`query_timeout`).
     idle_limits: [u64; 3],
-    /// Its cancel key (pgmux's), for `query_timeout`.
-    cancel_key: (i32, i32),
+    /// Its cancel key, for `query_timeout`: process id and secret, packed
+    /// (a session-mode client's process id becomes its server's once it
+    /// has one, [`ClientInfo::set_cancel_key`]).
+    cancel_key: AtomicU64,
     /// A cancel was sent for the current request.
     cancel_sent: AtomicBool,
     /// Set by [`ClientRegistry::sweep_idle`] before it wakes the session:
@@ -95,7 +97,17 @@ pub struct ClientInfo {
     waker: Mutex<Option<std::task::Waker>>,
 }
 
+/// A cancel key as one integer: process id above, secret below.
+fn pack_key((pid, secret): (i32, i32)) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(secret as u32)
+}
+
 impl ClientInfo {
+    /// Records the client's new cancel key.
+    pub fn set_cancel_key(&self, key: (i32, i32)) {
+        self.cancel_key.store(pack_key(key), Ordering::Relaxed);
+    }
+
     /// Tells the session something outside it changed: it wakes and reads
     /// the shutdown phase, [`ClientInfo::take_killed`] and
     /// [`ClientInfo::take_timeout`].
@@ -236,7 +248,7 @@ impl ClientRegistry {
             idle: AtomicU8::new(Idle::Client as u8),
             idle_since: AtomicU64::new(clock_ms()),
             idle_limits: idle_limits.map(|d| d.as_millis() as u64),
-            cancel_key,
+            cancel_key: AtomicU64::new(pack_key(cancel_key)),
             cancel_sent: AtomicBool::new(false),
             timed_out: AtomicU8::new(0),
             killed: AtomicBool::new(false),
@@ -271,7 +283,8 @@ impl ClientRegistry {
             }
             if idle == Idle::Busy as u8 {
                 if !info.cancel_sent.swap(true, Ordering::Relaxed) {
-                    cancels.push((info.clone(), info.cancel_key));
+                    let key = info.cancel_key.load(Ordering::Relaxed);
+                    cancels.push((info.clone(), ((key >> 32) as i32, key as i32)));
                 }
                 continue;
             }

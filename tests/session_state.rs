@@ -1592,16 +1592,11 @@ async fn session_mode_server_ending_the_session_is_seen_as_directly() {
     let p = pgmux::app::Proxy::start(config(cluster(), name, 2, "pool_mode = \"session\""))
         .await
         .expect("start pgmux");
-    let sql = b"SELECT pg_terminate_backend(pg_backend_pid())\0";
-    let mut query = b"Q".to_vec();
-    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
-    query.extend_from_slice(sql);
     let mut seen = Vec::new();
     for port in [cluster().port(), p.addr().port()] {
         let mut raw = Raw::connect(port, name, PASSWORD, name).await;
-        let got = raw
-            .send_raw(&query, std::time::Duration::from_secs(5))
-            .await;
+        raw.query("SELECT pg_terminate_backend(pg_backend_pid())");
+        let got = raw.until_closed(std::time::Duration::from_secs(5)).await;
         // The error messages' severities and codes, in order.
         let mut rest = &got[..];
         let mut errors = Vec::new();
@@ -1619,5 +1614,40 @@ async fn session_mode_server_ending_the_session_is_seen_as_directly() {
     }
     assert_eq!(seen[0], vec![Some("57P01".to_owned())], "directly");
     assert_eq!(seen[1], seen[0], "through pgmux");
+    p.shutdown().await;
+}
+
+/// Session mode is a direct connection: the cancel key a client gets
+/// carries its server's process id (so `pg_backend_pid()`,
+/// `pg_stat_activity` and `pg_terminate_backend` agree with it), and its
+/// secret, pgmux's, still cancels the client's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_cancel_key_carries_the_server_process_id() {
+    let name = "t_sess_pid";
+    create_db(cluster(), name).await;
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 2, "pool_mode = \"session\""))
+        .await
+        .expect("start pgmux");
+    let mut raw = Raw::connect(p.addr().port(), name, PASSWORD, name).await;
+    raw.query("SELECT pg_backend_pid()");
+    let got = raw.round_trip().await;
+    let row = got.iter().find(|m| m.0 == b'D').expect("a row");
+    let pid: i32 = std::str::from_utf8(&row.1[6..]).unwrap().parse().unwrap();
+    assert_eq!(raw.key.0, pid, "the key's process id is the server's");
+    // The key cancels a query, through pgmux, with pgmux's secret.
+    raw.query("SELECT pg_sleep(20)");
+    raw.flush().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    pgmux::cancel::send_cancel(p.addr(), raw.key.0, raw.key.1).await;
+    let got = raw.until_ready().await;
+    assert_eq!(error_code(&got).as_deref(), Some("57014"));
+    // A wrong secret cancels nothing.
+    pgmux::cancel::send_cancel(p.addr(), raw.key.0, raw.key.1 ^ 1).await;
+    raw.query("SELECT 1");
+    assert!(error_code(&raw.round_trip().await).is_none());
+    // Another session on another server has a key of its own.
+    let other = Raw::connect(p.addr().port(), name, PASSWORD, name).await;
+    assert_ne!(other.key.0, raw.key.0);
+    drop((raw, other));
     p.shutdown().await;
 }

@@ -10,7 +10,7 @@ use super::{fatal, pool_error_code, pool_error_reason, server_error_end, End, Se
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::pool::Checkout;
-use crate::protocol::encode::{write_error, Severity};
+use crate::protocol::encode::{self, write_error, Severity};
 use crate::stats::ErrorReason;
 
 impl Session {
@@ -73,6 +73,25 @@ impl Session {
             return Err(server_error_end(e));
         }
         self.apply_identity().await
+    }
+
+    /// Session mode: takes the client's server now, and ends the welcome
+    /// with a cancel key that carries the server's process id (so
+    /// `pg_backend_pid()`, `pg_stat_activity`, `pg_terminate_backend` and
+    /// the server's log agree with what the client was told) and pgmux's
+    /// secret, which still routes its cancels here.
+    pub(super) async fn welcome_with_server(&mut self) -> Result<(), End> {
+        self.ensure_server().await?;
+        if let Some(pid) = self.server.as_ref().map(|s| s.key.pid) {
+            self.cancel.adopt_pid(pid);
+            self.listed
+                .info
+                .set_cancel_key((pid, self.cancel.slot.secret));
+        }
+        let slot = &self.cancel.slot;
+        encode::backend_key_data(&mut self.core.cout, slot.pid, slot.secret);
+        encode::ready_for_query(&mut self.core.cout, crate::protocol::TxStatus::Idle);
+        self.flush_client().await
     }
 
     /// Closes the held server (its state is unknown) and stops routing

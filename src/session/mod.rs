@@ -126,7 +126,15 @@ async fn open(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) -> Option
         }
     };
     tracing::debug!(database = %login.key.database, user = %login.key.user, "client logged in");
-    Some(Session::new(stream, peer, ctx, login))
+    let key_pending = login.key_pending;
+    let mut session = Session::new(stream, peer, ctx, login);
+    if key_pending {
+        if let Err(end) = Box::pin(session.welcome_with_server()).await {
+            Box::pin(session.finish(end)).await;
+            return None;
+        }
+    }
+    Some(session)
 }
 
 /// Tells a refused client why; a client that left hears nothing.

@@ -134,6 +134,15 @@ impl Raw {
         got
     }
 
+    /// Sends what is queued and reads every byte until the other side
+    /// closes (or `limit` passes).
+    pub async fn until_closed(&mut self, limit: std::time::Duration) -> Vec<u8> {
+        self.flush().await;
+        let mut got = self.buf.split().to_vec();
+        let _ = tokio::time::timeout(limit, self.stream.read_to_end(&mut got)).await;
+        got
+    }
+
     /// Queues Parse.
     pub fn parse(&mut self, name: &str, query: &str) -> &mut Self {
         frontend::parse(name, query, [], &mut self.out).unwrap();

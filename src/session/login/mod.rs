@@ -63,6 +63,10 @@ pub struct Login {
     pub cancel: CancelHandle,
     /// Bytes the client sent behind its login, not read yet.
     pub pending: BytesMut,
+    /// The welcome still lacks its cancel key and ReadyForQuery: a
+    /// session-mode client gets its server first, and the key carries that
+    /// server's process id, as on a direct connection.
+    pub key_pending: bool,
 }
 
 /// What the first packets asked for.
@@ -309,32 +313,44 @@ async fn open_session(
     let params = ClientParams::new(&pool_params, &req.settings)
         .map_err(|e| fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))?;
     let cancel = ctx.cancels.register();
-    welcome(out, &params, &pool_params, &cancel);
+    let mode = pool.settings().mode;
+    // With peering, a key's process id names the instance that issued it.
+    let key_pending = mode == PoolMode::Session && cfg.pgmux.peer_id == 0;
+    welcome(
+        out,
+        &params,
+        &pool_params,
+        (!key_pending).then_some(&cancel),
+    );
     Ok(Login {
-        mode: pool.settings().mode,
+        mode,
         key,
         pool,
         params,
         cancel,
         pending,
+        key_pending,
     })
 }
 
 /// What a real server of the pool would send after authentication: the
-/// pool's ParameterStatus set with the client's own values, a cancel key of
-/// pgmux's making, ReadyForQuery.
+/// pool's ParameterStatus set with the client's own values, then (unless
+/// the session sends them once it has its server) a cancel key of pgmux's
+/// making and ReadyForQuery.
 fn welcome(
     out: &mut BytesMut,
     params: &ClientParams,
     pool_params: &[(String, String)],
-    cancel: &CancelHandle,
+    cancel: Option<&CancelHandle>,
 ) {
     encode::auth_ok(out);
     for (k, v) in params.welcome(pool_params) {
         encode::parameter_status(out, &k, &v);
     }
-    encode::backend_key_data(out, cancel.slot.pid, cancel.slot.secret);
-    encode::ready_for_query(out, TxStatus::Idle);
+    if let Some(cancel) = cancel {
+        encode::backend_key_data(out, cancel.slot.pid, cancel.slot.secret);
+        encode::ready_for_query(out, TxStatus::Idle);
+    }
 }
 
 /// Sends a FATAL error to a client that is about to be closed.
