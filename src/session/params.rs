@@ -30,6 +30,26 @@ const CODE_SETTING_NAMES: &str =
      AND p.prolang OPERATOR(pg_catalog.>) 13::pg_catalog.oid ORDER BY 1 LIMIT 256) AS c, \
      LATERAL (SELECT pg_catalog.current_setting(c.n, true) AS v) AS r";
 
+/// The client-only encodings whose second byte of a character may be
+/// 0x5C, a backslash ([`ClientParams::lexed_unreliably`]), with their
+/// aliases.
+const UNRELIABLE_ENCODINGS: [&str; 14] = [
+    "sjis",
+    "shift_jis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shift_jis_2004",
+    "big5",
+    "win950",
+    "windows950",
+    "gbk",
+    "win936",
+    "windows936",
+    "gb18030",
+    "johab",
+];
+
 /// A read-back query and what its statements are
 /// ([`ClientParams::settle_sql`]).
 #[derive(Debug)]
@@ -143,6 +163,9 @@ pub struct ClientParams {
     /// Hash of `desired` (never 0). A server last synced to the same
     /// fingerprint needs no comparison at all, which is the common case.
     fingerprint: u64,
+    /// [`ClientParams::lexed_unreliably`], kept with the fingerprint: it is
+    /// asked at the end of every transaction.
+    unreliable_encoding: bool,
     /// Custom setting names (`app.tenant_id`) the client's statements
     /// mentioned: PostgreSQL hides placeholder settings from `pg_settings`,
     /// so they are read back by name. Boxed: most clients have none, and
@@ -205,6 +228,7 @@ impl ClientParams {
             desired,
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
+            unreliable_encoding: false,
             watched: None,
         };
         if let Some(own) = Arc::get_mut(&mut p.desired.0) {
@@ -219,6 +243,11 @@ impl ClientParams {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.desired.hash(&mut h);
         self.fingerprint = h.finish() | 1;
+        self.unreliable_encoding = self.desired.get("client_encoding").is_some_and(|e| {
+            UNRELIABLE_ENCODINGS
+                .iter()
+                .any(|x| e.eq_ignore_ascii_case(x))
+        });
     }
 
     /// Identifies the parameter values this client expects.
@@ -461,25 +490,7 @@ impl ClientParams {
     /// transactions all end with the check that follows code pgmux cannot
     /// read.
     pub fn lexed_unreliably(&self) -> bool {
-        const ENCODINGS: [&str; 14] = [
-            "sjis",
-            "shift_jis",
-            "mskanji",
-            "win932",
-            "windows932",
-            "shift_jis_2004",
-            "big5",
-            "win950",
-            "windows950",
-            "gbk",
-            "win936",
-            "windows936",
-            "gb18030",
-            "johab",
-        ];
-        self.desired
-            .get("client_encoding")
-            .is_some_and(|e| ENCODINGS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+        self.unreliable_encoding
     }
 
     /// True when `server` was last synced to exactly these values.

@@ -22,7 +22,7 @@
 
 use std::sync::OnceLock;
 
-use super::lexer::Token;
+use super::lexer::{blank, word_rest, Lexer, Token};
 
 /// The longest name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_NAME: usize = 63;
@@ -179,6 +179,34 @@ fn listed(list: &[&str], name: &[u8]) -> bool {
     list.binary_search_by(|s| s.as_bytes().cmp(name)).is_ok()
 }
 
+/// Whether `sql` calls a function pgmux does not know. A text with no
+/// quote, dollar, backslash or comment is read around each `(` alone (the
+/// common case: `INSERT INTO t (a, b) VALUES (...)`); any other is lexed
+/// (both ways when it has a backslash, as `effects` reads it).
+pub(super) fn unknown_call(sql: &[u8]) -> bool {
+    if memchr::memchr(b'(', sql).is_none() {
+        return false;
+    }
+    let plain = memchr::memchr3(b'\'', b'"', b'$', sql).is_none()
+        && memchr::memchr(b'\\', sql).is_none()
+        && memchr::memmem::find(sql, b"--").is_none()
+        && memchr::memmem::find(sql, b"/*").is_none();
+    if plain {
+        return memchr::memchr_iter(b'(', sql).any(|at| Calls::before_paren(sql, at).unknown());
+    }
+    let lexed = |lexer: Lexer<'_>| {
+        let mut calls = Calls::default();
+        let mut prev = None;
+        lexer.into_iter().any(|tok| {
+            let unknown = calls.next(prev, tok);
+            prev = Some(tok);
+            unknown
+        })
+    };
+    lexed(Lexer::new(sql))
+        || (memchr::memchr(b'\\', sql).is_some() && lexed(Lexer::with_backslash_quotes(sql)))
+}
+
 /// A name as written: bare (folded to lower case by PostgreSQL) or quoted
 /// (kept as it is).
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +279,52 @@ impl<'a> Calls<'a> {
         unknown
     }
 
+    /// What precedes the `(` at `at` in a text with no quotes or
+    /// comments, read backwards: the name right before it, its qualifier
+    /// and the token before them.
+    fn before_paren(sql: &'a [u8], at: usize) -> Self {
+        // The token that ends at `end` (exclusive), blanks skipped: a word,
+        // or one byte.
+        let token_before = |end: usize| -> Option<(Token<'a>, usize)> {
+            let end = sql[..end].iter().rposition(|&b| !blank(b))? + 1;
+            let start = sql[..end]
+                .iter()
+                .rposition(|&b| !word_rest(b))
+                .map_or(0, |i| i + 1);
+            if start < end && !sql[start].is_ascii_digit() {
+                Some((Token::Word(&sql[start..end]), start))
+            } else {
+                Some((Token::Other(sql[end - 1]), end - 1))
+            }
+        };
+        let mut calls = Self::default();
+        let Some((Token::Word(text), start)) = token_before(at) else {
+            return calls;
+        };
+        calls.name = Some(Name {
+            text,
+            quoted: false,
+        });
+        let mut rest = start;
+        if let Some((Token::Other(b'.'), dot)) = token_before(start) {
+            if let Some((Token::Word(q), q_start)) = token_before(dot) {
+                calls.qualifier = Some(Name {
+                    text: q,
+                    quoted: false,
+                });
+                rest = q_start;
+            }
+        }
+        calls.before = token_before(rest).map(|(t, _)| t);
+        calls
+    }
+
+    /// Whether the name read by [`Calls::before_paren`] is a call of a
+    /// function pgmux does not know.
+    fn unknown(&self) -> bool {
+        self.name.is_some_and(|name| self.unknown_call(name))
+    }
+
     /// Whether `name (` calls a function pgmux does not know.
     fn unknown_call(&self, name: Name<'_>) -> bool {
         let relation = match self.before {
@@ -318,6 +392,8 @@ mod tests {
     use super::*;
     use crate::sql::Lexer;
 
+    /// The answer of the lexer, checked against the quick reading of a
+    /// text with no quotes or comments.
     fn calls_unknown(sql: &str) -> bool {
         let mut calls = Calls::default();
         let mut prev = None;
@@ -326,6 +402,11 @@ mod tests {
             found |= calls.next(prev, tok);
             prev = Some(tok);
         }
+        assert_eq!(
+            unknown_call(sql.as_bytes()),
+            found,
+            "{sql:?}: both readings agree"
+        );
         found
     }
 

@@ -374,11 +374,15 @@ pub fn effects(sql: &[u8]) -> Effects {
     let mut found = function_effects(sql);
     // Fast path: one statement starting with an ordinary word, read from
     // its first word alone, unless it calls set_config (whose name
-    // argument is read below) or may be a SELECT ... INTO.
-    // A statement with no parenthesis calls no function.
-    if !found.settings && single_statement(sql) && memchr::memchr2(b'&', b'(', sql).is_none() {
+    // argument is read below) or may be a SELECT ... INTO; only the
+    // functions it calls are looked for (a statement with no parenthesis
+    // calls none).
+    if !found.settings && single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
         if let Some(w) = leading_word(sql) {
             if starter(w).is_none() && !(may_select_into(w) && has_word(sql, b"into")) {
+                if calls::unknown_call(sql) {
+                    found |= Effects::CODE;
+                }
                 return found;
             }
         }
