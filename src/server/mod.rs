@@ -154,7 +154,7 @@ pub struct ServerConn {
     /// name. Asked once per connection, at the first read-back that must
     /// reset the session (and again after a `CREATE` on it); `None` until
     /// then.
-    pub code_setting_names: Option<Vec<String>>,
+    pub code_setting_names: Option<Box<[String]>>,
 }
 
 /// The columns of a DataRow as text (`None` for NULL or malformed).

@@ -55,7 +55,7 @@ impl Session {
         // run (statement tracking off).
         // And so may any text of a client whose encoding pgmux cannot lex.
         let sticky = self.server.as_ref().is_some_and(|s| s.sticky_effects.any());
-        let always = self.pool.settings().reset_always || self.core.params.lexed_unreliably();
+        let always = self.reset_always || self.core.params.lexed_unreliably();
         if (always || sticky) && self.core.pinned.is_none() {
             self.core.touched |= crate::sql::Effects::CODE;
         }

@@ -377,10 +377,15 @@ pub fn effects(sql: &[u8]) -> Effects {
     // argument is read below) or may be a SELECT ... INTO; only the
     // functions it calls are looked for (a statement with no parenthesis
     // calls none).
-    if !found.settings && single_statement(sql) && memchr::memchr(b'&', sql).is_none() {
+    let first = memchr::memchr2(b'&', b'(', sql);
+    let no_ampersand = match first {
+        None => true,
+        Some(i) => sql[i] == b'(' && memchr::memchr(b'&', &sql[i..]).is_none(),
+    };
+    if !found.settings && no_ampersand && single_statement(sql) {
         if let Some(w) = leading_word(sql) {
             if starter(w).is_none() && !(may_select_into(w) && has_word(sql, b"into")) {
-                if calls::unknown_call(sql) {
+                if first.is_some_and(|at| calls::unknown_call(sql, at)) {
                     found |= Effects::CODE;
                 }
                 return found;
