@@ -31,13 +31,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 mkdir -p "$work"
 
 # 1. What the suite needs to build and run.
-if ! command -v gcc >/dev/null || [ ! -x "/usr/lib/postgresql/$major/bin/pg_config" ] \
+if ! command -v gcc >/dev/null || [ ! -f "/usr/include/postgresql/$major/server/postgres.h" ] \
   || [ ! -x "/usr/lib/postgresql/$major/lib/pgxs/src/test/regress/pg_regress" ]; then
   echo "installing postgresql-server-dev-$major"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq gcc make "postgresql-server-dev-$major" >/dev/null
 fi
-PG_CONFIG=/usr/lib/postgresql/$major/bin/pg_config
 PG_REGRESS=/usr/lib/postgresql/$major/lib/pgxs/src/test/regress/pg_regress
 
 # 2. The suite's sources, at the installed server's version.
@@ -73,8 +72,8 @@ regress=$src/src/test/regress
 lib=$work/lib
 if [ ! -f "$lib/regress.so" ]; then
   mkdir -p "$lib"
-  inc=$($PG_CONFIG --includedir-server)
-  cflags=(-O1 -fPIC -shared -I"$inc" -I"$src/src/include")
+  inc=/usr/include/postgresql/$major/server
+  cflags=(-O1 -fPIC -shared -I"$inc")
   gcc "${cflags[@]}" -o "$lib/regress.so" "$regress/regress.c"
   gcc "${cflags[@]}" -o "$lib/refint.so" "$src/contrib/spi/refint.c"
   gcc "${cflags[@]}" -o "$lib/autoinc.so" "$src/contrib/spi/autoinc.c"
@@ -109,7 +108,7 @@ run_suite() {
   (cd "$out" && PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres \
     "$PG_REGRESS" --inputdir="$regress" --outputdir="$out" --bindir="$PG_BIN" \
     --dlpath="$lib" --schedule="$regress/parallel_schedule" --max-connections=20 \
-    --host=127.0.0.1 --port="$port" --user=postgres --dbname="regression_$mode" \
+    --host=127.0.0.1 --port="$port" --user=postgres --dbname=regression \
     >"$out/summary.txt" 2>&1) || true
   # "test name ... ok" or "FAILED" (PostgreSQL 15's format).
   sed -n 's/^\(test \| \{5\}\)\?\([a-z0-9_]*\) *\.\.\. \([a-zA-Z]*\).*/\2 \3/p' "$out/summary.txt" \

@@ -1651,3 +1651,87 @@ async fn session_mode_cancel_key_carries_the_server_process_id() {
     drop((raw, other));
     p.shutdown().await;
 }
+
+/// psql's `\gdesc` prepares the unnamed statement (Parse, Sync) and then
+/// describes it in a second round trip: nothing pgmux runs on its own may
+/// come between them (a simple Query drops the unnamed statement). The
+/// text `EXECUTE test` may do anything, yet preparing it runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_gdesc_of_execute_matches_direct() {
+    let name = "t_gdesc";
+    create_db(cluster(), name).await;
+    let script = "SELECT 1 AS x \\gdesc\nPREPARE test AS SELECT 1 AS first, 2 AS second;\n\
+                  EXECUTE test \\gdesc\nEXPLAIN EXECUTE test \\gdesc\n";
+    let psql = |port: u16| async move {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("psql")
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                name,
+                "-d",
+                name,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(script.as_bytes()).await.expect("script");
+        drop(stdin);
+        let out = child.wait_with_output().await.expect("psql output");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let direct = psql(cluster().port()).await;
+    assert!(direct.contains("second | integer"), "{direct}");
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 2, "pool_mode = \"session\""))
+        .await
+        .expect("start pgmux");
+    assert_eq!(psql(p.addr().port()).await, direct, "session mode");
+    p.shutdown().await;
+}
+
+/// A client's own setting of a startup parameter survives the checks
+/// after code pgmux cannot read, however many: the reset on the server
+/// brings back a value that merely equals the server's default, which is
+/// not a RESET of the client's (found by PostgreSQL's regression suite:
+/// brin_multi lost `SET datestyle TO iso` after two `EXPLAIN ANALYZE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_settings_survive_repeated_checks() {
+    use Step::*;
+    let name = "t_checks_twice";
+    create_db(cluster(), name).await;
+    const EXPLAIN: &str = "EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF, SUMMARY OFF) SELECT 1";
+    const TS: &str = "SELECT '2023-01-01'::timestamp::text, current_setting('DateStyle')";
+    let steps = [
+        Simple(0, "SET datestyle TO iso"),
+        Simple(0, TS),
+        Simple(0, EXPLAIN),
+        Simple(0, TS),
+        Simple(0, EXPLAIN),
+        Simple(0, TS),
+        Simple(0, "DO $$ BEGIN END $$"),
+        Simple(0, TS),
+        Simple(0, "RESET datestyle"),
+        Simple(0, TS),
+    ];
+    same_as_direct_with(
+        name,
+        1,
+        &[1],
+        &steps,
+        "options='-c DateStyle=Postgres,MDY'",
+        "",
+    )
+    .await;
+}

@@ -69,9 +69,9 @@ impl Effects {
     };
 
     /// What code pgmux cannot see may do (a function of the application's
-    /// own): everything but `resets`, which only gives a client's startup
-    /// values back after its own `RESET` (as `DO` and `CALL` do, since
-    /// they may run one).
+    /// own, `DO`, `CALL`, SQL `EXECUTE`, `EXPLAIN`): everything but
+    /// `resets`, which gives a client's startup values back after a
+    /// `RESET` its text shows.
     pub const CODE: Self = Self {
         resets: false,
         ..Self::ALL
@@ -213,8 +213,12 @@ fn head_effects(h: &Head<'_>) -> Effects {
         },
         "discard" if h.is(1, "all") => Effects::ALL,
         "discard" => Effects::UNPINS,
-        // EXPLAIN ANALYZE runs its statement, whatever it is.
-        "do" | "call" | "execute" | "explain" => Effects::ALL,
+        // EXPLAIN ANALYZE runs its statement, whatever it is. (Code that
+        // runs a RESET of a startup parameter gets the server's default
+        // back, not the client's startup value: giving those back only
+        // after a RESET the text shows keeps a value that merely equals
+        // the server's default from being taken for a reset.)
+        "do" | "call" | "execute" | "explain" => Effects::CODE,
         // CREATE [GLOBAL | LOCAL] TEMP[ORARY] ...
         "create" if temp(1) || ((h.is(1, "local") || h.is(1, "global")) && temp(2)) => {
             Effects::PINS

@@ -180,7 +180,16 @@ impl Core {
         // The unnamed statement runs what its Parse said, also when it is
         // bound again in a later transaction.
         match msg {
-            Message::Parse(p) if p.name.is_empty() => self.unnamed_effects = effects,
+            Message::Parse(p) => {
+                if p.name.is_empty() {
+                    self.unnamed_effects = effects;
+                }
+                // Giving startup values back runs a query, which would
+                // drop the client's unnamed statement between its Parse
+                // and its use (psql's \gdesc: Parse and Sync, then
+                // Describe): it waits for the statement to run.
+                effects.resets = false;
+            }
             Message::Bind(b) if b.statement.is_empty() && known.is_none() => {
                 effects |= self.unnamed_effects;
             }
