@@ -1735,3 +1735,31 @@ async fn own_settings_survive_repeated_checks() {
     )
     .await;
 }
+
+/// A SQL-prepared statement used inside another statement (`EXPLAIN
+/// EXECUTE`, `CREATE TABLE ... AS EXECUTE`, both under `EXPLAIN ANALYZE`)
+/// is the client's own, as when executed alone: found on whichever
+/// server, and a temporary table made that way pins its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepared_statements_inside_other_statements() {
+    use Step::*;
+    let name = "t_inner_execute";
+    create_db(cluster(), name).await;
+    let steps = [
+        Simple(0, "PREPARE q (int) AS SELECT $1 * 2 AS doubled"),
+        Simple(0, "EXPLAIN (COSTS OFF) EXECUTE q(4)"),
+        Simple(1, "EXPLAIN (COSTS OFF) EXECUTE q(4)"),
+        Simple(0, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE q(5)"),
+        Simple(0, "CREATE TABLE made AS EXECUTE q(6)"),
+        Simple(0, "SELECT * FROM made"),
+        Simple(1, "CREATE TEMP TABLE tmade AS EXECUTE q(7)"),
+        Simple(0, "CREATE TEMP TABLE tmade AS EXECUTE q(7)"),
+        Simple(0, "SELECT * FROM tmade"),
+        Simple(1, "SELECT to_regclass('tmade') IS NULL"),
+        Simple(0, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) CREATE TABLE made2 AS EXECUTE q(8)"),
+        Simple(0, "SELECT * FROM made2"),
+        // Each run (direct, then each pool) starts from the same tables.
+        Simple(1, "DROP TABLE made, made2"),
+    ];
+    same_as_direct(name, 2, &[2, 3], &steps).await;
+}

@@ -19,14 +19,22 @@ pub enum SqlEffect {
 }
 
 /// Whether a simple query may prepare, execute or drop prepared
-/// statements ([`sql_prepared`], [`sql_effect`]): its first word says so,
+/// statements ([`sql_prepared`], [`sql_effect`]; `EXPLAIN` and `CREATE
+/// TABLE ... AS` may execute one): its first word says so,
 /// or it starts with something other than a word (a comment), which only
 /// the lexer can read. One look at the first word, for every ordinary query.
 pub fn names_statements(query: &[u8]) -> bool {
     crate::sql::leading_word(query).is_none_or(|w| {
-        [&b"prepare"[..], b"execute", b"deallocate", b"discard"]
-            .iter()
-            .any(|k| w.eq_ignore_ascii_case(k))
+        [
+            &b"prepare"[..],
+            b"execute",
+            b"deallocate",
+            b"discard",
+            b"explain",
+            b"create",
+        ]
+        .iter()
+        .any(|k| w.eq_ignore_ascii_case(k))
     })
 }
 
@@ -77,36 +85,85 @@ pub enum SqlPrepared<'a> {
         /// What follows the name.
         rest: &'a [u8],
     },
-    /// `EXECUTE name ...`: the name, and where it stands in the text
-    /// (quotes included), so it can be replaced.
+    /// `EXECUTE name ...`, alone or inside `EXPLAIN` or `CREATE TABLE ...
+    /// AS`: the name, and where it stands in the text (quotes included),
+    /// so it can be replaced.
     Execute {
         /// The statement name (folded to lower case unless quoted).
         name: Vec<u8>,
         /// Byte range of the name in the query text.
         at: (usize, usize),
+        /// Inside another statement (`EXPLAIN ANALYZE EXECUTE q`, `CREATE
+        /// TEMP TABLE t AS EXECUTE q`), whose own effects count too.
+        inner: bool,
     },
 }
 
+/// Whether `w` is `word`, in any case.
+fn is(w: &[u8], word: &str) -> bool {
+    w.eq_ignore_ascii_case(word.as_bytes())
+}
+
 /// Recognizes `PREPARE name ...` (not `PREPARE TRANSACTION`) and `EXECUTE
-/// name ...` when they are the Query's only statement.
+/// name ...` when they are the Query's only statement, and the `EXECUTE
+/// name` of `EXPLAIN [(...)] [ANALYZE] [VERBOSE] EXECUTE name` and of
+/// `CREATE ... TABLE ... AS EXECUTE name` (also under `EXPLAIN`).
 pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     use crate::sql::{Lexer, Token};
     // Fast path, no lexing: a text whose first word is something else
     // (every ordinary query). A comment or quote first goes to the lexer.
-    if crate::sql::leading_word(query)
-        .is_some_and(|w| !w.eq_ignore_ascii_case(b"prepare") && !w.eq_ignore_ascii_case(b"execute"))
-    {
+    if crate::sql::leading_word(query).is_some_and(|w| {
+        !["prepare", "execute", "explain", "create"]
+            .iter()
+            .any(|v| is(w, v))
+    }) {
         return None;
     }
     let offset = |part: &[u8]| part.as_ptr() as usize - query.as_ptr() as usize;
     let mut tokens = Lexer::new(query);
-    let verb = match tokens.next()? {
-        Token::Word(w) if w.eq_ignore_ascii_case(b"prepare") => true,
-        Token::Word(w) if w.eq_ignore_ascii_case(b"execute") => false,
+    let first = match tokens.next()? {
+        Token::Word(w) => w,
         _ => return None,
     };
+    let verb = is(first, "prepare");
+    let inner = is(first, "explain") || is(first, "create");
+    if inner {
+        // Up to the EXECUTE this statement runs: after EXPLAIN's options
+        // (a list in parentheses, ANALYZE, VERBOSE) or after the AS of
+        // CREATE TABLE AS, at the top level. A trigger's EXECUTE FUNCTION
+        // is none of those.
+        let mut depth = 0usize;
+        let mut prev: Option<Token<'_>> = None;
+        // Only EXPLAIN's options so far.
+        let mut options_only = is(first, "explain");
+        loop {
+            let t = tokens.next()?;
+            let execute = matches!(t, Token::Word(w) if is(w, "execute"));
+            if depth == 0 && execute {
+                let after_as = matches!(prev, Some(Token::Word(w)) if is(w, "as"));
+                if options_only || after_as {
+                    break;
+                }
+            }
+            match t {
+                Token::Other(b'(') => depth += 1,
+                Token::Other(b')') => depth = depth.checked_sub(1)?,
+                Token::Semicolon => return None,
+                Token::Word(w)
+                    if depth == 0 && ["analyze", "analyse", "verbose"].iter().any(|v| is(w, v)) => {
+                }
+                _ if depth == 0 => options_only = false,
+                _ => {}
+            }
+            prev = Some(t);
+        }
+    } else if !is(first, "execute") && !verb {
+        return None;
+    }
     let (name, at) = match tokens.next()? {
-        Token::Word(w) if !w.eq_ignore_ascii_case(b"transaction") => {
+        Token::Word(w)
+            if !(verb && is(w, "transaction")) && !is(w, "function") && !is(w, "procedure") =>
+        {
             (w.to_ascii_lowercase(), (offset(w), offset(w) + w.len()))
         }
         Token::QuotedIdent(w) => {
@@ -127,7 +184,7 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
         }
     }
     if !verb {
-        return Some(SqlPrepared::Execute { name, at });
+        return Some(SqlPrepared::Execute { name, at, inner });
     }
     let rest = query.get(at.1..)?;
     let end = rest
@@ -171,9 +228,37 @@ mod tests {
             sql_prepared(b"execute \"Mine\"(5)"),
             Some(SqlPrepared::Execute {
                 name: b"Mine".to_vec(),
-                at: (8, 14)
+                at: (8, 14),
+                inner: false,
             })
         );
+        let inner = |sql: &'static [u8]| match sql_prepared(sql) {
+            Some(SqlPrepared::Execute { name, at, inner }) => {
+                assert!(inner, "{sql:?}");
+                Some((name, &sql[at.0..at.1]))
+            }
+            _ => None,
+        };
+        let q = Some((b"q".to_vec(), &b"q"[..]));
+        assert_eq!(inner(b"EXPLAIN EXECUTE q"), q);
+        assert_eq!(inner(b"explain (analyze, costs off) execute q(1, 'a')"), q);
+        assert_eq!(inner(b"EXPLAIN ANALYZE VERBOSE EXECUTE q"), q);
+        assert_eq!(
+            inner(b"CREATE TEMP TABLE t (a) AS EXECUTE q WITH NO DATA"),
+            q
+        );
+        assert_eq!(
+            inner(b"EXPLAIN (ANALYZE) CREATE TABLE IF NOT EXISTS t AS EXECUTE q"),
+            q
+        );
+        assert_eq!(
+            inner(
+                b"CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW WHEN (true) EXECUTE FUNCTION f()"
+            ),
+            None
+        );
+        assert_eq!(inner(b"EXPLAIN SELECT 1 FROM t WHERE (x) EXECUTE q"), None);
+        assert_eq!(inner(b"CREATE TABLE t AS SELECT 1; EXECUTE q"), None);
         assert_eq!(sql_prepared(b"PREPARE TRANSACTION 'x'"), None);
         assert_eq!(sql_prepared(b"PREPARE a AS SELECT 1; SELECT 2"), None);
         assert_eq!(sql_prepared(b"SELECT 1"), None);

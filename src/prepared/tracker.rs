@@ -437,13 +437,21 @@ impl Tracker {
             Some(SqlPrepared::Prepare { name, rest }) => {
                 return self.sql_prepare(name, rest, server, registry, tx, out);
             }
-            Some(SqlPrepared::Execute { name, at }) => {
+            Some(SqlPrepared::Execute { name, at, inner }) => {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
                 if let Some(stmt) = stmt {
                     let Some(s) = server.as_deref_mut() else {
                         return Ok(Routed::NeedServer);
                     };
                     sql_execute(sql, at, stmt, s, self.limits, registry, out)?;
+                    // EXPLAIN ANALYZE runs it; CREATE TEMP TABLE ... AS
+                    // makes a table: the outer statement counts too.
+                    if inner {
+                        let known = out.flags.effects.unwrap_or(Effects::NONE);
+                        let mut outer = crate::sql::effects(sql);
+                        outer |= known;
+                        out.flags.effects = Some(outer);
+                    }
                     return Ok(Routed::Done);
                 }
             }
