@@ -162,7 +162,7 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     }
     let (name, at) = match tokens.next()? {
         Token::Word(w)
-            if !(verb && is(w, "transaction")) && !is(w, "function") && !is(w, "procedure") =>
+            if !(is(w, "function") || is(w, "procedure") || (verb && is(w, "transaction"))) =>
         {
             (w.to_ascii_lowercase(), (offset(w), offset(w) + w.len()))
         }
