@@ -1722,6 +1722,9 @@ async fn own_settings_survive_repeated_checks() {
         Simple(0, TS),
         Simple(0, "DO $$ BEGIN END $$"),
         Simple(0, TS),
+        // A RESET of something else leaves it as it is.
+        Simple(0, "RESET work_mem"),
+        Simple(0, TS),
         Simple(0, "RESET datestyle"),
         Simple(0, TS),
     ];

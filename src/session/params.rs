@@ -281,7 +281,13 @@ impl ClientParams {
     pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
         let mut sets = Vec::new();
         for (k, v) in self.desired.iter() {
-            if server.param(k) != Some(v.as_str()) {
+            // A startup parameter the client changed is set even where the
+            // server's value is already the same (its default, after a
+            // reset): only a value set in the session tells a later RESET
+            // of something else from a RESET of this one
+            // (`startup_reapply_sql`).
+            let changed_startup = self.startup.iter().any(|(sk, sv)| sk == k && sv != v);
+            if server.param(k) != Some(v.as_str()) || changed_startup {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
                     literal(k),
