@@ -1766,3 +1766,42 @@ async fn sql_prepared_statements_inside_other_statements() {
     ];
     same_as_direct(name, 2, &[2, 3], &steps).await;
 }
+
+/// pgmux sends SQL `PREPARE` and `EXECUTE` to the server under its own
+/// statement names: an error's position (which psql turns into `LINE 1:`
+/// and a caret) still points into the client's own text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_positions_point_into_the_clients_text() {
+    let name = "t_err_pos";
+    create_db(cluster(), name).await;
+    let texts = [
+        "PREPARE p1 AS SELECT $1a",
+        "PREPARE another_long_statement_name (int) AS SELECT $1 + 'x'::int",
+        "EXECUTE q ('not a number')",
+        "EXECUTE a_rather_long_statement_name ('nope')",
+    ];
+    let positions = |url: String| async move {
+        let c = connect(&url).await.expect("connect");
+        // One statement per Query: pgmux maps each name to its own.
+        for prepare in [
+            "PREPARE q (int) AS SELECT $1",
+            "PREPARE a_rather_long_statement_name (int) AS SELECT $1",
+        ] {
+            c.batch_execute(prepare).await.expect("prepare");
+        }
+        let mut got = Vec::new();
+        for t in texts {
+            let e = c.batch_execute(t).await.expect_err("an error");
+            let pos = e.as_db_error().and_then(|d| d.position().cloned());
+            got.push(format!("{t}: {pos:?}"));
+        }
+        got
+    };
+    let direct = positions(direct_url(name)).await;
+    assert!(direct.iter().all(|p| p.contains("Original")), "{direct:?}");
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
+        .await
+        .expect("start pgmux");
+    assert_eq!(positions(url(&p, name)).await, direct);
+    p.shutdown().await;
+}

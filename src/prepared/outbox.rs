@@ -4,7 +4,7 @@ use bytes::BytesMut;
 
 use super::Hook;
 use crate::protocol::encode::{write_error, EncodeError, Severity};
-use crate::protocol::expect::{Reply, Req};
+use crate::protocol::expect::{Reply, Req, Shift};
 use crate::protocol::SqlState;
 
 /// A client name, for messages.
@@ -92,6 +92,14 @@ impl<'a> Outbox<'a> {
             format!("prepared statement \"{}\" does not exist", lossy(name))
         };
         self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+    }
+
+    /// The Query just sent for the client (its name rewritten) has its
+    /// error position moved back into the client's text.
+    pub(super) fn shift_last_query(&mut self, shift: Shift) {
+        if let Some((Req::Query, reply @ Reply::Forward, _)) = self.replies.last_mut() {
+            *reply = Reply::Shifted(shift);
+        }
     }
 
     pub(super) fn forward(&mut self, req: Req, hook: Hook) {

@@ -24,7 +24,7 @@ use super::messages::{self, SqlEffect, SqlPrepared};
 use super::outbox::{duplicate, lossy, Limits, Malformed, Outbox, RouteError, Routed};
 use super::{ClientStatements, Hook, Registry, ServerStatements, Statement, SQL_PREPARE};
 use crate::protocol::encode::{self, EncodeError, RawQuery, RenamedBind};
-use crate::protocol::expect::{Reply, Req};
+use crate::protocol::expect::{Reply, Req, Shift};
 use crate::protocol::frontend::{Bind, Message, Parse, Target};
 use crate::protocol::{Frame, SqlState, TxStatus};
 use crate::sql::Effects;
@@ -297,10 +297,12 @@ impl Tracker {
     /// `PREPARE name ...`: the client's name maps to a shared statement
     /// prepared on servers as `PREPARE pgmux_<n> ...`, answered here when
     /// the held server (or, with none held, some server) already has it.
+    #[allow(clippy::too_many_arguments)]
     fn sql_prepare(
         &mut self,
         name: Vec<u8>,
         rest: &[u8],
+        client_end: u32,
         server: Option<&mut ServerStatements>,
         registry: &Registry,
         tx: TxStatus,
@@ -322,8 +324,14 @@ impl Tracker {
         };
         // Preparing runs nothing: the statement's effects come with EXECUTE.
         out.flags.effects = Some(Effects::NONE);
+        // The server reads `PREPARE pgmux_<n> ` before the client's text.
+        let shift = Shift {
+            server_end: Shift::chars(b"PREPARE ") + Shift::chars(&stmt.name) + 1,
+            client_end,
+        };
         let name = Bytes::from(name);
         self.map_parse(name, stmt, answer_here, server, registry, out, here);
+        out.shift_last_query(shift);
         Ok(Routed::Done)
     }
 
@@ -435,7 +443,11 @@ impl Tracker {
         // which refuses it as PostgreSQL does.
         match messages::sql_prepared(sql).filter(|_| tx != TxStatus::Failed) {
             Some(SqlPrepared::Prepare { name, rest }) => {
-                return self.sql_prepare(name, rest, server, registry, tx, out);
+                // Where the text after the name starts in the client's
+                // text; the server reads `PREPARE pgmux_<n> ` before it.
+                let client_end =
+                    Shift::chars(&sql[..rest.as_ptr() as usize - sql.as_ptr() as usize]);
+                return self.sql_prepare(name, rest, client_end, server, registry, tx, out);
             }
             Some(SqlPrepared::Execute { name, at, inner }) => {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
@@ -526,7 +538,11 @@ fn sql_execute(
     let rewritten = RawQuery::new(&parts)?;
     ensure_prepared(server, &stmt, limits, registry, out);
     rewritten.write(out.sout);
-    out.expect(Req::Query, Reply::Forward, Hook::Uses(stmt));
+    let shift = Shift {
+        server_end: Shift::chars(&query[..at.0]) + Shift::chars(&stmt.name),
+        client_end: Shift::chars(&query[..at.1]),
+    };
+    out.expect(Req::Query, Reply::Shifted(shift), Hook::Uses(stmt));
     Ok(())
 }
 

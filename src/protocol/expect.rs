@@ -85,6 +85,45 @@ pub enum Reply {
     /// Forward the server's error, but replace a successful reply by these
     /// bytes (a check only the server can make comes first, and then pgmux's).
     Replace(Bytes),
+    /// Forward, but the server read a text whose statement name pgmux
+    /// rewrote (`EXECUTE q` sent as `EXECUTE pgmux_3`): an error's
+    /// position is moved back into the client's own text.
+    Shifted(Shift),
+}
+
+impl Reply {
+    /// Whether the server's replies go to the client as they are.
+    fn forwards(&self) -> bool {
+        matches!(self, Self::Forward | Self::Shifted(_))
+    }
+}
+
+/// Where a rewritten name ends, in characters, in the text the server read
+/// and in the client's: an error position past it moves by the
+/// difference; one before it stays, within the client's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shift {
+    /// Characters up to the end of the name in the server's text.
+    pub server_end: u32,
+    /// Characters up to the end of the name in the client's text.
+    pub client_end: u32,
+}
+
+impl Shift {
+    /// Where a name ends in a text, counted as PostgreSQL counts error
+    /// positions (characters, not bytes, of UTF-8 text).
+    pub fn chars(text: &[u8]) -> u32 {
+        text.iter().filter(|&&b| b & 0xC0 != 0x80).count() as u32
+    }
+
+    /// The client's position (1-based) for the server's.
+    pub fn map(self, at: u32) -> u32 {
+        if at > self.server_end {
+            at - self.server_end + self.client_end
+        } else {
+            at.min(self.client_end)
+        }
+    }
 }
 
 /// One outstanding request and what its completion should trigger.
@@ -201,7 +240,7 @@ impl<H> Expect<H> {
     /// [`Expect::on_server`] would decide: a DataRow completes no request,
     /// so the answer holds for a whole run of them.
     pub fn forwards_rows(&self) -> bool {
-        self.q.front().is_none_or(|h| h.reply == Reply::Forward)
+        self.q.front().is_none_or(|h| h.reply.forwards())
     }
 
     /// Handles one server message: appends what the client should get to
@@ -227,7 +266,12 @@ impl<H> Expect<H> {
             self.copy_in = false;
             // Injected requests fail in the client's view too: always forward.
             self.error_sent = true;
-            out.extend_from_slice(frame.raw());
+            match head.reply {
+                Reply::Shifted(shift) => {
+                    crate::protocol::encode::error_shifted(out, frame.body(), |at| shift.map(at));
+                }
+                _ => out.extend_from_slice(frame.raw()),
+            }
             if head.req.ends_with_ready() {
                 if let Some(h) = self.q.front_mut() {
                     h.errored = true;
@@ -243,7 +287,7 @@ impl<H> Expect<H> {
             return Outcome::Pending;
         };
         if !head.req.completed_by(tag) {
-            if head.reply == Reply::Forward {
+            if head.reply.forwards() {
                 out.extend_from_slice(frame.raw());
             }
             return Outcome::Pending;
@@ -253,7 +297,7 @@ impl<H> Expect<H> {
         };
         self.popped();
         match &entry.reply {
-            Reply::Forward => out.extend_from_slice(frame.raw()),
+            Reply::Forward | Reply::Shifted(_) => out.extend_from_slice(frame.raw()),
             Reply::Replace(bytes) => {
                 self.note_synthetic(bytes);
                 out.extend_from_slice(bytes);

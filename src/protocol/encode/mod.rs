@@ -35,7 +35,7 @@ use pgwire::messages::startup::{
 use pgwire::messages::Message;
 use postgres_protocol::message::frontend;
 
-pub use raw::{parse_raw, patch_len, query_raw, write_bind, RawQuery, RenamedBind};
+pub use raw::{error_shifted, parse_raw, patch_len, query_raw, write_bind, RawQuery, RenamedBind};
 
 use super::{field, TxStatus};
 

@@ -286,3 +286,23 @@ fn same_bytes_as_the_protocol_says() {
     auth_ok(&mut out);
     assert_eq!(&out[..], b"R\0\0\0\x08\0\0\0\0");
 }
+
+#[test]
+fn error_position_moved_and_other_fields_kept() {
+    let body = b"SERROR\0C42601\0Msyntax error\0P28\0\0";
+    let mut out = BytesMut::new();
+    error_shifted(&mut out, body, |at| at - 6);
+    let mut expected = BytesMut::new();
+    expected.extend_from_slice(b"E");
+    let fields = b"SERROR\0C42601\0Msyntax error\0P22\0\0";
+    expected.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
+    expected.extend_from_slice(fields);
+    assert_eq!(out, expected);
+    // Bytes that do not read as fields pass as they came.
+    for body in [&b""[..], b"SERROR", b"P12\0", b"Pxx\0\0"] {
+        let mut out = BytesMut::new();
+        error_shifted(&mut out, body, |at| at + 1);
+        assert_eq!(&out[5..], body, "{body:?}");
+        assert_eq!(out[0], b'E');
+    }
+}
