@@ -173,6 +173,44 @@ fn put_without_nuls(out: &mut BytesMut, mut bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
+/// An ErrorResponse as the server sent it (`body`), its position field
+/// (`P`, a 1-based character index into the query) passed through `map`;
+/// every other field byte for byte. A body that does not read as fields
+/// is copied as it is.
+pub fn error_shifted(out: &mut BytesMut, body: &[u8], map: impl Fn(u32) -> u32) {
+    let start = out.len();
+    out.put_u8(b'E');
+    out.put_i32(0);
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = &tail[..end];
+        out.put_u8(code);
+        let moved = (code == b'P')
+            .then(|| std::str::from_utf8(value).ok()?.parse::<u32>().ok())
+            .flatten();
+        match moved {
+            Some(at) => out.put_slice(map(at).to_string().as_bytes()),
+            None => out.put_slice(value),
+        }
+        out.put_u8(0);
+        rest = &tail[end + 1..];
+    }
+    out.put_u8(0);
+    if patch_len(out, start).is_err() || rest.first().is_none_or(|&b| b != 0) {
+        // Not fields after all: the server's bytes as they came.
+        out.truncate(start);
+        out.put_u8(b'E');
+        out.put_i32(body.len() as i32 + 4);
+        out.put_slice(body);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -283,43 +321,5 @@ mod tests {
         let mut built = BytesMut::zeroed((1 << 31) + 8);
         too_long(patch_len(&mut built, 0), "tagged");
         assert!(built.is_empty());
-    }
-}
-
-/// An ErrorResponse as the server sent it (`body`), its position field
-/// (`P`, a 1-based character index into the query) passed through `map`;
-/// every other field byte for byte. A body that does not read as fields
-/// is copied as it is.
-pub fn error_shifted(out: &mut BytesMut, body: &[u8], map: impl Fn(u32) -> u32) {
-    let start = out.len();
-    out.put_u8(b'E');
-    out.put_i32(0);
-    let mut rest = body;
-    while let Some((&code, tail)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let Some(end) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        let value = &tail[..end];
-        out.put_u8(code);
-        let moved = (code == b'P')
-            .then(|| std::str::from_utf8(value).ok()?.parse::<u32>().ok())
-            .flatten();
-        match moved {
-            Some(at) => out.put_slice(map(at).to_string().as_bytes()),
-            None => out.put_slice(value),
-        }
-        out.put_u8(0);
-        rest = &tail[end + 1..];
-    }
-    out.put_u8(0);
-    if patch_len(out, start).is_err() || !rest.first().is_some_and(|&b| b == 0) {
-        // Not fields after all: the server's bytes as they came.
-        out.truncate(start);
-        out.put_u8(b'E');
-        out.put_i32(body.len() as i32 + 4);
-        out.put_slice(body);
     }
 }
