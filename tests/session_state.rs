@@ -1805,3 +1805,54 @@ async fn error_positions_point_into_the_clients_text() {
     assert_eq!(positions(url(&p, name)).await, direct);
     p.shutdown().await;
 }
+
+/// A SQL-prepared statement whose table is gone, executed on a server that
+/// lacks it: pgmux's PREPARE there fails first, and the client hears that
+/// one error (as a direct `EXECUTE` whose plan no longer holds), not a
+/// second one for the statement pgmux could not make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_whose_table_is_gone_gives_one_error() {
+    let name = "t_exec_gone";
+    create_db(cluster(), name).await;
+    let p = pgmux::app::Proxy::start(config(cluster(), name, 2, ""))
+        .await
+        .expect("start pgmux");
+    let mut reprepares = None;
+    for port in [cluster().port(), p.addr().port()] {
+        let mut a = Raw::connect(port, name, PASSWORD, name).await;
+        let mut b = Raw::connect(port, name, PASSWORD, name).await;
+        for sql in [
+            "CREATE TABLE gone (a int)",
+            "PREPARE q AS SELECT * FROM gone",
+            "EXECUTE q",
+            "DROP TABLE gone",
+        ] {
+            a.query(sql);
+            assert!(error_code(&a.round_trip().await).is_none(), "{sql}");
+        }
+        // b holds the server a just used: a's EXECUTE goes to the other
+        // one, where pgmux must prepare q first.
+        b.query("BEGIN");
+        b.round_trip().await;
+        a.query("EXECUTE q");
+        let got = a.round_trip().await;
+        let errors: Vec<_> = got
+            .iter()
+            .filter(|m| m.0 == b'E')
+            .map(|m| error_code(std::slice::from_ref(m)))
+            .collect();
+        assert_eq!(errors, vec![Some("42P01".to_owned())], "port {port}");
+        b.query("COMMIT");
+        b.round_trip().await;
+        reprepares = Some(metric(
+            &p,
+            "pgmux_prepared_statements_total",
+            &[("outcome", "reprepare")],
+        ));
+    }
+    assert!(
+        reprepares.flatten().unwrap_or(0.0) >= 1.0,
+        "pgmux prepared q on the other server: {reprepares:?}"
+    );
+    p.shutdown().await;
+}

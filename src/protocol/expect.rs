@@ -172,6 +172,12 @@ pub struct Expect<H> {
     /// COPY command), and nothing was queued since: the next request is
     /// the first the server reads outside that COPY.
     mark_next: bool,
+    /// A SQL `PREPARE` pgmux sent before the client's `EXECUTE` (the server
+    /// lacked the statement) failed, and the client has that error: the
+    /// `EXECUTE`'s own (the statement does not exist) is not passed on, so
+    /// the client sees one error, as a direct connection's `EXECUTE` whose
+    /// plan no longer holds gives.
+    injected_failed: bool,
 }
 
 impl<H> Default for Expect<H> {
@@ -183,6 +189,7 @@ impl<H> Default for Expect<H> {
             copy_in: false,
             copy_owes_sync: false,
             mark_next: false,
+            injected_failed: false,
         }
     }
 }
@@ -266,9 +273,15 @@ impl<H> Expect<H> {
             self.copy_in = false;
             // Injected requests fail in the client's view too: always forward.
             self.error_sent = true;
+            let query = head.req == Req::Query;
             match head.reply {
+                _ if query && self.injected_failed => {}
                 Reply::Shifted(shift) => {
                     crate::protocol::encode::error_shifted(out, frame.body(), |at| shift.map(at));
+                }
+                Reply::Swallow if query => {
+                    self.injected_failed = true;
+                    out.extend_from_slice(frame.raw());
                 }
                 _ => out.extend_from_slice(frame.raw()),
             }
@@ -306,6 +319,9 @@ impl<H> Expect<H> {
         }
         if tag == be::READY_FOR_QUERY {
             self.error_sent = false;
+            if entry.reply != Reply::Swallow {
+                self.injected_failed = false;
+            }
         }
         self.emit_synthetic(out);
         if entry.errored {
