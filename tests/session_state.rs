@@ -1496,6 +1496,26 @@ async fn operators_of_the_clients_own_do_not_fool_the_checks() {
     p.shutdown().await;
 }
 
+/// What a client reads of its tenant key (NULL when unset or reset).
+const TENANT: &str = "SELECT nullif(current_setting('app.tenant_id', true), '')";
+
+/// The test's database with `set_tenant(t)` (how an application sets its
+/// row-level-security key, in a function of its own), and pgmux in front
+/// with a pool of one and extra `[pgmux]` lines.
+async fn tenant_db(name: &str, pgmux_extra: &str) -> pgmux::app::Proxy {
+    create_db(cluster(), name).await;
+    direct_setup(
+        name,
+        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
+           AS $$ SELECT set_config('app.tenant_id', t, false) $$",
+    )
+    .await
+    .expect("set_tenant");
+    pgmux::app::Proxy::start(config(cluster(), name, 1, pgmux_extra))
+        .await
+        .expect("start pgmux")
+}
+
 /// Texts pgmux's lexer would read differently from PostgreSQL: a line
 /// comment ended by a carriage return, and a client encoding (SJIS) whose
 /// second byte of a character may be a backslash, which PostgreSQL
@@ -1504,24 +1524,11 @@ async fn operators_of_the_clients_own_do_not_fool_the_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn texts_the_lexer_could_misread_pass_nothing_on() {
     let name = "t_misread";
-    create_db(cluster(), name).await;
-    direct_setup(
-        name,
-        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
-           AS $$ SELECT set_config('app.tenant_id', t, false) $$",
-    )
-    .await
-    .unwrap();
-    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
-        .await
-        .expect("start pgmux");
+    let p = tenant_db(name, "").await;
     let other = connect(&url(&p, name)).await.unwrap();
     let seen = || async {
         other
-            .query_one(
-                "SELECT nullif(current_setting('app.tenant_id', true), '')",
-                &[],
-            )
+            .query_one(TENANT, &[])
             .await
             .unwrap()
             .get::<_, Option<String>>(0)
@@ -1551,26 +1558,15 @@ async fn texts_the_lexer_could_misread_pass_nothing_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untracked_statements_that_call_unknown_code_are_checked_every_time() {
     let name = "t_untracked_code";
-    create_db(cluster(), name).await;
-    direct_setup(
-        name,
-        "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
-           AS $$ SELECT set_config('app.tenant_id', t, false) $$",
-    )
-    .await
-    .unwrap();
-    let p = pgmux::app::Proxy::start(config(cluster(), name, 1, "max_prepared_statements = 0"))
-        .await
-        .expect("start pgmux");
+    let p = tenant_db(name, "max_prepared_statements = 0").await;
     let (a, b) = (
         connect(&url(&p, name)).await.unwrap(),
         connect(&url(&p, name)).await.unwrap(),
     );
     let set = a.prepare("SELECT set_tenant($1)").await.unwrap();
-    let seen = "SELECT nullif(current_setting('app.tenant_id', true), '')";
     for tenant in ["A", "B"] {
         a.query(&set, &[&tenant]).await.unwrap();
-        let row = b.query_one(seen, &[]).await.unwrap();
+        let row = b.query_one(TENANT, &[]).await.unwrap();
         assert_eq!(
             row.get::<_, Option<String>>(0),
             None,
