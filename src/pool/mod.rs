@@ -143,6 +143,9 @@ struct Shared {
     key: PoolKey,
     route: RwLock<Arc<Route>>,
     settings: RwLock<Arc<PoolSettings>>,
+    /// `settings.reset_always`, read at every transaction's end without
+    /// the lock (a reload changes both).
+    reset_always: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     /// ParameterStatus values of the first server opened, shown to clients at login.
     startup_params: Mutex<Option<ParamList>>,
@@ -194,6 +197,7 @@ impl Pool {
                     target: Arc::new(target),
                     tls,
                 })),
+                reset_always: std::sync::atomic::AtomicBool::new(settings.reset_always),
                 settings: RwLock::new(Arc::new(settings)),
                 inner: Mutex::new(inner),
                 startup_params: Mutex::new(None),
@@ -219,6 +223,14 @@ impl Pool {
     /// The (database, user) it serves.
     pub fn key(&self) -> &PoolKey {
         &self.shared.key
+    }
+
+    /// `server_reset_query_always` as the pool's settings say now (a
+    /// reload reaches the clients already connected).
+    pub fn reset_always(&self) -> bool {
+        self.shared
+            .reset_always
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The pool's settings now.
@@ -589,6 +601,9 @@ impl Pool {
     pub fn update_settings(&self, settings: PoolSettings) {
         let size = settings.size;
         let reserve = (settings.reserve_size, settings.reserve_timeout);
+        self.shared
+            .reset_always
+            .store(settings.reset_always, std::sync::atomic::Ordering::Relaxed);
         *self.shared.settings.write() = Arc::new(settings);
         let (closed, open) = {
             let mut inner = self.shared.inner.lock();

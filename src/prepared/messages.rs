@@ -136,11 +136,13 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
         let mut prev: Option<Token<'_>> = None;
         // Only EXPLAIN's options so far.
         let mut options_only = is(first, "explain");
+        // CREATE ... TABLE: only a table is made AS EXECUTE.
+        let mut table = false;
         loop {
             let t = tokens.next()?;
             let execute = matches!(t, Token::Word(w) if is(w, "execute"));
             if depth == 0 && execute {
-                let after_as = matches!(prev, Some(Token::Word(w)) if is(w, "as"));
+                let after_as = table && matches!(prev, Some(Token::Word(w)) if is(w, "as"));
                 if options_only || after_as {
                     break;
                 }
@@ -152,6 +154,10 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
                 Token::Word(w)
                     if depth == 0 && ["analyze", "analyse", "verbose"].iter().any(|v| is(w, v)) => {
                 }
+                Token::Word(w) if depth == 0 && is(w, "table") => {
+                    table = true;
+                    options_only = false;
+                }
                 _ if depth == 0 => options_only = false,
                 _ => {}
             }
@@ -162,7 +168,8 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     }
     let (name, at) = match tokens.next()? {
         Token::Word(w)
-            if !(is(w, "function") || is(w, "procedure") || (verb && is(w, "transaction"))) =>
+            if !(verb && is(w, "transaction"))
+                && !(inner && (is(w, "function") || is(w, "procedure"))) =>
         {
             (w.to_ascii_lowercase(), (offset(w), offset(w) + w.len()))
         }
@@ -174,6 +181,19 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
         }
         _ => return None,
     };
+    // Inside another statement, the name ends it or is followed by its
+    // parameters or WITH [NO] DATA (`SELECT 1 AS execute FROM t` names no
+    // statement).
+    let mut tokens = tokens.peekable();
+    if inner
+        && !matches!(
+            tokens.peek(),
+            None | Some(Token::Semicolon | Token::Other(b'('))
+        )
+        && !matches!(tokens.peek(), Some(Token::Word(w)) if is(w, "with"))
+    {
+        return None;
+    }
     // One statement only: nothing after a top-level `;` but more `;`.
     let mut ended = false;
     for t in tokens {
@@ -259,6 +279,18 @@ mod tests {
         );
         assert_eq!(inner(b"EXPLAIN SELECT 1 FROM t WHERE (x) EXECUTE q"), None);
         assert_eq!(inner(b"CREATE TABLE t AS SELECT 1; EXECUTE q"), None);
+        for not_one in [
+            &b"EXPLAIN SELECT 1 AS execute FROM t"[..],
+            b"CREATE TABLE t AS SELECT a AS execute FROM x",
+            b"EXPLAIN SELECT * FROM a JOIN b AS execute ON true",
+            b"CREATE DOMAIN d AS execute CHECK (true)",
+        ] {
+            assert_eq!(inner(not_one), None, "{not_one:?}");
+        }
+        assert!(matches!(
+            sql_prepared(b"PREPARE function AS SELECT 1"),
+            Some(SqlPrepared::Prepare { .. })
+        ));
         assert_eq!(sql_prepared(b"PREPARE TRANSACTION 'x'"), None);
         assert_eq!(sql_prepared(b"PREPARE a AS SELECT 1; SELECT 2"), None);
         assert_eq!(sql_prepared(b"SELECT 1"), None);

@@ -180,6 +180,15 @@ pub struct Expect<H> {
     injected_failed: bool,
 }
 
+/// Whether an error is the one an `EXECUTE` gets after pgmux's `PREPARE`
+/// of its statement failed: the statement does not exist (26000), or the
+/// transaction that PREPARE aborted (25P02). Anything else (a FATAL, say)
+/// reaches the client.
+fn follows_failed_prepare(body: &[u8]) -> bool {
+    crate::protocol::error::ErrorFields::parse(body)
+        .is_some_and(|f| f.severity == b"ERROR" && (f.code == b"26000" || f.code == b"25P02"))
+}
+
 impl<H> Default for Expect<H> {
     fn default() -> Self {
         Self {
@@ -275,7 +284,7 @@ impl<H> Expect<H> {
             self.error_sent = true;
             let query = head.req == Req::Query;
             match head.reply {
-                _ if query && self.injected_failed => {}
+                _ if query && self.injected_failed && follows_failed_prepare(frame.body()) => {}
                 Reply::Shifted(shift) => {
                     crate::protocol::encode::error_shifted(out, frame.body(), |at| shift.map(at));
                 }
@@ -441,6 +450,7 @@ impl<H> Expect<H> {
         self.copy_owes_sync = false;
         self.copy_in = false;
         self.mark_next = false;
+        self.injected_failed = false;
         (readies, tail, hooks)
     }
 }

@@ -179,9 +179,6 @@ struct Session {
     /// DEALLOCATE ALL, say): nothing more is read from the client until
     /// they come.
     waiting: bool,
-    /// `server_reset_query_always`, as the pool said when the client
-    /// logged in (read once: it is asked at every transaction's end).
-    reset_always: bool,
     /// Whether the client waits on itself, as last told to the registry.
     idle: Idle,
     cancel: CancelHandle,
@@ -258,7 +255,6 @@ impl Session {
             pool: login.pool,
             server: None,
             waiting: false,
-            reset_always: st.reset_always,
             idle: Idle::Client,
             cancel: login.cancel,
         }

@@ -55,7 +55,7 @@ impl Session {
         // run (statement tracking off).
         // And so may any text of a client whose encoding pgmux cannot lex.
         let sticky = self.server.as_ref().is_some_and(|s| s.sticky_effects.any());
-        let always = self.reset_always || self.core.params.lexed_unreliably();
+        let always = self.pool.reset_always() || self.core.params.lexed_unreliably();
         if (always || sticky) && self.core.pinned.is_none() {
             self.core.touched |= crate::sql::Effects::CODE;
         }
@@ -102,7 +102,13 @@ impl Session {
         if let Some(addr) = addr {
             self.pool.retire_address(addr);
         }
-        self.core.on_server_lost(was_pinned)?;
+        let ended = self.core.on_server_lost(was_pinned);
+        // The server's FATAL is in the client's buffer: it gets it before
+        // the close, whatever ends the session.
+        if ended.is_err() {
+            let _ = self.flush_client().await;
+        }
+        ended?;
         self.flush_client().await
     }
 

@@ -405,6 +405,8 @@ pub fn effects(sql: &[u8]) -> Effects {
     }
     // A setting pgmux cannot name is a setting: read back (and reset).
     found.settings |= found.unnamed_settings || found.param_settings;
+    // Code pgmux cannot read that says RESET may reset a startup parameter.
+    found.resets |= found.opaque && has_word(sql, b"reset");
     found
 }
 
