@@ -166,6 +166,10 @@ pub struct ClientParams {
     /// [`ClientParams::lexed_unreliably`], kept with the fingerprint: it is
     /// asked at the end of every transaction.
     unreliable_encoding: bool,
+    /// Which reported startup parameters (bit i: `startup[i]`) the client
+    /// changed itself: the server reported a new value during its
+    /// transactions ([`ClientParams::on_parameter_status`]).
+    startup_changed: u64,
     /// Custom setting names (`app.tenant_id`) the client's statements
     /// mentioned: PostgreSQL hides placeholder settings from `pg_settings`,
     /// so they are read back by name. Boxed: most clients have none, and
@@ -229,6 +233,7 @@ impl ClientParams {
             startup: startup.into_boxed_slice(),
             fingerprint: 0,
             unreliable_encoding: false,
+            startup_changed: 0,
             watched: None,
         };
         if let Some(own) = Arc::get_mut(&mut p.desired.0) {
@@ -272,8 +277,26 @@ impl ClientParams {
     pub fn on_parameter_status(&mut self, name: &str, value: &str) {
         let lower = name.to_ascii_lowercase();
         if TRACKED_REPORTED.contains(&lower.as_str()) || self.desired.contains_key(&lower) {
+            if let Some(i) = self.startup.iter().position(|(k, _)| *k == lower) {
+                self.startup_changed |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            }
             self.desired.insert(lower, value.to_owned());
             self.refresh();
+        }
+    }
+
+    /// Whether the client changed startup parameter `k` itself: a reported
+    /// one the server reported anew during its transactions, an unreported
+    /// one whose value is no longer what it sent. (The server reports a
+    /// startup value normalized, `ISO` as `ISO, MDY`: that is no change.)
+    fn changed_startup(&self, k: &str, v: &str) -> bool {
+        let Some(i) = self.startup.iter().position(|(sk, _)| sk == k) else {
+            return false;
+        };
+        if TRACKED_REPORTED.contains(&k) {
+            i >= 64 || self.startup_changed & (1 << i) != 0
+        } else {
+            self.startup[i].1 != v
         }
     }
 
@@ -286,8 +309,7 @@ impl ClientParams {
             // reset): only a value set in the session tells a later RESET
             // of something else from a RESET of this one
             // (`startup_reapply_sql`).
-            let changed_startup = self.startup.iter().any(|(sk, sv)| sk == k && sv != v);
-            if server.param(k) != Some(v.as_str()) || changed_startup {
+            if server.param(k) != Some(v.as_str()) || self.changed_startup(k, v) {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
                     literal(k),
