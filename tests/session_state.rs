@@ -115,6 +115,12 @@ async fn direct_setup(name: &str, sql: &str) -> Result<(), tokio_postgres::Error
     connect(&direct_url(name)).await?.batch_execute(sql).await
 }
 
+/// Creates the test's database and runs `sql` in it as its owner.
+async fn db_with(name: &str, sql: &str) {
+    create_db(cluster(), name).await;
+    direct_setup(name, sql).await.expect("the test's objects");
+}
+
 /// Creates the test's database with a superuser login role `name`, and the
 /// plain roles `<name>_low` and `<name>_reader` (the first a member of the
 /// second).
@@ -731,8 +737,7 @@ async fn sql_prepared_statements_are_their_clients_own() {
 async fn custom_settings_never_reach_another_client() {
     use Step::*;
     let name = "t_custom_set";
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE TABLE docs (tenant text, body text); \
          INSERT INTO docs VALUES ('A', 'a1'), ('B', 'b1'); \
@@ -740,8 +745,7 @@ async fn custom_settings_never_reach_another_client() {
          CREATE POLICY by_tenant ON docs \
            USING (tenant = nullif(current_setting('app.tenant_id', true), ''))",
     )
-    .await
-    .unwrap();
+    .await;
     const DOCS: &str = "SELECT coalesce(string_agg(body, ',' ORDER BY body), '-') FROM docs";
     const OTHER: &str = "SELECT nullif(current_setting('app.other', true), '')";
     const HIDDEN: &str = "SELECT nullif(current_setting('app.hidden', true), '')";
@@ -848,13 +852,11 @@ async fn keyword_named_startup_setting_does_not_break_the_next_client() {
 async fn temporary_objects_made_without_temp_pin_their_client() {
     use Step::*;
     let name = "t_pin_notemp";
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE TABLE shared (a int); INSERT INTO shared VALUES (0)",
     )
-    .await
-    .unwrap();
+    .await;
     const MINE: &str = "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
     let steps = [
         Simple(
@@ -970,17 +972,14 @@ async fn application_functions_never_pass_settings_on() {
 async fn application_functions_that_make_session_state_pin_their_client() {
     use Step::*;
     let name = "t_app_fn_pin";
-    create_db(cluster(), name).await;
-    direct_setup(
-        name,
+    db_with(name,
         "CREATE FUNCTION scratch() RETURNS int LANGUAGE plpgsql \
            AS $$ BEGIN CREATE TABLE pg_temp.scratch (x int); RETURN 1; END $$; \
          CREATE FUNCTION hold() RETURNS void LANGUAGE sql AS $$ SELECT pg_advisory_lock(4242) $$; \
          CREATE FUNCTION free() RETURNS boolean LANGUAGE sql AS $$ SELECT pg_advisory_unlock(4242) $$; \
          CREATE FUNCTION hear() RETURNS int LANGUAGE plpgsql AS $$ BEGIN LISTEN news; RETURN 1; END $$",
     )
-    .await
-    .unwrap();
+    .await;
     const LOCKS: &str = "SELECT count(*) FROM pg_locks \
          WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
     const HEARS: &str = "SELECT count(*) FROM pg_listening_channels()";
@@ -1014,8 +1013,7 @@ async fn application_functions_that_make_session_state_pin_their_client() {
 async fn server_reset_query_always_covers_code_no_text_shows() {
     use Step::*;
     let name = "t_reset_always";
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE TABLE orders (tenant text); \
          CREATE FUNCTION note_tenant() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
@@ -1024,8 +1022,7 @@ async fn server_reset_query_always_covers_code_no_text_shows() {
            RETURN NEW; END $$; \
          CREATE TRIGGER note BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION note_tenant()",
     )
-    .await
-    .unwrap();
+    .await;
     const SEEN: &str = "SELECT nullif(current_setting('app.tenant_id', true), ''), \
          current_setting('search_path')";
     let steps = [
@@ -1055,16 +1052,14 @@ async fn server_reset_query_always_covers_code_no_text_shows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordinary_statements_cost_no_check() {
     let name = "t_no_check";
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE TABLE accounts (aid int PRIMARY KEY, abalance int, filler text); \
          CREATE TABLE history (aid int, delta int, mtime timestamp); \
          INSERT INTO accounts SELECT g, 0, '' FROM generate_series(1, 10) AS g; \
          CREATE FUNCTION mine() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     )
-    .await
-    .unwrap();
+    .await;
     let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
         .await
         .expect("start pgmux");
@@ -1429,8 +1424,7 @@ async fn random_session_state_matches_direct_and_leaves_servers_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_of_the_clients_own_do_not_fool_the_checks() {
     let name = "t_own_ops";
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE SCHEMA evil; \
          CREATE FUNCTION evil.never(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT false'; \
@@ -1440,8 +1434,7 @@ async fn operators_of_the_clients_own_do_not_fool_the_checks() {
            AS 'SELECT false'; \
          CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.never)",
     )
-    .await
-    .unwrap();
+    .await;
     let p = pgmux::app::Proxy::start(config(cluster(), name, 1, ""))
         .await
         .expect("start pgmux");
@@ -1503,14 +1496,12 @@ const TENANT: &str = "SELECT nullif(current_setting('app.tenant_id', true), '')"
 /// row-level-security key, in a function of its own), and pgmux in front
 /// with a pool of one and extra `[pgmux]` lines.
 async fn tenant_db(name: &str, pgmux_extra: &str) -> pgmux::app::Proxy {
-    create_db(cluster(), name).await;
-    direct_setup(
+    db_with(
         name,
         "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql \
            AS $$ SELECT set_config('app.tenant_id', t, false) $$",
     )
-    .await
-    .expect("set_tenant");
+    .await;
     pgmux::app::Proxy::start(config(cluster(), name, 1, pgmux_extra))
         .await
         .expect("start pgmux")

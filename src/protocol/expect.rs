@@ -140,6 +140,12 @@ pub struct Entry<H> {
     /// The client sent it after ending a COPY whose CopyInResponse had not
     /// arrived: the first request the server reads outside that COPY.
     after_copy_end: bool,
+    /// The SQL `PREPARE` pgmux sent right before this request (the server
+    /// lacked the statement an `EXECUTE` runs) failed, and the client has
+    /// that error: this request's own (the statement does not exist) is
+    /// not passed on, so the client sees one error, as a direct
+    /// connection's `EXECUTE` whose plan no longer holds gives.
+    after_failed_prepare: bool,
 }
 
 /// What a server message meant for the queue.
@@ -172,12 +178,6 @@ pub struct Expect<H> {
     /// COPY command), and nothing was queued since: the next request is
     /// the first the server reads outside that COPY.
     mark_next: bool,
-    /// A SQL `PREPARE` pgmux sent before the client's `EXECUTE` (the server
-    /// lacked the statement) failed, and the client has that error: the
-    /// `EXECUTE`'s own (the statement does not exist) is not passed on, so
-    /// the client sees one error, as a direct connection's `EXECUTE` whose
-    /// plan no longer holds gives.
-    injected_failed: bool,
 }
 
 /// Whether an error is the one an `EXECUTE` gets after pgmux's `PREPARE`
@@ -198,7 +198,6 @@ impl<H> Default for Expect<H> {
             copy_in: false,
             copy_owes_sync: false,
             mark_next: false,
-            injected_failed: false,
         }
     }
 }
@@ -241,6 +240,7 @@ impl<H> Expect<H> {
                 hook,
                 errored: false,
                 after_copy_end: std::mem::take(&mut self.mark_next),
+                after_failed_prepare: false,
             }),
         }
         None
@@ -282,19 +282,23 @@ impl<H> Expect<H> {
             self.copy_in = false;
             // Injected requests fail in the client's view too: always forward.
             self.error_sent = true;
-            let query = head.req == Req::Query;
-            match head.reply {
-                _ if query && self.injected_failed && follows_failed_prepare(frame.body()) => {}
+            let (req, reply) = (head.req, head.reply.clone());
+            let drop_error = head.after_failed_prepare && follows_failed_prepare(frame.body());
+            match reply {
+                _ if drop_error => {}
                 Reply::Shifted(shift) => {
                     crate::protocol::encode::error_shifted(out, frame.body(), |at| shift.map(at));
                 }
-                Reply::Swallow if query => {
-                    self.injected_failed = true;
+                Reply::Swallow if req == Req::Query => {
+                    // pgmux's PREPARE before an EXECUTE failed.
+                    if let Some(next) = self.q.get_mut(1) {
+                        next.after_failed_prepare = true;
+                    }
                     out.extend_from_slice(frame.raw());
                 }
                 _ => out.extend_from_slice(frame.raw()),
             }
-            if head.req.ends_with_ready() {
+            if req.ends_with_ready() {
                 if let Some(h) = self.q.front_mut() {
                     h.errored = true;
                 }
@@ -328,9 +332,6 @@ impl<H> Expect<H> {
         }
         if tag == be::READY_FOR_QUERY {
             self.error_sent = false;
-            if entry.reply != Reply::Swallow {
-                self.injected_failed = false;
-            }
         }
         self.emit_synthetic(out);
         if entry.errored {
@@ -450,7 +451,6 @@ impl<H> Expect<H> {
         self.copy_owes_sync = false;
         self.copy_in = false;
         self.mark_next = false;
-        self.injected_failed = false;
         (readies, tail, hooks)
     }
 }

@@ -383,19 +383,16 @@ impl ClientParams {
             .iter()
             .map(|(k, _)| k)
             .filter(|k| k.contains('.'));
-        let mut names: Vec<String> = Vec::new();
-        for n in self
+        let mut names: Vec<String> = self
             .watched
             .iter()
             .flat_map(|w| w.iter())
             .chain(held)
             .chain(server.code_setting_names.iter().flatten().filter(|_| wipe))
-        {
-            let n = literal(n);
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
+            .map(|n| literal(n))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         if !names.is_empty() {
             sql.push_str(&format!(
                 " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \

@@ -27,10 +27,7 @@ impl Session {
     /// Reads back the settings the client left on its server. A server
     /// that can't answer is closed; the client keeps what pgmux knew.
     pub(super) async fn settle_settings(&mut self) -> Result<(), End> {
-        let touched = &mut self.core.touched;
-        touched.settings = false;
-        touched.param_settings = false;
-        let wipe = std::mem::take(&mut touched.unnamed_settings);
+        let wipe = self.core.settings_checked();
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };

@@ -31,11 +31,8 @@ impl Session {
     /// identity go back onto it.
     pub(super) async fn verify_after_code(&mut self) -> Result<(), End> {
         self.core.pin_checked();
-        let touched = &mut self.core.touched;
-        touched.settings = false;
-        touched.param_settings = false;
-        touched.identity = false;
-        let wipe = std::mem::take(&mut touched.unnamed_settings);
+        self.core.touched.identity = false;
+        let wipe = self.core.settings_checked();
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };

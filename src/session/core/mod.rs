@@ -154,6 +154,15 @@ impl Core {
         self.touched.unpins = false;
     }
 
+    /// The settings read-back is about to run: what called for it is
+    /// settled. Returns whether it must end with a reset (a setting may
+    /// have been set under a name pgmux cannot read).
+    pub(super) fn settings_checked(&mut self) -> bool {
+        self.touched.settings = false;
+        self.touched.param_settings = false;
+        std::mem::take(&mut self.touched.unnamed_settings)
+    }
+
     /// Whether the held server must have its identity restored before it
     /// goes back to the pool.
     pub(super) fn identity_needs_restore(&self, server: Option<&ServerConn>) -> bool {
