@@ -465,7 +465,11 @@ fn scram_client_messages() {
     ];
     each(6, "scram_client_messages", &corpus, false, |input| {
         bounded(input.len() * 8 + 8192, &input, || {
-            if let Ok((server, _)) = pgmux::auth::scram::ScramServer::start(&verifier, &input) {
+            // Every mix of channel binding offered and chosen.
+            let offered = (input.len() % 2 == 0).then_some(&b"end point"[..]);
+            let plus = input.len() % 3 == 0;
+            let started = pgmux::auth::scram::ScramServer::start(&verifier, &input, offered, plus);
+            if let Ok((server, _)) = started {
                 let _ = server.finish(&input);
             }
         });

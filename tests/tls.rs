@@ -207,6 +207,30 @@ async fn psql_verify_full_through_pgmux_to_hostssl_server() {
     assert!(!ok && out.contains("requires TLS"), "{out}");
 }
 
+/// SCRAM-SHA-256-PLUS on both sides: psql requires channel binding to
+/// pgmux's certificate, and pgmux to the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_both_ways() {
+    let c = cluster();
+    setup_db(&c, "t_tls_cb").await;
+    let server = format!(
+        "server_tls_mode = \"verify-full\"\nserver_tls_ca = \"{}\"\n\
+         server_channel_binding = \"require\"\nserver_auth_methods = \"scram-sha-256\"",
+        pki().path("ca.pem")
+    );
+    let p = proxy("t_tls_cb", "prefer", &server, c.port()).await;
+    let base = format!(
+        "host=127.0.0.1 port={} user=t_tls_cb dbname=t_tls_cb",
+        p.addr().port()
+    );
+    let (ok, out) = psql(&format!("{base} sslmode=require channel_binding=require"));
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "hello over tls");
+    // Without TLS there is nothing to bind to: libpq refuses.
+    let (ok, out) = psql(&format!("{base} sslmode=disable channel_binding=require"));
+    assert!(!ok, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_must_match_host_under_verify_full() {
     let wrong = tls_cluster("wrong.pem", "wrong.key");

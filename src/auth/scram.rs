@@ -63,17 +63,24 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// The server side of one exchange, after the server-first message.
 pub struct ScramServer {
     verifier: ScramVerifier,
-    gs2_header: String,
+    /// What the client's `c=` must decode to: its gs2 header and, with
+    /// channel binding, the binding data.
+    cbind: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
 }
 
 impl ScramServer {
-    /// Takes the client-first message; returns the server-first message to send.
+    /// Takes the client-first message; returns the server-first message to
+    /// send. `offered` is the channel binding data of the client's TLS
+    /// connection when SCRAM-SHA-256-PLUS was offered, `plus` whether the
+    /// client chose it.
     pub fn start(
         verifier: &ScramVerifier,
         client_first: &[u8],
+        offered: Option<&[u8]>,
+        plus: bool,
     ) -> Result<(Self, String), ScramError> {
         let msg =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
@@ -81,10 +88,25 @@ impl ScramServer {
         let (flag, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("no gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            _ => return Err(ScramError::Malformed("channel binding is not offered")),
-        }
+        let binding: &[u8] =
+            match (flag, offered) {
+                ("n", _) if !plus => &[],
+                // The client can bind but believes pgmux cannot: it was
+                // offered PLUS, so something in between removed it.
+                ("y", None) if !plus => &[],
+                ("y", Some(_)) => return Err(ScramError::Malformed(
+                    "the client supports channel binding, which was offered, and did not use it",
+                )),
+                ("p=tls-server-end-point", Some(data)) if plus => data,
+                (f, _) if f.starts_with("p=") && plus => {
+                    return Err(ScramError::Malformed("unsupported channel binding type"))
+                }
+                _ => {
+                    return Err(ScramError::Malformed(
+                        "channel binding flag does not match the mechanism",
+                    ))
+                }
+            };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no gs2 header"))?;
@@ -104,11 +126,12 @@ impl ScramServer {
             STANDARD.encode(&verifier.salt),
             verifier.iterations
         );
-        let gs2_header = format!("{flag},,");
+        let mut cbind = format!("{flag},,").into_bytes();
+        cbind.extend_from_slice(binding);
         Ok((
             Self {
                 verifier: verifier.clone(),
-                gs2_header,
+                cbind,
                 client_first_bare: bare.to_owned(),
                 server_first: server_first.clone(),
                 nonce,
@@ -132,7 +155,7 @@ impl ScramServer {
             .next()
             .and_then(|a| a.strip_prefix("c="))
             .ok_or(ScramError::Malformed("no channel binding attribute"))?;
-        if STANDARD.decode(cbind).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+        if STANDARD.decode(cbind).ok().as_deref() != Some(self.cbind.as_slice()) {
             return Err(ScramError::Malformed("channel binding does not match"));
         }
         let nonce = attrs
@@ -172,24 +195,48 @@ impl ScramServer {
     }
 }
 
+/// Channel binding on pgmux's side of an exchange with a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// Not over TLS, or disabled: `n`.
+    None,
+    /// pgmux could bind but the server offered no SCRAM-SHA-256-PLUS: `y`,
+    /// so a server that did offer it sees the downgrade.
+    Unrequested,
+    /// SCRAM-SHA-256-PLUS with this `tls-server-end-point` data.
+    EndPoint(Vec<u8>),
+}
+
+impl ClientBinding {
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            Self::None => "n,,",
+            Self::Unrequested => "y,,",
+            Self::EndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+}
+
 /// The client side of SCRAM-SHA-256 without the password: proves knowledge
 /// of the ClientKey recovered from a client's own SCRAM login, toward a
 /// server holding the same verifier (same salt and iterations).
 pub struct ScramPassthrough {
     verifier: ScramVerifier,
     client_key: [u8; 32],
+    binding: ClientBinding,
     client_first_bare: String,
     expected_server_signature: Option<[u8; 32]>,
 }
 
 impl ScramPassthrough {
     /// Starts an exchange.
-    pub fn new(verifier: ScramVerifier, client_key: [u8; 32]) -> Self {
+    pub fn new(verifier: ScramVerifier, client_key: [u8; 32], binding: ClientBinding) -> Self {
         let mut raw = [0u8; 18];
         rand::rng().fill_bytes(&mut raw);
         Self {
             verifier,
             client_key,
+            binding,
             client_first_bare: format!("n=,r={}", STANDARD.encode(raw)),
             expected_server_signature: None,
         }
@@ -197,7 +244,7 @@ impl ScramPassthrough {
 
     /// The client-first message.
     pub fn client_first(&self) -> String {
-        format!("n,,{}", self.client_first_bare)
+        format!("{}{}", self.binding.gs2_header(), self.client_first_bare)
     }
 
     /// Answers the server-first message with the client-final message.
@@ -223,7 +270,11 @@ impl ScramPassthrough {
                 "the server's SCRAM secret differs from the one pgmux looked up",
             ));
         }
-        let without_proof = format!("c=biws,r={nonce}");
+        let mut cbind = self.binding.gs2_header().as_bytes().to_vec();
+        if let ClientBinding::EndPoint(data) = &self.binding {
+            cbind.extend_from_slice(data);
+        }
+        let without_proof = format!("c={},r={nonce}", STANDARD.encode(cbind));
         let auth_message = format!("{},{sf},{without_proof}", self.client_first_bare);
         let signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
         let proof: Vec<u8> = self
@@ -258,7 +309,7 @@ mod tests {
         let verifier =
             ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(stored_pw)).unwrap();
         let mut client = ScramSha256::new(client_pw, ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start(&verifier, client.message())?;
+        let (server, first) = ScramServer::start(&verifier, client.message(), None, false)?;
         client.update(first.as_bytes()).unwrap();
         let (fin, _) = server.finish(client.message())?;
         client.finish(fin.as_bytes()).unwrap();
@@ -271,13 +322,13 @@ mod tests {
             ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
         // A client logs in to pgmux; pgmux learns its ClientKey.
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start(&verifier, client.message()).unwrap();
+        let (server, first) = ScramServer::start(&verifier, client.message(), None, false).unwrap();
         client.update(first.as_bytes()).unwrap();
         let (_, client_key) = server.finish(client.message()).unwrap();
         // pgmux logs in to a server holding the same verifier.
-        let mut pass = ScramPassthrough::new(verifier.clone(), client_key);
+        let mut pass = ScramPassthrough::new(verifier.clone(), client_key, ClientBinding::None);
         let (backend, first) =
-            ScramServer::start(&verifier, pass.client_first().as_bytes()).unwrap();
+            ScramServer::start(&verifier, pass.client_first().as_bytes(), None, false).unwrap();
         let fin = pass.client_final(first.as_bytes()).unwrap();
         let (server_final, _) = backend.finish(fin.as_bytes()).unwrap();
         pass.verify_server_final(server_final.as_bytes()).unwrap();
@@ -301,9 +352,57 @@ mod tests {
             b"\xff\xfe",
             b"n,a=b,r=x",
         ] {
-            assert!(ScramServer::start(&verifier, msg).is_err());
+            assert!(ScramServer::start(&verifier, msg, None, false).is_err());
         }
-        let (s, _) = ScramServer::start(&verifier, b"n,,n=,r=abc").unwrap();
+        let (s, _) = ScramServer::start(&verifier, b"n,,n=,r=abc", None, false).unwrap();
         assert!(s.finish(b"c=biws,r=abc,p=AAAA").is_err());
+    }
+
+    #[test]
+    fn channel_binding_with_a_real_client() {
+        let verifier =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        let data = b"certificate hash".to_vec();
+        let bound = |client_data: &[u8], offered: Option<&[u8]>, plus: bool| {
+            let mut client = ScramSha256::new(
+                b"pw",
+                ChannelBinding::tls_server_end_point(client_data.to_vec()),
+            );
+            let (server, first) = ScramServer::start(&verifier, client.message(), offered, plus)?;
+            client.update(first.as_bytes()).unwrap();
+            server.finish(client.message()).map(|_| ())
+        };
+        bound(&data, Some(&data), true).unwrap();
+        // Another certificate in between: the binding differs.
+        assert!(bound(b"other", Some(&data), true).is_err());
+        // PLUS chosen but pgmux offered none, or p= with the plain mechanism.
+        assert!(bound(&data, None, true).is_err());
+        assert!(bound(&data, Some(&data), false).is_err());
+        // A client that can bind but saw no PLUS offer, when one was made.
+        let client = ScramSha256::new(b"pw", ChannelBinding::unrequested());
+        assert!(ScramServer::start(&verifier, client.message(), Some(&data), false).is_err());
+        assert!(ScramServer::start(&verifier, client.message(), None, false).is_ok());
+    }
+
+    #[test]
+    fn passthrough_binds_to_the_channel() {
+        let verifier =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let (server, first) = ScramServer::start(&verifier, client.message(), None, false).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, client_key) = server.finish(client.message()).unwrap();
+        let data = b"hash".to_vec();
+        let mut pass = ScramPassthrough::new(
+            verifier.clone(),
+            client_key,
+            ClientBinding::EndPoint(data.clone()),
+        );
+        let (backend, first) =
+            ScramServer::start(&verifier, pass.client_first().as_bytes(), Some(&data), true)
+                .unwrap();
+        let fin = pass.client_final(first.as_bytes()).unwrap();
+        let (server_final, _) = backend.finish(fin.as_bytes()).unwrap();
+        pass.verify_server_final(server_final.as_bytes()).unwrap();
     }
 }

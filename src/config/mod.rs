@@ -6,9 +6,11 @@ pub mod de;
 pub mod ini;
 mod modes;
 mod overrides;
+mod server_auth;
 
 pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
 pub use overrides::{Database, PoolConfig, User};
+pub use server_auth::{AuthMethod, ChannelBinding, ServerAuthMethods};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -209,6 +211,13 @@ pub struct General {
     pub server_tls_mode: TlsMode,
     /// PEM CA bundle server certificates must chain to (e.g. the RDS bundle).
     pub server_tls_ca: Option<String>,
+    /// How a server may make pgmux authenticate (libpq's `require_auth`):
+    /// unset, anything but a cleartext password over a connection without
+    /// TLS.
+    pub server_auth_methods: ServerAuthMethods,
+    /// SCRAM channel binding toward servers over TLS (libpq's
+    /// `channel_binding`): disable, prefer, require.
+    pub server_channel_binding: ChannelBinding,
 }
 
 impl Default for General {
@@ -267,6 +276,8 @@ impl Default for General {
             client_tls_ca: None,
             server_tls_mode: TlsMode::Prefer,
             server_tls_ca: None,
+            server_auth_methods: ServerAuthMethods::default(),
+            server_channel_binding: ChannelBinding::default(),
         }
     }
 }
@@ -442,14 +453,17 @@ impl Config {
     /// [`Config::load`], returning the warnings (keys of a PgBouncer file
     /// that pgmux ignores, with their lines) instead of logging them.
     pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
-        if ini::is_ini(path) {
-            return ini::load(path);
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok((Self::parse(&text)?, Vec::new()))
+        let (cfg, mut warnings) = if ini::is_ini(path) {
+            ini::load(path)?
+        } else {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (Self::parse(&text)?, Vec::new())
+        };
+        warnings.extend(cfg.server_tls_warnings());
+        Ok((cfg, warnings))
     }
 
     /// The database a client's name reaches: its own entry, or the `*`

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{de, Config, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
+use super::{
+    de, ChannelBinding, Config, LoadBalanceHosts, PoolMode, ServerAuthMethods, SessionState,
+    TargetSessionAttrs, TlsMode,
+};
 
 /// Declares a per-pool table with the settings that `[databases.NAME]` and
 /// `[users.NAME]` may both override, each written once here with its serde
@@ -121,6 +124,12 @@ with_overrides! {
         /// Overrides `[pgmux] server_tls_ca` for this database.
         #[serde(default)]
         pub server_tls_ca: Option<String>,
+        /// Overrides `[pgmux] server_auth_methods` for this database.
+        #[serde(default)]
+        pub server_auth_methods: Option<ServerAuthMethods>,
+        /// Overrides `[pgmux] server_channel_binding` for this database.
+        #[serde(default)]
+        pub server_channel_binding: Option<ChannelBinding>,
     }
 }
 
@@ -175,6 +184,10 @@ pub struct PoolConfig {
     pub tls_mode: TlsMode,
     /// PEM CA bundle the servers' certificates must chain to.
     pub tls_ca: Option<String>,
+    /// How the servers may make pgmux authenticate.
+    pub auth_methods: ServerAuthMethods,
+    /// SCRAM channel binding toward the servers.
+    pub channel_binding: ChannelBinding,
 }
 
 impl Config {
@@ -204,6 +217,10 @@ impl Config {
             query_timeout: pick!(query_timeout),
             tls_mode: db.server_tls_mode.unwrap_or(g.server_tls_mode),
             tls_ca: db.server_tls_ca.clone().or_else(|| g.server_tls_ca.clone()),
+            auth_methods: db.server_auth_methods.unwrap_or(g.server_auth_methods),
+            channel_binding: db
+                .server_channel_binding
+                .unwrap_or(g.server_channel_binding),
         }
     }
 
@@ -358,7 +375,8 @@ mod tests {
                  `reserve_pool`, `pool_mode`, `session_state`, `server_reset_query_always`, \
                  `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`, \
                  `server_user`, `server_password`, \
-                 `server_tls_mode`, `server_tls_ca`\n"
+                 `server_tls_mode`, `server_tls_ca`, `server_auth_methods`, \
+                 `server_channel_binding`\n"
             ),
             "{err}"
         );

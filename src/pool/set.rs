@@ -68,6 +68,8 @@ fn plan(
         password: Some(password),
         tls_mode: pool.tls_mode,
         tls_ca: pool.tls_ca,
+        auth_methods: pool.auth_methods,
+        channel_binding: pool.channel_binding,
     };
     let g = &cfg.pgmux;
     let settings = PoolSettings {

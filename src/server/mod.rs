@@ -2,6 +2,7 @@
 //! server reported, its cancel key, and the internal queries pgmux runs on it
 //! between clients (parameter sync and reset).
 
+mod auth;
 mod connect;
 mod hosts;
 mod identity;

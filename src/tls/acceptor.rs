@@ -22,6 +22,9 @@ pub struct ClientTls {
     pub mode: TlsMode,
     /// The acceptor (absent when the mode is `disable`).
     pub acceptor: Option<TlsAcceptor>,
+    /// SCRAM channel binding data (`tls-server-end-point`) of the
+    /// certificate shown: SCRAM-SHA-256-PLUS is offered over TLS when set.
+    pub end_point: Option<Arc<[u8]>>,
 }
 
 impl ClientTls {
@@ -32,12 +35,17 @@ impl ClientTls {
             return Ok(Self {
                 mode,
                 acceptor: None,
+                end_point: None,
             });
         }
         let (Some(cert), Some(key)) = (&g.client_tls_cert, &g.client_tls_key) else {
             return Err("client_tls_mode needs client_tls_cert and client_tls_key".into());
         };
         let certs = load_certs(cert)?;
+        let end_point = certs
+            .first()
+            .and_then(|c| super::end_point::tls_server_end_point(c))
+            .map(Arc::from);
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -61,6 +69,7 @@ impl ClientTls {
         Ok(Self {
             mode,
             acceptor: Some(TlsAcceptor::from(Arc::new(cfg))),
+            end_point,
         })
     }
 }

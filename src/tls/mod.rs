@@ -8,6 +8,7 @@
 
 pub mod acceptor;
 pub mod connector;
+pub mod end_point;
 
 use std::io;
 use std::pin::Pin;

@@ -11,6 +11,7 @@ use crate::config::AuthType;
 use crate::protocol::frame::{cstr, make_room, read_i32, split_frame};
 use crate::protocol::{encode, fe, SqlState};
 use crate::tls::Stream;
+use postgres_protocol::authentication::sasl::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 
 /// Largest authentication message accepted from a client.
 const MAX_AUTH_MESSAGE: usize = 10_000;
@@ -24,6 +25,9 @@ pub struct Exchange<'a> {
     pub buf: &'a mut BytesMut,
     /// Messages to send.
     pub out: &'a mut BytesMut,
+    /// Channel binding data of the client's TLS connection: with it,
+    /// SCRAM-SHA-256-PLUS is offered.
+    pub end_point: Option<&'a [u8]>,
 }
 
 impl Exchange<'_> {
@@ -89,10 +93,16 @@ async fn scram_exchange(
             ),
         )
     })?;
-    encode::auth_sasl(ex.out, &["SCRAM-SHA-256"]);
+    // PostgreSQL lists the bound mechanism first.
+    let offered: &[&str] = match ex.end_point {
+        Some(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+        None => &[SCRAM_SHA_256],
+    };
+    encode::auth_sasl(ex.out, offered);
     let initial = ex.ask().await?;
-    let data = sasl_initial_data(&initial)?;
-    let (server, first) = ScramServer::start(verifier, data).map_err(|_| failed(user))?;
+    let (plus, data) = sasl_initial_data(&initial, offered)?;
+    let (server, first) =
+        ScramServer::start(verifier, data, ex.end_point, plus).map_err(|_| failed(user))?;
     encode::auth_sasl_continue(ex.out, first.as_bytes());
     let fin = ex.ask().await?;
     let (last, client_key) = server.finish(&fin).map_err(|_| failed(user))?;
@@ -100,8 +110,9 @@ async fn scram_exchange(
     Ok(client_key)
 }
 
-/// The client-first-message inside a SASLInitialResponse body.
-fn sasl_initial_data(body: &[u8]) -> Result<&[u8], LoginError> {
+/// The client-first-message inside a SASLInitialResponse body, and whether
+/// the client chose SCRAM-SHA-256-PLUS (from the mechanisms `offered`).
+fn sasl_initial_data<'b>(body: &'b [u8], offered: &[&str]) -> Result<(bool, &'b [u8]), LoginError> {
     let malformed = |what: &str| {
         fatal(
             SqlState::PROTOCOL_VIOLATION,
@@ -109,14 +120,14 @@ fn sasl_initial_data(body: &[u8]) -> Result<&[u8], LoginError> {
         )
     };
     let (mechanism, rest) = cstr(body).ok_or_else(|| malformed("no mechanism"))?;
-    if mechanism != b"SCRAM-SHA-256" {
+    if !offered.iter().any(|m| m.as_bytes() == mechanism) {
         return Err(malformed("unsupported mechanism"));
     }
     let (len, data) = read_i32(rest).ok_or_else(|| malformed("no length"))?;
     if len < 0 || len as usize != data.len() {
         return Err(malformed("bad length"));
     }
-    Ok(data)
+    Ok((mechanism == SCRAM_SHA_256_PLUS.as_bytes(), data))
 }
 
 /// Reads one tagged message of the authentication exchange: must be `p`.

@@ -217,8 +217,12 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     // Starts as the session's read buffer: bytes a client sent behind its
     // login messages are kept for it.
     let mut buf = BytesMut::with_capacity(512);
-    let (minor, params) = match negotiate::negotiate(stream, ctx, &mut buf).await? {
-        Negotiated::Startup { minor, params } => (minor, params),
+    let (minor, params, end_point) = match negotiate::negotiate(stream, ctx, &mut buf).await? {
+        Negotiated::Startup {
+            minor,
+            params,
+            end_point,
+        } => (minor, params, end_point),
         Negotiated::Cancelled => return Ok(Opening::Cancelled),
     };
     let req = Request::read(minor, params)?;
@@ -232,6 +236,7 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         stream,
         buf: &mut buf,
         out: &mut out,
+        end_point: end_point.as_deref(),
     };
     let client_key =
         authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)

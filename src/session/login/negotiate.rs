@@ -23,6 +23,9 @@ pub enum Negotiated {
         minor: u16,
         /// The parameters, in the order sent.
         params: Vec<(String, String)>,
+        /// Channel binding data of the certificate the client's TLS
+        /// connection was made with (none without TLS).
+        end_point: Option<std::sync::Arc<[u8]>>,
     },
     /// A cancel request, already handled.
     Cancelled,
@@ -69,7 +72,12 @@ pub async fn negotiate(
                         "pgmux requires TLS: connect with sslmode=require or stronger",
                     ));
                 }
-                return Ok(Negotiated::Startup { minor, params });
+                let end_point = tls.end_point.clone().filter(|_| stream.is_tls());
+                return Ok(Negotiated::Startup {
+                    minor,
+                    params,
+                    end_point,
+                });
             }
             StartupPacket::Startup { major, minor, .. } => {
                 return Err(fatal(
