@@ -220,6 +220,13 @@ async fn upkeep(ctx: std::sync::Weak<Context>) {
         let Some(ctx) = ctx.upgrade() else { return };
         ctx.metrics.upkeep();
         let now = std::time::Instant::now();
+        let dropped = ctx.pools.drop_unused_autodb(&ctx.config(), now);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "pools of databases reached through * dropped after autodb_idle_timeout"
+            );
+        }
         if ctx.stats_period.due(now) {
             ctx.stats_period
                 .record(now, crate::admin::totals_by_database(&ctx));

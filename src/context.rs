@@ -337,7 +337,17 @@ pub struct Context {
     pub(crate) reload_lock: Mutex<()>,
     /// Users found by `auth_query` (or found missing).
     pub auth_cache: crate::auth::AuthCache,
+    /// Key of the salts unknown users are challenged with: the same salt
+    /// for a name at every attempt, as a real user's, and unguessable.
+    pub mock_key: [u8; 32],
+    /// Connections being told `max_client_conn` is reached; past
+    /// [`MAX_REFUSALS`] more are closed at once.
+    pub refusals: Arc<Semaphore>,
 }
+
+/// Connections answered with 53300 at once, each for up to
+/// `client_login_timeout`: a flood past it costs a closed socket each.
+pub const MAX_REFUSALS: usize = 256;
 
 impl Context {
     /// Moves the process to a later shutdown phase and wakes every session
@@ -370,6 +380,8 @@ impl Context {
             client_limit: AtomicUsize::new(limit),
             reload_lock: Mutex::new(()),
             auth_cache: Default::default(),
+            mock_key: rand::random(),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         })
     }
 

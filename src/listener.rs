@@ -104,10 +104,16 @@ fn admit(tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, ctx: &Arc<Conte
         }
         Err(_) => {
             ctx.metrics.error(ErrorReason::MaxClientConn, "", "");
+            // Each refusal waits for a startup packet; a flood past the
+            // bound is closed without one.
+            let Ok(refusing) = ctx.refusals.clone().try_acquire_owned() else {
+                return;
+            };
             tokio::spawn(async move {
                 let msg = "no more connections allowed (max_client_conn)";
                 session::login::refuse(&mut stream, &ctx, SqlState::TOO_MANY_CONNECTIONS, msg)
                     .await;
+                drop(refusing);
             });
         }
     }

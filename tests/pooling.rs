@@ -200,11 +200,16 @@ async fn login_errors_name_the_problem() {
     .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("3D000"));
     assert!(err.as_db_error().unwrap().message().contains("\"nope\""));
+    // An unknown user is told what a wrong password is told (PostgreSQL's
+    // answer too): the error does not say which users exist.
     let err = connect(&format!("{base} user=ghost password=x dbname=t_login"))
         .await
         .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
-    assert!(err.as_db_error().unwrap().message().contains("\"ghost\""));
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "password authentication failed for user \"ghost\""
+    );
     // The proxy still serves everyone else.
     client(&p, "t_login")
         .await

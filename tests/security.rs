@@ -7,6 +7,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::raw::{error_code, Raw};
@@ -318,4 +319,262 @@ async fn server_errors_without_sqlstate() {
         assert_eq!(tags, b"EZ", "{reply:?}");
         assert_eq!(error_code(&reply), None);
     }
+}
+
+/// Logs in as far as SCRAM's server-first message: the mechanisms offered
+/// and that message (salt, iterations), or the first other reply.
+async fn scram_opening(port: u16, user: &str, db: &str) -> (Vec<u8>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", user), ("database", db)],
+        &mut out,
+    )
+    .unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut p = Peer {
+        s,
+        buf: BytesMut::new(),
+        seen: Seen::default(),
+    };
+    let (tag, body) = p.read().await.unwrap();
+    if tag != b'R' || body.get(..4) != Some(&[0, 0, 0, 10]) {
+        return (body, String::new());
+    }
+    let mechanisms = body[4..].to_vec();
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::sasl_initial_response(
+        "SCRAM-SHA-256",
+        b"n,,n=,r=abcdefghijklmnop",
+        &mut out,
+    )
+    .unwrap();
+    p.send(&out).await.unwrap();
+    let (_, body) = p.read().await.unwrap();
+    let first = String::from_utf8_lossy(&body[4..]).into_owned();
+    // The salt and iterations, without the nonce (fresh every time).
+    let stable = first
+        .split(',')
+        .filter(|a| !a.starts_with("r="))
+        .collect::<Vec<_>>()
+        .join(",");
+    (mechanisms, stable)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_is_told_what_a_wrong_password_is() {
+    let p = setup("t_sec_enum", 2, "").await;
+    let port = p.addr().port();
+    // What the client is told: PostgreSQL's own answer, to either.
+    let told = |url: String| async move {
+        let e = connect(&url).await.unwrap_err();
+        let db = e.as_db_error().unwrap();
+        (
+            db.code().code().to_owned(),
+            db.message().replace("ghost", "t_sec_enum"),
+        )
+    };
+    let base = format!("host=127.0.0.1 port={port} dbname=t_sec_enum");
+    let direct = format!("host=127.0.0.1 port={} dbname=t_sec_enum", cluster().port());
+    let wrong = told(format!("{base} user=t_sec_enum password=wrong")).await;
+    let unknown = told(format!("{base} user=ghost password=wrong")).await;
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong.0, "28P01");
+    assert_eq!(
+        told(format!("{direct} user=ghost password=x")).await,
+        unknown
+    );
+    // The exchange has the same shape: mechanisms, iterations, a salt that
+    // is the same at every attempt.
+    let known = scram_opening(port, "t_sec_enum", "t_sec_enum").await;
+    let ghost = scram_opening(port, "ghost", "t_sec_enum").await;
+    assert_eq!(known.0, ghost.0);
+    assert!(
+        ghost.1.starts_with("s=") && ghost.1.ends_with(",i=4096"),
+        "{ghost:?}"
+    );
+    assert_eq!(scram_opening(port, "ghost", "t_sec_enum").await, ghost);
+    assert_ne!(scram_opening(port, "ghost2", "t_sec_enum").await.1, ghost.1);
+    // An unknown database is said only after the password.
+    let e = connect(&format!(
+        "{base} user=t_sec_enum password=wrong dbname=nope"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+    let e = connect(&format!(
+        "host=127.0.0.1 port={port} user=t_sec_enum password={PASSWORD} dbname=nope"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("3D000"));
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends `n` startup packets with made-up database and user names, half of
+/// them answering the SCRAM request with garbage, 8 at a time.
+async fn flood(port: u16, n: usize, tag: &str) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (next, tag) = (next.clone(), tag.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let (user, db) = (format!("u{tag}{i}x{}", i * 7919), format!("d{tag}{i}"));
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        continue;
+                    };
+                    let mut out = BytesMut::new();
+                    postgres_protocol::message::frontend::startup_message(
+                        [("user", user.as_str()), ("database", db.as_str())],
+                        &mut out,
+                    )
+                    .unwrap();
+                    if i % 2 == 0 {
+                        out.extend_from_slice(&msg(b'p', b"SCRAM-SHA-256\0\xff\xff\xff\xffjunk"));
+                    }
+                    let _ = s.write_all(&out).await;
+                    let mut sink = vec![0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {
+                            if i % 2 == 1 {
+                                return;
+                            }
+                        }
+                    })
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_leave_no_trace() {
+    let c = cluster();
+    create_db(c, "t_sec_flood").await;
+    // Every name reaches a database through `*`, and unknown users are
+    // looked up on the server.
+    let su = superuser(c).await;
+    su.batch_execute(&format!(
+        "CREATE ROLE t_sec_flood_auth LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+    ))
+    .await
+    .unwrap();
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+auth_user = "t_sec_flood_auth"
+client_login_timeout = "5s"
+
+[databases."*"]
+host = "127.0.0.1"
+port = {}
+
+[users.t_sec_flood_auth]
+password = "{PASSWORD}"
+
+[users.t_sec_flood]
+password = "{PASSWORD}"
+"#,
+        c.port()
+    );
+    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let port = p.addr().port();
+    let ctx = p.context().clone();
+    let pools = || ctx.pools.all().len();
+    // Warm up: the series of unknown names exist once.
+    flood(port, 200, "w").await;
+    let (metrics, pools_before, rss) = (ctx.render_metrics().len(), pools(), rss_kib());
+    flood(port, 10_000, "f").await;
+    assert_eq!(
+        pools(),
+        pools_before,
+        "no pool for a name nobody authenticated"
+    );
+    assert_eq!(
+        ctx.render_metrics().len(),
+        metrics,
+        "no metric series per made-up name"
+    );
+    let grown = rss_kib().saturating_sub(rss);
+    assert!(grown < 32 * 1024, "resident memory grew by {grown} KiB");
+    // The lookups went to the server without making pools either.
+    let before = pools();
+    for i in 0..50 {
+        let _ = connect(&format!(
+            "host=127.0.0.1 port={port} user=lookup{i} password=x dbname=t_sec_flood"
+        ))
+        .await;
+    }
+    assert_eq!(pools(), before);
+    // An authenticated client gets its pool.
+    let c = connect(&format!(
+        "host=127.0.0.1 port={port} user=t_sec_flood password={PASSWORD} dbname=t_sec_flood"
+    ))
+    .await
+    .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(pools(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_autodb_pools_are_dropped() {
+    let c = cluster();
+    create_db(c, "t_sec_autodb").await;
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+autodb_idle_timeout = "1s"
+
+[databases."*"]
+host = "127.0.0.1"
+port = {}
+
+[users.t_sec_autodb]
+password = "{PASSWORD}"
+"#,
+        c.port()
+    );
+    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let ctx = p.context().clone();
+    let client = connect(&url(&p, "t_sec_autodb")).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(ctx.pools.all().len(), 1);
+    // In use, it stays past the timeout.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(ctx.pools.all().len(), 1);
+    drop(client);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            ctx.pools.all().is_empty()
+        })
+        .await,
+        "the pool went once unused"
+    );
+    assert!(
+        server_states("t_sec_autodb").await.is_empty(),
+        "its servers closed"
+    );
+    // A later client makes a new one.
+    let client = connect(&url(&p, "t_sec_autodb")).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
 }

@@ -292,11 +292,12 @@ async fn direct_tls_requires_alpn() {
         let mut reply = vec![0u8; 256];
         let n = tls.read(&mut reply).await.unwrap_or(0);
         if served {
+            // The login goes on: pgmux asks for the password (the unknown
+            // database is said only after it).
             assert!(
-                n > 0 && reply[0] == b'E',
-                "an ErrorResponse over direct TLS"
+                n > 0 && reply[0] == b'R',
+                "an authentication request over direct TLS"
             );
-            assert!(String::from_utf8_lossy(&reply[..n]).contains("3D000"));
         } else {
             assert_eq!(n, 0, "without ALPN the connection is closed");
         }

@@ -39,6 +39,22 @@ impl ScramVerifier {
         };
         (v.stored_key.len() == 32 && v.server_key.len() == 32).then_some(v)
     }
+
+    /// A verifier that no password matches, for a user that does not
+    /// exist: its salt depends only on the name and `key` (the same at every
+    /// attempt, as a real user's), its iterations are PostgreSQL's default,
+    /// so the exchange does not tell an unknown user from a wrong password.
+    pub fn mock(user: &str, key: &[u8; 32]) -> Self {
+        let salt = hmac(key, &[b"mock salt ", user.as_bytes()]);
+        let mut keys = [0u8; 64];
+        rand::rng().fill_bytes(&mut keys);
+        Self {
+            iterations: 4096,
+            salt: salt[..16].to_vec(),
+            stored_key: keys[..32].to_vec(),
+            server_key: keys[32..].to_vec(),
+        }
+    }
 }
 
 /// Why a SCRAM exchange failed.

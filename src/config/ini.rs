@@ -361,6 +361,7 @@ const GENERAL: &[Row<General>] = &[
         set!(server_connect_timeout, seconds),
     ),
     ("server_idle_timeout", set!(server_idle_timeout, seconds)),
+    ("autodb_idle_timeout", set!(autodb_idle_timeout, seconds)),
     ("server_lifetime", set!(server_lifetime, seconds)),
     ("server_login_retry", set!(server_login_retry, seconds)),
     ("server_check_delay", set!(server_check_delay, seconds)),

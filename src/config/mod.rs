@@ -196,6 +196,10 @@ pub struct General {
     pub auth_user: Option<String>,
     /// Query returning (name, password or verifier) for `$1`.
     pub auth_query: String,
+    /// Pools of databases reached through `*` are dropped once they had
+    /// no client this long (PgBouncer's key and default; 0: never).
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub autodb_idle_timeout: Duration,
     /// How long a looked-up user is cached.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub auth_query_cache: Duration,
@@ -277,6 +281,7 @@ impl Default for General {
             server_tls_mode: TlsMode::Prefer,
             server_tls_ca: None,
             server_auth_methods: ServerAuthMethods::default(),
+            autodb_idle_timeout: Duration::from_secs(3600),
             server_channel_binding: ChannelBinding::default(),
         }
     }

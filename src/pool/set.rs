@@ -22,7 +22,6 @@ pub struct PoolKey {
 }
 
 /// The process's pools.
-#[derive(Default)]
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Pool>>,
     /// Pools whose database or user was removed, kept (and shown) until
@@ -35,7 +34,29 @@ pub struct PoolSet {
     budgets: Mutex<HashMap<(&'static str, String), Arc<Budget>>>,
     /// Databases that take no new clients (DISABLE).
     disabled: Mutex<std::collections::HashSet<String>>,
+    /// Pools of databases reached through `*` with no client, since when.
+    unused_autodb: Mutex<HashMap<PoolKey, std::time::Instant>>,
+    /// Connections opened outside any pool, for lookups in databases
+    /// reached through `*` before the client authenticated.
+    one_shots: tokio::sync::Semaphore,
 }
+
+impl Default for PoolSet {
+    fn default() -> Self {
+        Self {
+            pools: Default::default(),
+            retired: Default::default(),
+            looked_up: Default::default(),
+            budgets: Default::default(),
+            disabled: Default::default(),
+            unused_autodb: Default::default(),
+            one_shots: tokio::sync::Semaphore::new(MAX_ONE_SHOTS),
+        }
+    }
+}
+
+/// Connections [`PoolSet::connect_once`] opens at once; more wait.
+const MAX_ONE_SHOTS: usize = 4;
 
 /// Where a pool's servers are and how it is run, per `cfg`; `None` when the
 /// database or user is not configured (nor `looked_up` by auth_query).
@@ -156,6 +177,62 @@ impl PoolSet {
         let pool = Pool::new(key.clone(), target, settings, connector, metrics, budgets);
         pools.insert(key.clone(), pool.clone());
         Ok(pool)
+    }
+
+    /// A server connection for `key` outside any pool, closed by the
+    /// caller when done: for a lookup in a database reached through `*`
+    /// before the client has authenticated, which must leave no pool, task
+    /// or metric behind. At most [`MAX_ONE_SHOTS`] are open at once.
+    pub async fn connect_once(
+        &self,
+        cfg: &Config,
+        key: &PoolKey,
+    ) -> Result<crate::server::ServerConn, String> {
+        let (target, settings) =
+            plan(cfg, key, None).ok_or("database or user is not configured")?;
+        let tls = connector(&target)?;
+        let _permit = self.one_shots.acquire().await.map_err(|e| e.to_string())?;
+        let opts = settings.connect_options();
+        let open = crate::server::open(&target, tls.as_ref(), &opts);
+        match tokio::time::timeout(settings.wait_timeout, open).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Drops the pools of databases reached through `*` that had no client
+    /// for `autodb_idle_timeout` (PgBouncer's key): their servers close,
+    /// and a later client makes a new pool. Returns how many went.
+    pub fn drop_unused_autodb(&self, cfg: &Config, now: std::time::Instant) -> usize {
+        let timeout = cfg.pgmux.autodb_idle_timeout;
+        let mut unused = self.unused_autodb.lock();
+        let mut pools = self.pools.lock();
+        let mut dropped = Vec::new();
+        pools.retain(|key, pool| {
+            if cfg.databases.contains_key(&key.database) || pool.clients() > 0 {
+                unused.remove(key);
+                return true;
+            }
+            let since = *unused.entry(key.clone()).or_insert(now);
+            if timeout.is_zero() || now.duration_since(since) < timeout {
+                return true;
+            }
+            unused.remove(key);
+            pool.retire();
+            dropped.push((key.clone(), pool.clone()));
+            false
+        });
+        let n = dropped.len();
+        for (key, _) in &dropped {
+            self.looked_up.lock().remove(key);
+            if !pools.keys().any(|k| k.database == key.database) {
+                self.budgets
+                    .lock()
+                    .remove(&("database", key.database.clone()));
+            }
+        }
+        self.retired.lock().extend(dropped);
+        n
     }
 
     /// The budget of a database or user, created on first use.

@@ -39,23 +39,34 @@ pub async fn lookup(
         database: database.to_owned(),
         user: auth_user,
     };
-    let pool = ctx
-        .pools
-        .get(cfg, &ctx.metrics, &pool_key)
-        .map_err(unavailable)?;
-    let mut conn = pool.get().await.map_err(unavailable)?;
-    let row = conn
-        .query_row(&cfg.pgmux.auth_query, &[user], cfg.pgmux.max_message_size)
-        .await;
-    let row = match row {
-        Ok(r) => {
-            conn.release();
-            r
+    let (sql, max) = (&cfg.pgmux.auth_query, cfg.pgmux.max_message_size);
+    let row = if cfg.databases.contains_key(database) {
+        let pool = ctx
+            .pools
+            .get(cfg, &ctx.metrics, &pool_key)
+            .map_err(unavailable)?;
+        let mut conn = pool.get().await.map_err(unavailable)?;
+        match conn.query_row(sql, &[user], max).await {
+            Ok(r) => {
+                conn.release();
+                r
+            }
+            Err(e) => {
+                conn.discard();
+                return Err(unavailable(e));
+            }
         }
-        Err(e) => {
-            conn.discard();
-            return Err(unavailable(e));
-        }
+    } else {
+        // A name reached through `*`, from a peer that has not
+        // authenticated: no pool is made for it.
+        let mut conn = ctx
+            .pools
+            .connect_once(cfg, &pool_key)
+            .await
+            .map_err(unavailable)?;
+        conn.query_row(sql, &[user], max)
+            .await
+            .map_err(unavailable)?
     };
     let auth = row
         .and_then(|cols| cols.into_iter().nth(1).flatten())

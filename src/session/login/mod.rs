@@ -162,10 +162,32 @@ struct Target {
     auth: Arc<UserAuth>,
     /// The user was found by `auth_query`, not configured.
     looked_up: bool,
+    /// What an authenticated client is told instead of a session: as in
+    /// PostgreSQL, an unknown database (3D000) or one that takes no
+    /// connections is said only to a client that proved who it is.
+    refusal: Option<LoginError>,
+    /// The metric labels this login may use: names pgmux knows, or
+    /// [`UNKNOWN_LABEL`] for what an unauthenticated peer made up.
+    labels: (String, String),
 }
 
-/// Finds the database and the user's secret. An unknown database is 3D000
-/// and an unknown user 28000, as PostgreSQL says them.
+/// The metric label of a database or user name pgmux does not know:
+/// names a peer sends before it authenticates never become series of
+/// their own.
+pub const UNKNOWN_LABEL: &str = "(unknown)";
+
+fn label(known: bool, name: &str) -> String {
+    if known {
+        name.to_owned()
+    } else {
+        UNKNOWN_LABEL.to_owned()
+    }
+}
+
+/// Finds the database and the user's secret. An unknown user goes through
+/// the same exchange as a known one, with a secret no password matches,
+/// and fails as a wrong password does (28P01), as in PostgreSQL; an
+/// unknown database is said after authentication.
 async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, LoginError> {
     let (user, database) = (&req.user, &req.database);
     let admin = crate::admin::is_console(database, cfg.databases.contains_key(database));
@@ -176,40 +198,73 @@ async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, L
         Some(a) => Some(a),
         None if looked_up => auth_query::lookup(ctx, cfg, database, user)
             .await
-            .map_err(|e| fatal(SqlState::CANNOT_CONNECT, e.to_string()))?,
+            .map_err(|e| {
+                // The cause may name the server, its roles or its errors:
+                // logged for the operator, not told to a peer that has not
+                // authenticated.
+                tracing::warn!(database = %database, user = %user, error = %e, "auth_query lookup failed");
+                fatal(
+                    SqlState::CANNOT_CONNECT,
+                    "the user could not be looked up (auth_query); see pgmux's log",
+                )
+            })?,
         None => None,
     };
-    match auth {
-        Some(_) if db && ctx.pools.is_disabled(database) => Err(fatal(
+    let labels = (
+        label(cfg.databases.contains_key(database) || admin, database),
+        label(auth.is_some(), user),
+    );
+    let Some(auth) = auth else {
+        ctx.metrics
+            .error(ErrorReason::UnknownTarget, &labels.0, &labels.1);
+        return Ok(Target {
+            admin,
+            auth: Arc::new(mock_user(ctx, cfg, user)),
+            looked_up: false,
+            refusal: Some(fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" does not exist"),
+            )),
+            labels,
+        });
+    };
+    let refusal = if !(admin || db) {
+        Some(fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ))
+    } else if db && ctx.pools.is_disabled(database) {
+        Some(fatal(
             SqlState::CANNOT_CONNECT_NOW,
             format!("database \"{database}\" does not allow connections now (DISABLE)"),
-        )),
-        Some(auth) if admin || db => Ok(Target {
-            admin,
-            auth,
-            looked_up,
-        }),
-        _ => {
-            ctx.metrics
-                .error(ErrorReason::UnknownTarget, database, user);
-            Err(unknown_target(admin || db, req))
-        }
-    }
+        ))
+    } else {
+        None
+    };
+    Ok(Target {
+        admin,
+        auth,
+        looked_up,
+        refusal,
+        labels,
+    })
 }
 
-/// 3D000 for a database that is not configured, else 28000 for the user.
-fn unknown_target(database_known: bool, req: &Request) -> LoginError {
-    if database_known {
-        fatal(
-            SqlState::INVALID_AUTHORIZATION,
-            format!("role \"{}\" does not exist", req.user),
-        )
-    } else {
-        fatal(
-            SqlState::INVALID_CATALOG_NAME,
-            format!("database \"{}\" does not exist", req.database),
-        )
-    }
+/// The secret an unknown user is challenged with: the form a configured
+/// user would have under `auth_type`, matched by no password.
+fn mock_user(ctx: &Context, cfg: &Config, user: &str) -> UserAuth {
+    let verifier = crate::auth::ScramVerifier::mock(user, &ctx.mock_key);
+    let secret = match cfg.pgmux.auth_type {
+        crate::config::AuthType::Md5 => {
+            let hex: String = rand::random::<[u8; 16]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Secret::Md5(format!("md5{hex}"))
+        }
+        _ => Secret::Scram(verifier),
+    };
+    UserAuth::new(secret)
 }
 
 /// Runs the startup phase up to ReadyForQuery.
@@ -241,7 +296,20 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     let client_key =
         authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)
             .await
-            .inspect_err(|e| count_auth_failure(ctx, e, &req))?;
+            .inspect_err(|e| count_auth_failure(ctx, e, &target))?;
+    if let Some(refusal) = target.refusal {
+        if matches!(
+            refusal,
+            LoginError::Fatal(SqlState::INVALID_CATALOG_NAME, _)
+        ) {
+            ctx.metrics.error(
+                ErrorReason::UnknownTarget,
+                &target.labels.0,
+                &target.labels.1,
+            );
+        }
+        return Err(refusal);
+    }
     if target.admin {
         return open_admin(stream, &cfg, req.user, out, buf).await;
     }
@@ -251,10 +319,11 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     Ok(Opening::Session(login))
 }
 
-fn count_auth_failure(ctx: &Context, e: &LoginError, req: &Request) {
-    if matches!(e, LoginError::Fatal(..)) {
+fn count_auth_failure(ctx: &Context, e: &LoginError, target: &Target) {
+    // An unknown user was counted as such already.
+    if matches!(e, LoginError::Fatal(..)) && target.labels.1 != UNKNOWN_LABEL {
         ctx.metrics
-            .error(ErrorReason::AuthFailed, &req.database, &req.user);
+            .error(ErrorReason::AuthFailed, &target.labels.0, &target.labels.1);
     }
 }
 
