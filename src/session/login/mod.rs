@@ -3,16 +3,19 @@
 //! 1. [`negotiate`]: TLS, GSS refusal and cancel requests, up to the
 //!    StartupMessage;
 //! 2. [`Request::read`]: the startup parameters (user, database, settings);
-//! 3. [`resolve`]: which database and which secret (configured, or found by
+//! 3. [`authenticate::method`]: which exchange (`auth_type`, or the first
+//!    matching `auth_hba_file` rule, which may refuse the client here);
+//! 4. [`resolve`]: which database and which secret (configured, or found by
 //!    [`auth_query`]);
-//! 4. [`authenticate::authenticate`]: md5 or SCRAM against that secret;
-//! 5. [`open_session`] (a pool, the client's parameters, the welcome a real
+//! 5. [`authenticate::authenticate`]: md5 or SCRAM against that secret;
+//! 6. [`open_session`] (a pool, the client's parameters, the welcome a real
 //!    server would send) or the admin console.
 
 mod auth_query;
 mod authenticate;
 mod negotiate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -212,8 +215,13 @@ fn unknown_target(database_known: bool, req: &Request) -> LoginError {
     }
 }
 
-/// Runs the startup phase up to ReadyForQuery.
-pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginError> {
+/// Runs the startup phase up to ReadyForQuery for a client connected from
+/// `peer`.
+pub async fn login(
+    stream: &mut Stream,
+    ctx: &Context,
+    peer: SocketAddr,
+) -> Result<Opening, LoginError> {
     // Starts as the session's read buffer: bytes a client sent behind its
     // login messages are kept for it.
     let mut buf = BytesMut::with_capacity(512);
@@ -227,16 +235,17 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         encode::negotiate_protocol_version(&mut out, 0, &req.protocol_options);
     }
     let cfg = ctx.config();
+    let method = authenticate::method(&cfg, peer.ip(), stream.is_tls(), &req.database, &req.user)
+        .inspect_err(|e| count_auth_failure(ctx, e, &req))?;
     let target = resolve(ctx, &cfg, &req).await?;
     let mut ex = Exchange {
         stream,
         buf: &mut buf,
         out: &mut out,
     };
-    let client_key =
-        authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)
-            .await
-            .inspect_err(|e| count_auth_failure(ctx, e, &req))?;
+    let client_key = authenticate::authenticate(&mut ex, method, &req.user, &target.auth)
+        .await
+        .inspect_err(|e| count_auth_failure(ctx, e, &req))?;
     if target.admin {
         return open_admin(stream, &cfg, req.user, out, buf).await;
     }
