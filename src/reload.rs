@@ -51,6 +51,9 @@ pub fn apply(ctx: &Context, mut new: Config) -> Result<Vec<String>, String> {
         new.metrics = old.metrics.clone();
     }
     changes.extend(general_changes(&old, &new));
+    if new.hba != old.hba {
+        changes.push("pgmux.auth_hba_file: rules changed".into());
+    }
     for (name, db) in &new.databases {
         match old.databases.get(name) {
             None => changes.push(format!("database {name}: added")),

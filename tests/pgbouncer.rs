@@ -333,13 +333,35 @@ fn check_names_ignored_keys_and_malformed_lines() {
     let bad = dir.join("bad.ini");
     std::fs::write(
         &bad,
-        "[pgbouncer]\nauth_file = userlist.txt\nlisten_port\nauth_hba_file = hba.conf\n",
+        "[pgbouncer]\nauth_file = userlist.txt\nlisten_port\nauth_ident_file = ident.conf\n",
     )
     .unwrap();
     let (ok, out) = check(&bad);
     assert!(!ok, "{out}");
     assert!(out.contains("bad.ini:3: expected key = value"), "{out}");
-    assert!(out.contains("bad.ini:4: auth_hba_file"), "{out}");
+    assert!(out.contains("bad.ini:4: auth_ident_file"), "{out}");
+    // auth_hba_file is read by check: its bad lines are named.
+    std::fs::write(
+        dir.join("hba.conf"),
+        "# rules\nhost all all 127.0.0.1/32 md5\nhostssl all all 10.0.0.1/8 scram-sha-256\nhost all all ::1/128 gss\n",
+    )
+    .unwrap();
+    let hba = dir.join("hba.ini");
+    std::fs::write(
+        &hba,
+        "[pgbouncer]\nauth_file = userlist.txt\nauth_type = hba\nauth_hba_file = hba.conf\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&hba);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("hba.conf:3: 10.0.0.1/8: the address has bits set outside its mask"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hba.conf:4: unsupported method \"gss\""),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,4 +429,187 @@ async fn pause_and_wait_close_wait_disable_refuses() {
         .simple_query("SELECT 1")
         .await
         .unwrap();
+}
+
+/// How a login attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Logged in and ran its statement.
+    In,
+    /// Refused by the rules (a `reject` line, or no line).
+    Refused,
+    /// Its rule asked for a password, and it was wrong.
+    BadPassword,
+}
+
+/// One login through psql: over TLS (`sslmode=require`) or not, with
+/// `password`; the console gets `SHOW VERSION`, databases `SELECT 1`.
+fn attempt(port: u16, user: &str, db: &str, password: &str, tls: bool) -> (Outcome, String) {
+    let sql = if db == "pgbouncer" {
+        "SHOW VERSION"
+    } else {
+        "SELECT 1"
+    };
+    let sslmode = if tls { "require" } else { "disable" };
+    let (ok, out) = run(std::process::Command::new(cluster().bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-c", sql])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname={db} sslmode={sslmode}"
+        ))
+        .env("PGPASSWORD", password));
+    let outcome = if ok {
+        Outcome::In
+    } else if [
+        "pg_hba.conf rejects",
+        "no pg_hba.conf entry",
+        "login rejected",
+    ]
+    .iter()
+    .any(|m| out.contains(m))
+    {
+        Outcome::Refused
+    } else if out.contains("password authentication failed")
+        || out.contains("SASL authentication failed")
+    {
+        Outcome::BadPassword
+    } else {
+        panic!("port {port}: {user}@{db} tls={tls}: unexpected: {out}");
+    };
+    (outcome, out)
+}
+
+/// One `auth_hba_file`, read by PgBouncer and by pgmux from the very ini
+/// PgBouncer runs: hostssl only for one database, a user rejected, a
+/// method per database, a final reject. Every attempt ends the same way
+/// on both. PgBouncer 1.18 says every refusal with 08P01 ("login
+/// rejected"); pgmux says it as PostgreSQL does (28000, its wording),
+/// checked beside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_hba_file_lets_in_and_refuses_as_pgbouncer_does() {
+    let (u, x) = ("t_hba_u", "t_hba_x");
+    let dbs = ["t_hba_ssl", "t_hba_trust", "t_hba_scram", "t_hba_md5"];
+    let c = cluster();
+    let su = superuser(c).await;
+    for role in [u, x] {
+        su.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"))
+            .await
+            .unwrap();
+    }
+    for db in dbs {
+        create_database(&su, db, u).await;
+    }
+    let hba = "\
+# one file for both
+local     all          all                           peer
+hostssl   t_hba_ssl    all       127.0.0.1/32        scram-sha-256
+host      all          t_hba_x   0.0.0.0/0           reject
+host      t_hba_trust  all       127.0.0.1/32        trust
+host      t_hba_scram  all       127.0.0.1 255.255.255.255 scram-sha-256
+hostnossl t_hba_md5    all       127.0.0.0/8         md5
+hostnossl pgbouncer    t_hba_u   127.0.0.1/32        md5
+host      all          all       0.0.0.0/0           reject
+";
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap().pem();
+    let key = key.serialize_pem();
+    let port = c.port();
+    let ini = format!(
+        "[databases]\n* = host=127.0.0.1 port={port}\n[pgbouncer]\nauth_type = hba\n\
+         auth_hba_file = {{dir}}/hba.conf\nadmin_users = {u}\nclient_tls_sslmode = allow\n\
+         client_tls_cert_file = {{dir}}/client.pem\nclient_tls_key_file = {{dir}}/client.key\n"
+    );
+    let users = format!("\"{u}\" \"{PASSWORD}\"\n\"{x}\" \"{PASSWORD}\"\n");
+    let pgb = tokio::task::spawn_blocking(move || {
+        PgBouncer::start_with_files(
+            &ini,
+            &users,
+            &[
+                ("hba.conf", hba),
+                ("client.pem", &cert),
+                ("client.key", &key),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let ours = free_port();
+    let text = std::fs::read_to_string(pgb.dir.join("pgbouncer.ini")).unwrap();
+    let path = pgb.dir.join("pgmux.ini");
+    let text = text.replace(
+        &format!("listen_port = {}", pgb.port),
+        &format!("listen_port = {ours}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let proxy = Proxy::start_file(&path).await.expect("pgmux runs the ini");
+    let (wrong, ok) = ("not-the-password", PASSWORD);
+    use Outcome::*;
+    let cases = [
+        (u, "t_hba_ssl", ok, true, In),
+        (u, "t_hba_ssl", ok, false, Refused),
+        (u, "t_hba_ssl", wrong, true, BadPassword),
+        // The hostssl line comes before the user's reject line.
+        (x, "t_hba_ssl", ok, true, In),
+        (x, "t_hba_trust", ok, false, Refused),
+        (u, "t_hba_trust", wrong, false, In),
+        (u, "t_hba_trust", wrong, true, In),
+        (u, "t_hba_scram", ok, false, In),
+        (u, "t_hba_scram", wrong, false, BadPassword),
+        (u, "t_hba_md5", ok, false, In),
+        (u, "t_hba_md5", wrong, false, BadPassword),
+        (u, "t_hba_md5", ok, true, Refused),
+        (u, "t_hba_nowhere", ok, false, Refused),
+        // The admin console goes through the rules too. (A user who is
+        // no admin PgBouncer turns away before its rules, "not allowed";
+        // pgmux after them, 42501 once authenticated.)
+        (u, "pgbouncer", ok, false, In),
+        (u, "pgbouncer", wrong, false, BadPassword),
+        (u, "pgbouncer", ok, true, Refused),
+    ];
+    for (user, db, password, tls, want) in cases {
+        for (who, p) in [("PgBouncer", pgb.port), ("pgmux", ours)] {
+            let (got, out) = tokio::task::block_in_place(|| attempt(p, user, db, password, tls));
+            assert_eq!(got, want, "{who}: {user}@{db} tls={tls}: {out}");
+        }
+    }
+    // pgmux's refusals, as PostgreSQL's.
+    let url = |user: &str, db: &str, pw: &str| {
+        format!("host=127.0.0.1 port={ours} user={user} dbname={db} password={pw}")
+    };
+    let err = connect(&url(x, "t_hba_trust", ok)).await.err().unwrap();
+    let db_err = err.as_db_error().expect("a FATAL from pgmux");
+    assert_eq!(db_err.code().code(), "28000");
+    assert_eq!(
+        db_err.message(),
+        "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"t_hba_x\", database \"t_hba_trust\", no encryption"
+    );
+    let err = connect(&url(u, "t_hba_nowhere", ok)).await.err().unwrap();
+    let db_err = err.as_db_error().expect("a FATAL from pgmux");
+    assert_eq!(db_err.code().code(), "28000");
+    assert!(db_err.message().starts_with("pg_hba.conf rejects"));
+    let err = connect(&url(u, "t_hba_md5", wrong)).await.err().unwrap();
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    // A reload reads the rules again: a bad line changes nothing, a good
+    // file takes effect for the next login.
+    let file = pgb.dir.join("hba.conf");
+    let ctx = proxy.context().clone();
+    std::fs::write(&file, format!("{hba}host all all all trust extra\n")).unwrap();
+    let reload = |ctx: std::sync::Arc<pgmux::context::Context>| {
+        tokio::task::spawn_blocking(move || pgmux::reload::reload(&ctx))
+    };
+    let err = reload(ctx.clone()).await.unwrap().unwrap_err();
+    assert!(err.contains("hba.conf:10: unexpected"), "{err}");
+    assert!(connect(&url(x, "t_hba_trust", ok)).await.is_err());
+    std::fs::write(&file, format!("host all t_hba_x 127.0.0.1/32 trust\n{hba}")).unwrap();
+    let changes = reload(ctx).await.unwrap().unwrap();
+    assert!(
+        changes.iter().any(|c| c.contains("auth_hba_file")),
+        "{changes:?}"
+    );
+    let client = connect(&url(x, "t_hba_trust", "wrong")).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(proxy);
 }

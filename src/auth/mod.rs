@@ -1,8 +1,10 @@
 //! Client authentication, sans I/O: the stored secret forms, SCRAM-SHA-256
-//! server exchange, and MD5 verification. The session drives these with the
+//! server exchange, MD5 verification, and the `auth_hba_file` rules that
+//! choose among them (`hba.rs`). The session drives these with the
 //! client's messages; nothing here touches a socket.
 
 pub mod cache;
+pub mod hba;
 pub mod md5;
 pub mod scram;
 
@@ -10,6 +12,18 @@ use std::fmt;
 
 pub use cache::AuthCache;
 pub use scram::ScramVerifier;
+
+/// An authentication exchange pgmux runs with a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// None: the client is let in.
+    Trust,
+    /// MD5 challenge (SCRAM for a user stored as a SCRAM verifier, as in
+    /// PostgreSQL).
+    Md5,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+}
 
 /// How one user is authenticated: a configured user, or one `auth_query`
 /// found on the server.

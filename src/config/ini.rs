@@ -281,10 +281,6 @@ const PROCESS_ONLY: &[&str] = &[
 /// Keys whose absence would make pgmux behave dangerously differently:
 /// refused rather than ignored.
 const REFUSED: &[(&str, &str)] = &[
-    (
-        "auth_hba_file",
-        "pg_hba.conf-style rules are not supported; clients would be let in differently",
-    ),
     ("auth_ident_file", "ident maps are not supported"),
     (
         "client_tls_protocols",
@@ -387,6 +383,7 @@ const GENERAL: &[Row<General>] = &[
     ("auth_user", set!(auth_user, Some(text))),
     ("auth_query", set!(auth_query, text)),
     ("auth_type", auth_type),
+    ("auth_hba_file", set!(auth_hba_file, Some(text))),
     ("client_tls_sslmode", set!(client_tls_mode, tls_mode)),
     ("client_tls_cert_file", set!(client_tls_cert, Some(text))),
     ("client_tls_key_file", set!(client_tls_key, Some(text))),
@@ -407,7 +404,8 @@ fn auth_type(g: &mut General, v: &str) -> Result<Option<&'static str>, String> {
         "scram-sha-256" | "plain" => AuthType::ScramSha256,
         "md5" => AuthType::Md5,
         "trust" => AuthType::Trust,
-        other => return Err(format!("auth_type {other} is not supported (scram-sha-256, md5, plain or trust); clients would be let in differently")),
+        "hba" => AuthType::Hba,
+        other => return Err(format!("auth_type {other} is not supported (scram-sha-256, md5, plain, trust or hba); clients would be let in differently")),
     };
     Ok((v == "plain").then_some(
         "auth_type plain: clients authenticate with SCRAM-SHA-256 instead (never a cleartext password)",
@@ -526,7 +524,13 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
     if !notes.errors.is_empty() {
         return Err(ConfigError::Invalid(notes.errors));
     }
-    cfg.validate()?;
+    // Relative to the ini's directory, as `auth_file`.
+    if let Some(hba) = &mut cfg.pgmux.auth_hba_file {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        *hba = dir.join(&*hba).display().to_string();
+    }
+    let (cfg, hba_warnings) = cfg.finish()?;
+    notes.warnings.extend(hba_warnings);
     Ok((cfg, notes.warnings))
 }
 
@@ -838,9 +842,29 @@ mod tests {
                 format!("{}: user app: query_timeout is not supported; ignored", at(10)),
             ]
         );
+        std::fs::write(dir.join("hba.conf"), "host all all 127.0.0.1/32 md5\n").unwrap();
         std::fs::write(
             &ini,
-            "[pgbouncer]\nauth_hba_file = x\ntcp_keepalive = maybe\n[databases]\n\
+            "[pgbouncer]\nauth_file = users.txt\nauth_type = hba\nauth_hba_file = hba.conf\n",
+        )
+        .unwrap();
+        let (cfg, _) = load(&ini).unwrap();
+        assert_eq!(cfg.pgmux.auth_type, AuthType::Hba);
+        assert_eq!(
+            cfg.pgmux.auth_hba_file,
+            Some(dir.join("hba.conf").display().to_string()),
+            "relative to the ini, as auth_file"
+        );
+        assert!(cfg.hba.is_some());
+        std::fs::write(dir.join("hba.conf"), "hostssl all all 127.0.0.1 md5\n").unwrap();
+        let Err(ConfigError::Invalid(errors)) = load(&ini) else {
+            panic!("a bad rule fails the load");
+        };
+        let hba_at = format!("{}:1", dir.join("hba.conf").display());
+        assert!(errors[0].contains(&hba_at), "{errors:?}");
+        std::fs::write(
+            &ini,
+            "[pgbouncer]\nauth_ident_file = x\ntcp_keepalive = maybe\n[databases]\n\
              app = host=h connect_query=x\n[users]\nnobody = pool_mode=session\n",
         )
         .unwrap();
@@ -850,7 +874,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                format!("{}: auth_hba_file: auth_hba_file: pg_hba.conf-style rules are not supported; clients would be let in differently", at(2)),
+                format!("{}: auth_ident_file: auth_ident_file: ident maps are not supported", at(2)),
                 format!("{}: tcp_keepalive: \"maybe\" is not a boolean", at(3)),
                 format!("{}: database app: connect_query is not supported; sessions would start without it", at(5)),
             ]

@@ -3,6 +3,7 @@
 //! of pgmux can trust.
 
 pub mod de;
+mod hba_file;
 pub mod ini;
 mod modes;
 mod overrides;
@@ -172,6 +173,9 @@ pub struct General {
     pub shutdown_timeout: Duration,
     /// Client authentication method.
     pub auth_type: AuthType,
+    /// Rules in PgBouncer's dialect of `pg_hba.conf`, consulted when
+    /// `auth_type` is `hba` (read, and checked, whenever set).
+    pub auth_hba_file: Option<String>,
     /// Query run on a session-mode server before it is reused.
     pub server_reset_query: String,
     /// Largest message accepted from a client or server, in bytes.
@@ -265,6 +269,7 @@ impl Default for General {
             client_login_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             auth_type: AuthType::ScramSha256,
+            auth_hba_file: None,
             server_reset_query: "DISCARD ALL".into(),
             max_message_size: 64 << 20,
             max_prepared_statements: 256,
@@ -426,6 +431,10 @@ pub struct Config {
     /// cancel requests for their clients are forwarded.
     #[serde(default)]
     pub peers: BTreeMap<String, Peer>,
+    /// The rules of `auth_hba_file`, read with the rest of the file so a
+    /// reload applies both or neither.
+    #[serde(skip)]
+    pub hba: Option<std::sync::Arc<crate::auth::hba::Hba>>,
 }
 
 /// A `[peers.ID]` table: another pgmux instance's address.
@@ -465,7 +474,7 @@ impl Config {
                 path: path.display().to_string(),
                 source,
             })?;
-            (Self::parse(&text)?, Vec::new())
+            Self::parse_with_warnings(&text)?
         };
         warnings.extend(cfg.server_tls_warnings());
         Ok((cfg, warnings))
@@ -485,15 +494,31 @@ impl Config {
         })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (reading `auth_hba_file`).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (cfg, warnings) = Self::parse_with_warnings(text)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(cfg)
+    }
+
+    /// [`Config::parse`], returning what `auth_hba_file` reads differently
+    /// from PgBouncer instead of logging it.
+    fn parse_with_warnings(text: &str) -> Result<(Self, Vec<String>), ConfigError> {
         let missing = de::missing_env(text);
         if !missing.is_empty() {
             return Err(ConfigError::Invalid(missing));
         }
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.finish()
+    }
+
+    /// The last step of every load: reads the rules file, then validates.
+    fn finish(mut self) -> Result<(Self, Vec<String>), ConfigError> {
+        let warnings = hba_file::load(&mut self)?;
+        self.validate()?;
+        Ok((self, warnings))
     }
 
     /// The effective configuration as TOML, secrets masked.
@@ -593,6 +618,9 @@ impl Config {
         {
             errs.push("pgmux.client_tls_mode needs client_tls_cert and client_tls_key".into());
         }
+        if g.auth_type == AuthType::Hba && g.auth_hba_file.is_none() {
+            errs.push("pgmux.auth_type = \"hba\" needs auth_hba_file".into());
+        }
         if g.client_tls_mode >= TlsMode::VerifyCa && g.client_tls_ca.is_none() {
             errs.push("pgmux.client_tls_mode verify-ca/verify-full needs client_tls_ca".into());
         }
@@ -654,12 +682,16 @@ impl Config {
             // A SCRAM verifier logs in to the server by pass-through (the
             // ClientKey of the client's own SCRAM login, which md5 also
             // uses for such a user).
-            let passthrough = self.pgmux.auth_type != AuthType::Trust;
+            let passthrough = match self.pgmux.auth_type {
+                AuthType::Trust => false,
+                AuthType::Hba => !self.hba.as_ref().is_some_and(|h| h.has_trust()),
+                _ => true,
+            };
             if self.admin.allows(name) || can_log_in(user) || lacking.is_empty() || passthrough {
                 continue;
             }
             errs.push(format!(
-                "users.{name}.password is a SCRAM verifier and auth_type is trust, \
+                "users.{name}.password is a SCRAM verifier and clients may log in by trust (auth_type or an auth_hba_file rule), \
                  so pgmux cannot log in to the server as {name}; set server_user and \
                  server_password on databases: {}",
                 lacking.join(", ")

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Method;
+
 /// How long a client keeps a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +41,23 @@ pub enum AuthType {
     /// No password.
     #[serde(rename = "trust")]
     Trust,
+    /// The first matching rule of `auth_hba_file` decides, per client
+    /// (PgBouncer's `auth_type = hba`).
+    #[serde(rename = "hba")]
+    Hba,
+}
+
+impl AuthType {
+    /// The exchange every client goes through; `None` for `hba`, where the
+    /// rules choose per client.
+    pub fn method(self) -> Option<Method> {
+        match self {
+            Self::ScramSha256 => Some(Method::ScramSha256),
+            Self::Md5 => Some(Method::Md5),
+            Self::Trust => Some(Method::Trust),
+            Self::Hba => None,
+        }
+    }
 }
 
 /// How TLS is required or verified, as PostgreSQL's `sslmode`.

@@ -105,8 +105,11 @@ pub async fn serve(stream: Stream, peer: SocketAddr, ctx: Arc<Context>) {
 /// its end).
 async fn open(mut stream: Stream, peer: SocketAddr, ctx: Arc<Context>) -> Option<Session> {
     let login_timeout = ctx.config().pgmux.client_login_timeout;
-    let opened =
-        tokio::time::timeout(login_timeout, Box::pin(login::login(&mut stream, &ctx))).await;
+    let opened = tokio::time::timeout(
+        login_timeout,
+        Box::pin(login::login(&mut stream, &ctx, peer)),
+    )
+    .await;
     let login = match opened {
         Ok(Ok(Opening::Session(login))) => login,
         Ok(Ok(Opening::Admin(user, pending))) => {

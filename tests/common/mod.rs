@@ -61,6 +61,14 @@ pub async fn create_db(cluster: &Cluster, name: &str) {
         .expect("create database");
 }
 
+/// Creates database `name` owned by the existing role `owner`.
+pub async fn create_database(su: &tokio_postgres::Client, name: &str, owner: &str) {
+    let _guard = CREATE_LOCK.lock().await;
+    su.batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
+        .await
+        .expect("create database");
+}
+
 /// A config with one database and one user called `name`, pool `size`,
 /// plus extra `[pgmux]` lines.
 pub fn config(cluster: &Cluster, name: &str, size: u32, extra: &str) -> Config {

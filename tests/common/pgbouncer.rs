@@ -31,7 +31,17 @@ impl PgBouncer {
     /// `userlist.txt` contents. PgBouncer refuses to run as root: then it
     /// runs as `postgres`, in a directory that user owns.
     pub fn start(ini: &str, userlist: &str) -> Self {
+        Self::start_with_files(ini, userlist, &[])
+    }
+
+    /// [`PgBouncer::start`] with more files in its directory (an hba file,
+    /// TLS keys), which `{dir}` in `ini` names.
+    pub fn start_with_files(ini: &str, userlist: &str, files: &[(&str, &str)]) -> Self {
         let dir = pgmux::cluster::scratch_dir("pgbouncer").unwrap();
+        let ini = ini.replace("{dir}", &dir.display().to_string());
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
         let port = super::free_port();
         let ini = ini.replace(
             "[pgbouncer]",

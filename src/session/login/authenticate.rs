@@ -1,13 +1,17 @@
-//! Client authentication: md5 or SCRAM-SHA-256 against the stored secret
-//! (or trust), over the login's read buffer.
+//! Client authentication: which exchange a client goes through (`auth_type`,
+//! or the first matching `auth_hba_file` rule), then md5 or SCRAM-SHA-256
+//! against the stored secret (or trust), over the login's read buffer.
 
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{fatal, LoginError};
-use crate::auth::{md5, scram::ScramServer, Secret, UserAuth};
-use crate::config::AuthType;
+use std::net::IpAddr;
+
+use crate::auth::hba::{self, Verdict};
+use crate::auth::{md5, scram::ScramServer, Method, Secret, UserAuth};
+use crate::config::Config;
 use crate::protocol::frame::{cstr, make_room, read_i32, split_frame};
 use crate::protocol::{encode, fe, SqlState};
 use crate::tls::Stream;
@@ -46,21 +50,61 @@ fn failed(user: &str) -> LoginError {
     )
 }
 
-/// Runs the configured authentication exchange. Returns the ClientKey a
+/// The exchange a client goes through: `auth_type`'s, or with `hba` the
+/// first rule of `auth_hba_file` matching it, decided before anything
+/// about the user is looked up, as PostgreSQL does (a refused client costs
+/// no `auth_query`). Refusals are PostgreSQL's 28000 in its words.
+pub fn method(
+    cfg: &Config,
+    addr: IpAddr,
+    tls: bool,
+    database: &str,
+    user: &str,
+) -> Result<Method, LoginError> {
+    if let Some(m) = cfg.pgmux.auth_type.method() {
+        return Ok(m);
+    }
+    let client = hba::Client {
+        addr,
+        tls,
+        database,
+        user,
+    };
+    // Validation requires the file with `hba`; without rules nobody is let in.
+    let verdict = cfg
+        .hba
+        .as_ref()
+        .map_or(Verdict::Refuse(None), |rules| rules.decide(&client));
+    match verdict {
+        Verdict::Allow(m, line) => {
+            tracing::debug!(line, ?m, "auth_hba_file rule matched");
+            Ok(m)
+        }
+        Verdict::Refuse(line) => {
+            tracing::debug!(?line, %addr, database, user, "refused by auth_hba_file");
+            Err(fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                hba::refusal(&client, line.is_some()),
+            ))
+        }
+    }
+}
+
+/// Runs the chosen authentication exchange. Returns the ClientKey a
 /// SCRAM proof revealed (for pass-through to the server).
 pub async fn authenticate(
     ex: &mut Exchange<'_>,
-    method: AuthType,
+    method: Method,
     user: &str,
     auth: &UserAuth,
 ) -> Result<Option<[u8; 32]>, LoginError> {
     match method {
-        AuthType::Trust => Ok(None),
+        Method::Trust => Ok(None),
         // As in PostgreSQL, md5 falls back to SCRAM for users stored as a SCRAM verifier.
-        AuthType::Md5 if !matches!(auth.secret, Secret::Scram(_)) => {
+        Method::Md5 if !matches!(auth.secret, Secret::Scram(_)) => {
             md5_exchange(ex, user, auth).await
         }
-        AuthType::Md5 | AuthType::ScramSha256 => scram_exchange(ex, user, auth).await.map(Some),
+        Method::Md5 | Method::ScramSha256 => scram_exchange(ex, user, auth).await.map(Some),
     }
 }
 

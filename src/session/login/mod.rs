@@ -3,16 +3,19 @@
 //! 1. [`negotiate`]: TLS, GSS refusal and cancel requests, up to the
 //!    StartupMessage;
 //! 2. [`Request::read`]: the startup parameters (user, database, settings);
-//! 3. [`resolve`]: which database and which secret (configured, or found by
+//! 3. [`authenticate::method`]: which exchange (`auth_type`, or the first
+//!    matching `auth_hba_file` rule, which may refuse the client here);
+//! 4. [`resolve`]: which database and which secret (configured, or found by
 //!    [`auth_query`]);
-//! 4. [`authenticate::authenticate`]: md5 or SCRAM against that secret;
-//! 5. [`open_session`] (a pool, the client's parameters, the welcome a real
+//! 5. [`authenticate::authenticate`]: md5 or SCRAM against that secret;
+//! 6. [`open_session`] (a pool, the client's parameters, the welcome a real
 //!    server would send) or the admin console.
 
 mod auth_query;
 mod authenticate;
 mod negotiate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -188,7 +191,12 @@ fn label(known: bool, name: &str) -> String {
 /// the same exchange as a known one, with a secret no password matches,
 /// and fails as a wrong password does (28P01), as in PostgreSQL; an
 /// unknown database is said after authentication.
-async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, LoginError> {
+async fn resolve(
+    ctx: &Context,
+    cfg: &Config,
+    req: &Request,
+    method: crate::auth::Method,
+) -> Result<Target, LoginError> {
     let (user, database) = (&req.user, &req.database);
     let admin = crate::admin::is_console(database, cfg.databases.contains_key(database));
     let db = !admin && cfg.database(database).is_some();
@@ -219,7 +227,7 @@ async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, L
             .error(ErrorReason::UnknownTarget, &labels.0, &labels.1);
         return Ok(Target {
             admin,
-            auth: Arc::new(mock_user(ctx, cfg, user)),
+            auth: Arc::new(mock_user(ctx, method, user)),
             looked_up: false,
             refusal: Some(fatal(
                 SqlState::INVALID_AUTHORIZATION,
@@ -251,11 +259,11 @@ async fn resolve(ctx: &Context, cfg: &Config, req: &Request) -> Result<Target, L
 }
 
 /// The secret an unknown user is challenged with: the form a configured
-/// user would have under `auth_type`, matched by no password.
-fn mock_user(ctx: &Context, cfg: &Config, user: &str) -> UserAuth {
+/// user would have under `method`, matched by no password.
+fn mock_user(ctx: &Context, method: crate::auth::Method, user: &str) -> UserAuth {
     let verifier = crate::auth::ScramVerifier::mock(user, &ctx.mock_key);
-    let secret = match cfg.pgmux.auth_type {
-        crate::config::AuthType::Md5 => {
+    let secret = match method {
+        crate::auth::Method::Md5 => {
             let hex: String = rand::random::<[u8; 16]>()
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -267,8 +275,13 @@ fn mock_user(ctx: &Context, cfg: &Config, user: &str) -> UserAuth {
     UserAuth::new(secret)
 }
 
-/// Runs the startup phase up to ReadyForQuery.
-pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginError> {
+/// Runs the startup phase up to ReadyForQuery for a client connected from
+/// `peer`.
+pub async fn login(
+    stream: &mut Stream,
+    ctx: &Context,
+    peer: SocketAddr,
+) -> Result<Opening, LoginError> {
     // Starts as the session's read buffer: bytes a client sent behind its
     // login messages are kept for it.
     let mut buf = BytesMut::with_capacity(512);
@@ -286,17 +299,24 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
         encode::negotiate_protocol_version(&mut out, 0, &req.protocol_options);
     }
     let cfg = ctx.config();
-    let target = resolve(ctx, &cfg, &req).await?;
+    let method = authenticate::method(&cfg, peer.ip(), stream.is_tls(), &req.database, &req.user)
+        .inspect_err(|e| {
+        let labels = (
+            label(cfg.databases.contains_key(&req.database), &req.database),
+            label(ctx.user(&req.user).is_some(), &req.user),
+        );
+        count_auth_failure(ctx, e, &labels)
+    })?;
+    let target = resolve(ctx, &cfg, &req, method).await?;
     let mut ex = Exchange {
         stream,
         buf: &mut buf,
         out: &mut out,
         end_point: end_point.as_deref(),
     };
-    let client_key =
-        authenticate::authenticate(&mut ex, cfg.pgmux.auth_type, &req.user, &target.auth)
-            .await
-            .inspect_err(|e| count_auth_failure(ctx, e, &target))?;
+    let client_key = authenticate::authenticate(&mut ex, method, &req.user, &target.auth)
+        .await
+        .inspect_err(|e| count_auth_failure(ctx, e, &target.labels))?;
     if let Some(refusal) = target.refusal {
         if matches!(
             refusal,
@@ -319,11 +339,12 @@ pub async fn login(stream: &mut Stream, ctx: &Context) -> Result<Opening, LoginE
     Ok(Opening::Session(login))
 }
 
-fn count_auth_failure(ctx: &Context, e: &LoginError, target: &Target) {
-    // An unknown user was counted as such already.
-    if matches!(e, LoginError::Fatal(..)) && target.labels.1 != UNKNOWN_LABEL {
+/// Counts a refused login under `labels` (an unknown user was counted as
+/// such already).
+fn count_auth_failure(ctx: &Context, e: &LoginError, labels: &(String, String)) {
+    if matches!(e, LoginError::Fatal(..)) && labels.1 != UNKNOWN_LABEL {
         ctx.metrics
-            .error(ErrorReason::AuthFailed, &target.labels.0, &target.labels.1);
+            .error(ErrorReason::AuthFailed, &labels.0, &labels.1);
     }
 }
 
