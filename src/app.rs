@@ -245,8 +245,8 @@ async fn sweep_idle(ctx: std::sync::Weak<Context>) {
         for (info, (pid, secret)) in ctx.clients.sweep_idle() {
             tracing::info!(client = info.id, database = %info.database, user = %info.user, kind = "query", "request cancelled by query_timeout");
             ctx.metrics.client_timeout("query");
-            let cancels = ctx.cancels.clone();
-            tokio::spawn(async move { cancels.cancel(pid, secret).await });
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.cancel(pid, secret).await });
         }
     }
 }

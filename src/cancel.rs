@@ -1,13 +1,18 @@
 //! Cancel requests. Each client gets a key of pgmux's making (in session
 //! mode, with its server's process id and pgmux's secret); a cancel with
 //! that key is forwarded, with the real server's key, to the server the
-//! client holds at that moment, and to nothing when it holds none. With
+//! client holds at that moment, and to nothing when it holds none. A
+//! server with a cancel on its way serves no other client until the
+//! cancel arrived (the server closed the cancel socket, after it signalled
+//! the backend): otherwise the cancel could stop the next client's query. With
 //! peering (`peer_id`, `[peers]`), a key's process id carries the issuing
 //! instance's id in its upper bits, so an instance that receives a cancel
 //! for another's client (a load balancer's choice) passes it there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -19,19 +24,82 @@ use crate::auth::constant_time_eq;
 use crate::protocol::encode;
 use crate::server::BackendKey;
 
+/// How long a cancel may take to reach a server; one that takes longer
+/// may still arrive, so its server is closed rather than lent again.
+const CANCEL_DELIVERY: Duration = Duration::from_secs(5);
+
+/// Cancels sent to one held server and not yet delivered.
+#[derive(Default)]
+pub struct InFlight {
+    sending: AtomicUsize,
+    /// A cancel failed or took too long: it may still arrive.
+    uncertain: AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Waits until every cancel sent to the server was delivered; `true`
+    /// when the server may serve another client, `false` when a cancel may
+    /// still reach it (close it).
+    pub async fn settled(&self) -> bool {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.sending.load(Ordering::Acquire) == 0 {
+                return !self.uncertain.load(Ordering::Acquire);
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The server a client holds, and the cancels sent to it (made on the
+/// first: most holds see none).
+struct Held {
+    key: BackendKey,
+    flight: Option<Arc<InFlight>>,
+}
+
 /// One client's cancel key and the server it holds now.
 pub struct CancelSlot {
     /// The key's process id: pgmux's, or a session-mode client's server's.
     pub pid: i32,
     /// pgmux-issued secret.
     pub secret: i32,
-    target: Mutex<Option<BackendKey>>,
+    target: Mutex<Option<Held>>,
 }
 
 impl CancelSlot {
-    /// Records which server (if any) the client holds now.
-    pub fn set_target(&self, key: Option<BackendKey>) {
-        *self.target.lock() = key;
+    /// Records which server (if any) the client holds now. Returns the
+    /// cancels sent to the server it held before: that server must wait
+    /// for them ([`InFlight::settled`]) before it serves anyone else.
+    pub fn set_target(&self, key: Option<BackendKey>) -> Option<Arc<InFlight>> {
+        let held = key.map(|key| Held { key, flight: None });
+        std::mem::replace(&mut *self.target.lock(), held).and_then(|h| h.flight)
+    }
+}
+
+/// What became of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Delivered to the server the client held.
+    Forwarded,
+    /// The key's client held no server (or there is no such key): nothing
+    /// to cancel, as PostgreSQL does with a cancel for an idle session.
+    Dropped,
+    /// Sent, but not known to have arrived: its server is closed.
+    Uncertain,
+}
+
+impl CancelOutcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Dropped => "dropped",
+            Self::Uncertain => "uncertain",
+        }
     }
 }
 
@@ -69,7 +137,7 @@ impl CancelHandle {
         let slot = Arc::new(CancelSlot {
             pid,
             secret: self.slot.secret,
-            target: Mutex::new(*self.slot.target.lock()),
+            target: Mutex::new(self.slot.target.lock().take()),
         });
         self.registry.remove(&self.slot);
         self.registry
@@ -140,41 +208,70 @@ impl CancelRegistry {
 
     /// Handles a CancelRequest: forwards it when the key matches a client
     /// that holds a server; otherwise does nothing, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    /// The server stays the client's until the cancel arrived.
+    pub async fn cancel(&self, pid: i32, secret: i32) -> CancelOutcome {
         let target = {
             let slots = self.slots.lock();
-            let Some(slot) = slots.get(&pid).and_then(|same_pid| {
+            let slot = slots.get(&pid).and_then(|same_pid| {
                 same_pid
                     .iter()
                     .find(|s| constant_time_eq(&s.secret.to_be_bytes(), &secret.to_be_bytes()))
-            }) else {
-                return;
-            };
-            let target = *slot.target.lock();
-            target
+            });
+            // Counted under the lock that `set_target` takes: a server let
+            // go after this point waits for this cancel.
+            slot.and_then(|s| {
+                s.target.lock().as_mut().map(|held| {
+                    let flight = held.flight.get_or_insert_with(Default::default).clone();
+                    flight.sending.fetch_add(1, Ordering::AcqRel);
+                    (held.key, flight)
+                })
+            })
         };
-        if let Some(key) = target {
-            cancel_server(key).await;
+        let Some((key, flight)) = target else {
+            return CancelOutcome::Dropped;
+        };
+        let delivered = tokio::time::timeout(CANCEL_DELIVERY, cancel_server(key))
+            .await
+            .unwrap_or(false);
+        if !delivered {
+            flight.uncertain.store(true, Ordering::Release);
+        }
+        flight.sending.fetch_sub(1, Ordering::AcqRel);
+        flight.done.notify_waiters();
+        if delivered {
+            CancelOutcome::Forwarded
+        } else {
+            CancelOutcome::Uncertain
         }
     }
 }
 
-/// Sends a CancelRequest for whatever the server connection `key` runs.
-pub async fn cancel_server(key: BackendKey) {
-    send_cancel(key.addr, key.pid, key.secret).await;
+/// Sends a CancelRequest for whatever the server connection `key` runs;
+/// `true` once the server has taken it.
+pub async fn cancel_server(key: BackendKey) -> bool {
+    send_cancel(key.addr, key.pid, key.secret).await
 }
 
 /// Sends a CancelRequest with this key to an address (a server, or a
-/// peer instance that issued the key).
-pub async fn send_cancel(addr: impl tokio::net::ToSocketAddrs, pid: i32, secret: i32) {
+/// peer instance that issued the key); `true` once the other end closed
+/// the socket, which PostgreSQL does after it has signalled the backend.
+pub async fn send_cancel(addr: impl tokio::net::ToSocketAddrs, pid: i32, secret: i32) -> bool {
     let mut out = BytesMut::new();
     encode::cancel_request(&mut out, pid, secret);
     match TcpStream::connect(addr).await {
         Ok(mut s) => {
-            let _ = s.write_all(&out).await;
+            if s.write_all(&out).await.is_err() {
+                return false;
+            }
             // The server closes the socket when it has read the request.
-            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
+            matches!(
+                tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await,
+                Ok(0)
+            )
         }
-        Err(e) => tracing::warn!(error = %e, "could not send cancel request"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not send cancel request");
+            false
+        }
     }
 }

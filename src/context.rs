@@ -394,18 +394,23 @@ impl Context {
     /// its client's query; for a peer's key, passes the request to that
     /// peer (once: the peer owns the key, so it does not pass it on).
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        match self.cancels.owner(pid) {
-            None => self.cancels.cancel(pid, secret).await,
+        let outcome = match self.cancels.owner(pid) {
+            None => self.cancels.cancel(pid, secret).await.as_str(),
             Some(owner) => {
                 let peer = self.config().peer(owner).cloned();
                 match peer {
                     Some(p) => {
-                        crate::cancel::send_cancel((p.host.as_str(), p.port), pid, secret).await
+                        crate::cancel::send_cancel((p.host.as_str(), p.port), pid, secret).await;
+                        "peer"
                     }
-                    None => tracing::debug!(owner, "cancel for an unknown peer dropped"),
+                    None => {
+                        tracing::debug!(owner, "cancel for an unknown peer dropped");
+                        "dropped"
+                    }
                 }
             }
-        }
+        };
+        self.metrics.cancel(outcome);
     }
 
     /// The configuration in force.

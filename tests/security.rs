@@ -578,3 +578,72 @@ password = "{PASSWORD}"
     let client = connect(&url(&p, "t_sec_autodb")).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_only_its_own_client() {
+    let p = setup("t_sec_cancel", 1, "pool_mode = \"transaction\"").await;
+    let addr = p.addr();
+    let mut a = Raw::connect(addr.port(), "t_sec_cancel", PASSWORD, "t_sec_cancel").await;
+    let (pid, secret) = a.key;
+    let b = client(&p, "t_sec_cancel").await;
+    // A's transaction is over: its cancel finds no server of A's, and B's
+    // query on the same server runs to its end.
+    a.query("SELECT 1").round_trip().await;
+    let sleeping = tokio::spawn(async move {
+        let r = b.simple_query("SELECT pg_sleep(1)").await.map(|_| ());
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pgmux::cancel::send_cancel(addr, pid, secret).await;
+    let (b, r) = sleeping.await.unwrap();
+    r.expect("B's query was not A's to cancel");
+    let dropped = || {
+        let text = p.context().render_metrics();
+        sample(
+            &parse_prometheus(&text),
+            "pgmux_cancel_requests_total",
+            &[("outcome", "dropped")],
+        )
+    };
+    assert_eq!(dropped(), Some(1.0));
+    // Cancels that race the end of A's transactions: each reaches A's
+    // query or nobody, never B's, which shares the one server.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let canceller = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                pgmux::cancel::send_cancel(addr, pid, secret).await;
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let a_loop = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let mut n = 0;
+        while tokio::time::Instant::now() < deadline {
+            a.query("SELECT pg_sleep(0.001)").round_trip().await;
+            n += 1;
+        }
+        n
+    });
+    let mut b_cancelled = 0;
+    let mut b_ran = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < deadline {
+        match b.simple_query("SELECT pg_sleep(0.01)").await {
+            Ok(_) => b_ran += 1,
+            Err(e) if sqlstate(&e).as_deref() == Some("57014") => b_cancelled += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, a_ran) = (canceller.await.unwrap(), a_loop.await.unwrap());
+    assert!(
+        sent > 50 && a_ran > 20 && b_ran > 20,
+        "{sent} {a_ran} {b_ran}"
+    );
+    assert_eq!(b_cancelled, 0, "cancels of A's reached B ({sent} sent)");
+}

@@ -1,10 +1,13 @@
 //! Holding a server: taking one from the pool (and making its parameters
 //! and identity the client's), giving it back, and the session's end.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
+
+use crate::cancel::InFlight;
 
 use super::{fatal, pool_error_code, pool_error_reason, server_error_end, End, Session};
 use crate::config::PoolMode;
@@ -99,17 +102,18 @@ impl Session {
     pub(super) fn close_server(&mut self) {
         self.core.forget_server();
         self.set_pin(None);
-        if let Some(s) = self.let_go() {
+        if let Some((s, _)) = self.let_go() {
             s.discard();
         }
     }
 
     /// Stops holding the server: cancels no longer go to it, and the
-    /// client shows as idle. The caller says how the server ends.
-    pub(super) fn let_go(&mut self) -> Option<Checkout> {
-        self.cancel.slot.set_target(None);
+    /// client shows as idle. The caller says how the server ends; the
+    /// cancels already on their way to it come along.
+    pub(super) fn let_go(&mut self) -> Option<(Checkout, Option<Arc<InFlight>>)> {
+        let flight = self.cancel.slot.set_target(None);
         self.listed.info.set_state(ClientState::Idle);
-        self.server.take()
+        self.server.take().map(|s| (s, flight))
     }
 
     /// Holds a server: the client's requests go there now.
@@ -122,8 +126,8 @@ impl Session {
 
     pub(super) fn release(&mut self) {
         if self.server.is_some() {
-            if let Some(s) = self.let_go() {
-                s.release_at(self.now);
+            if let Some((s, flight)) = self.let_go() {
+                give_back(s, flight, self.now);
             }
         }
     }
@@ -146,7 +150,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        self.cancel.slot.set_target(None);
+        let flight = self.cancel.slot.set_target(None);
         let clean = idle && server.rbuf.is_empty();
         if !clean {
             // Left mid-transaction or with requests in flight.
@@ -190,6 +194,26 @@ impl Session {
         if self.core.identity_needs_restore(self.server.as_deref()) {
             let _ = self.restore_identity().await;
         }
-        self.release();
+        if let Some((s, _)) = self.let_go() {
+            give_back(s, flight, self.now);
+        }
+    }
+}
+
+/// Returns a server to its pool: at once, or, with a cancel on its way
+/// to it, once the cancel arrived (closed if it may still arrive), so no
+/// cancel of this client's reaches the next client's query.
+fn give_back(server: Checkout, flight: Option<Arc<InFlight>>, now: Instant) {
+    match flight {
+        None => server.release_at(now),
+        Some(flight) => {
+            tokio::spawn(async move {
+                if flight.settled().await {
+                    server.release();
+                } else {
+                    server.discard();
+                }
+            });
+        }
     }
 }

@@ -172,7 +172,7 @@ impl Session {
         match crate::server::ask_role(server, self.core.max_msg).await {
             Ok(role) if crate::server::still_fits(attrs, role.standby) => {}
             Ok(_) => {
-                if let Some(s) = self.let_go() {
+                if let Some((s, _)) = self.let_go() {
                     s.demoted();
                 }
             }

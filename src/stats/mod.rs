@@ -55,6 +55,8 @@ pub mod names {
     /// Round trips after a transaction that read back or reset a server's
     /// session state, by what called for them.
     pub const SESSION_CHECKS: &str = "pgmux_session_checks_total";
+    /// Cancel requests by outcome.
+    pub const CANCELS: &str = "pgmux_cancel_requests_total";
     /// Clients disconnected by an idle timeout, by kind.
     pub const CLIENT_TIMEOUTS: &str = "pgmux_client_timeouts_total";
     /// Servers a client left mid-transaction, by outcome.
@@ -546,6 +548,12 @@ impl Metrics {
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
+    /// Counts a cancel request by outcome.
+    pub fn cancel(&self, outcome: &'static str) {
+        let key = Key::from_parts(names::CANCELS, vec![Label::new("outcome", outcome)]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
     /// Counts a client disconnected by a timeout (`idle_transaction`,
     /// `client_idle`).
     pub fn client_timeout(&self, kind: &'static str) {
@@ -643,6 +651,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::ABANDONED, "Servers a client left mid-transaction or with requests in flight: recovered (rolled back, reused) or closed."),
         (names::CLIENT_TIMEOUTS, "Clients disconnected by an idle timeout: idle_transaction (idle_transaction_timeout, 25P03), client_idle (client_idle_timeout, 57P05)."),
         (names::SESSION_CHECKS, "Round trips after a transaction that read back or reset a server's session state, by what called for them (code: code pgmux cannot read, such as a function of the application's own, DO, CALL, or server_reset_query_always; settings; identity; pin)."),
+        (names::CANCELS, "Cancel requests (a client's, or query_timeout's): forwarded (delivered to the server the client held), dropped (the client held no server, or no such key), uncertain (not known to have arrived: the server was closed rather than lent again), peer (passed to the instance that issued the key)."),
         (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
         r.describe_counter(KeyName::from(name), None, SharedString::from(text));
