@@ -77,9 +77,7 @@ impl Reader {
                 value: v.trim().to_owned(),
                 at,
             }),
-            None => self
-                .errors
-                .push(format!("{at}: expected key = value, found {line:?}")),
+            None => self.errors.push(format!("{at}: expected key = value")),
         }
     }
 }
@@ -99,7 +97,8 @@ fn connstring(s: &str) -> Result<Vec<(String, String)>, String> {
         let key = take_until(&mut chars, |c| c == '=' || c.is_whitespace());
         skip_blanks(&mut chars);
         if chars.next() != Some('=') {
-            return Err(format!("expected {key}=value"));
+            // Not the word read: it may be a value whose `key=` is missing.
+            return Err("expected key=value".to_string());
         }
         skip_blanks(&mut chars);
         let value = if chars.next_if_eq(&'\'').is_some() {
@@ -523,7 +522,13 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         stats_users: get("stats_users").map(list).unwrap_or_default(),
     };
     if !notes.errors.is_empty() {
-        return Err(ConfigError::Invalid(notes.errors));
+        // Messages that quote what a line says (`"x" is not a number`)
+        // may quote a password: see `report`.
+        let errors = notes
+            .errors
+            .iter()
+            .map(|e| super::report::without_values(e));
+        return Err(ConfigError::Invalid(errors.collect()));
     }
     cfg.validate()?;
     Ok((cfg, notes.warnings))
@@ -541,6 +546,9 @@ fn auth_file(path: &Path, file: Option<&str>, notes: &mut Notes) -> BTreeMap<Str
         return BTreeMap::new();
     };
     let p = path.parent().unwrap_or(Path::new(".")).join(file);
+    notes
+        .warnings
+        .extend(super::report::loose_mode(&p, "auth_file"));
     let read = std::fs::read_to_string(&p).map_err(|e| format!("auth_file {}: {e}", p.display()));
     match read.and_then(|text| userlist(&text, &p.display().to_string())) {
         Ok(users) => users.into_iter().collect(),
@@ -812,6 +820,9 @@ mod tests {
         let dir = &scratch.0;
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("users.txt"), "\"app\" \"secret\"\n").unwrap();
+        // Only the owner may read it: no warning about its mode here.
+        let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(dir.join("users.txt"), owner_only).unwrap();
         let ini = dir.join("t.ini");
         let at = |line: usize| format!("{}:{line}", ini.display());
         std::fs::write(
@@ -850,7 +861,7 @@ mod tests {
             errors,
             [
                 format!("{}: auth_hba_file: auth_hba_file: pg_hba.conf-style rules are not supported; clients would be let in differently", at(2)),
-                format!("{}: tcp_keepalive: \"maybe\" is not a boolean", at(3)),
+                format!("{}: tcp_keepalive: \"…\" is not a boolean", at(3)),
                 format!("{}: database app: connect_query is not supported; sessions would start without it", at(5)),
             ]
         );

@@ -6,6 +6,7 @@ pub mod de;
 pub mod ini;
 mod modes;
 mod overrides;
+pub mod report;
 
 pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
 pub use overrides::{Database, PoolConfig, User};
@@ -38,12 +39,35 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// TOML syntax, an unknown key, or a value of the wrong type (with its line).
-    #[error("{0}")]
-    Parse(String),
+    /// TOML syntax, an unknown key, or a value of the wrong type: where,
+    /// and toml's message with no value in it ([`report`]).
+    #[error("line {line}, column {column}: {message}")]
+    Parse {
+        /// 1-based line of the text.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// What is wrong, values left out.
+        message: String,
+    },
     /// Values that parse but don't make sense together, one line each.
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// The error as `file:line:column: message` for a parse error, `file:
+    /// error` for others: how `pgmux check`, RELOAD and the log name it.
+    pub fn located(&self, path: &Path) -> String {
+        match self {
+            Self::Parse {
+                line,
+                column,
+                message,
+            } => format!("{}:{line}:{column}: {message}", path.display()),
+            other => format!("{}: {other}", path.display()),
+        }
+    }
 }
 
 /// The `[pgmux]` table.
@@ -441,15 +465,22 @@ impl Config {
 
     /// [`Config::load`], returning the warnings (keys of a PgBouncer file
     /// that pgmux ignores, with their lines) instead of logging them.
+    /// Files that may hold secrets and that group or others can read are
+    /// warned about too.
     pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
-        if ini::is_ini(path) {
-            return ini::load(path);
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok((Self::parse(&text)?, Vec::new()))
+        let (cfg, mut warnings) = if ini::is_ini(path) {
+            ini::load(path)?
+        } else {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (Self::parse(&text)?, Vec::new())
+        };
+        warnings.extend(report::loose_mode(path, "config file"));
+        let key = cfg.pgmux.client_tls_key.as_deref().map(Path::new);
+        warnings.extend(key.and_then(|k| report::loose_mode(k, "client_tls_key")));
+        Ok((cfg, warnings))
     }
 
     /// The database a client's name reaches: its own entry, or the `*`
@@ -472,7 +503,7 @@ impl Config {
         if !missing.is_empty() {
             return Err(ConfigError::Invalid(missing));
         }
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| report::toml_error(text, &e))?;
         cfg.validate()?;
         Ok(cfg)
     }

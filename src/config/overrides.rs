@@ -343,7 +343,7 @@ mod tests {
             err.contains(
                 "unknown field `query_timout`, expected one of `password`, `pool_mode`, \
                  `max_user_connections`, `session_state`, `server_reset_query_always`, \
-                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`\n"
+                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`"
             ),
             "{err}"
         );
@@ -358,7 +358,7 @@ mod tests {
                  `reserve_pool`, `pool_mode`, `session_state`, `server_reset_query_always`, \
                  `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`, \
                  `server_user`, `server_password`, \
-                 `server_tls_mode`, `server_tls_ca`\n"
+                 `server_tls_mode`, `server_tls_ca`"
             ),
             "{err}"
         );
