@@ -154,7 +154,7 @@ impl Proxy {
         let mut fds = vec![self.listener_fd];
         fds.extend(self.metrics_fd);
         if let Err(e) = crate::takeover::offer(path, fds).await {
-            tracing::warn!(error = %e, path = %path.display(), "takeover_socket unavailable");
+            tracing::error!(error = %e, path = %path.display(), "takeover_socket unavailable");
             std::future::pending::<()>().await;
         }
     }
