@@ -181,7 +181,12 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
     }
     let (name, at) = match tokens.next()? {
         // `U&"..."` is a name with Unicode escapes, not the word `u`.
-        Token::Word(w) if query.get(offset(w) + w.len()) == Some(&b'&') => return None,
+        Token::Word(w)
+            if is(w, "u")
+                && query.get(offset(w) + w.len()..offset(w) + w.len() + 2) == Some(b"&\"") =>
+        {
+            return None
+        }
         Token::Word(w)
             if !(verb && is(w, "transaction"))
                 && !(inner && (is(w, "function") || is(w, "procedure"))) =>
@@ -328,6 +333,12 @@ mod tests {
         ] {
             assert_eq!(sql_prepared(refused), None, "{refused:?}");
         }
+        // An operator after a name is the server's to refuse; the name
+        // is still the statement's.
+        assert!(matches!(
+            sql_prepared(b"EXECUTE pgmux_1&AS"),
+            Some(SqlPrepared::Execute { .. })
+        ));
     }
 
     #[test]
