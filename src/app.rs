@@ -55,7 +55,7 @@ impl Proxy {
 
     /// Loads a config file and starts serving it; reloads re-read the file.
     pub async fn start_file(path: &Path) -> anyhow::Result<Self> {
-        let config = Config::load(path)?;
+        let config = Config::load(path).map_err(|e| anyhow::anyhow!(e.located(path)))?;
         Self::start_with_path(config, Some(path.to_path_buf())).await
     }
 
@@ -154,7 +154,7 @@ impl Proxy {
         let mut fds = vec![self.listener_fd];
         fds.extend(self.metrics_fd);
         if let Err(e) = crate::takeover::offer(path, fds).await {
-            tracing::warn!(error = %e, path = %path.display(), "takeover_socket unavailable");
+            tracing::error!(error = %e, path = %path.display(), "takeover_socket unavailable");
             std::future::pending::<()>().await;
         }
     }
@@ -257,7 +257,7 @@ async fn sweep_idle(ctx: std::sync::Weak<Context>) {
 /// already running (its `takeover_socket`), which then drains.
 pub async fn run(path: &Path, takeover: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let config = Config::load(path)?;
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!(e.located(path)))?;
     let socket = PathBuf::from(&config.pgmux.takeover_socket);
     if takeover && config.pgmux.takeover_socket.is_empty() {
         anyhow::bail!("--takeover needs takeover_socket in the configuration");

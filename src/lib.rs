@@ -16,7 +16,7 @@
 //!   [`cluster`] and [`demo`] run a throwaway PostgreSQL for the demo and tests.
 
 // Unsafe code is denied everywhere but in `takeover`, whose SCM_RIGHTS
-// descriptor passing has no safe interface.
+// descriptor passing and SO_PEERCRED check have no safe interface.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -70,7 +70,10 @@ fn auto_workers() -> usize {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, takeover } => {
-            let workers = Config::load(&config)?.pgmux.workers;
+            let workers = Config::load(&config)
+                .map_err(|e| anyhow::anyhow!(e.located(&config)))?
+                .pgmux
+                .workers;
             serving_runtime(workers)?.block_on(pgmux::app::run(&config, takeover))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -86,7 +89,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
-                eprintln!("{}: {e}", config.display());
+                eprintln!("{}", e.located(&config));
                 Ok(ExitCode::FAILURE)
             }
         },

@@ -22,7 +22,7 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
     let result = match &ctx.config_path {
         None => Err("pgmux was started without a config file; nothing to reload".to_string()),
         Some(path) => Config::load(path)
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| e.located(path))
             .and_then(|new| apply(ctx, new)),
     };
     ctx.metrics.reload(result.is_ok());

@@ -14,6 +14,8 @@
 //! `PGMUX_FUZZ_ALLOC_CHECK=1 -- --test-threads=1 --nocapture`.
 
 mod common;
+#[path = "fuzz/sql.rs"]
+mod sql;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -562,7 +562,7 @@ fn check_reports_bad_key_with_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("line 3") && err.contains("default_pool_sise"),
+        err.contains("bad.toml:3:1: ") && err.contains("default_pool_sise"),
         "{err}"
     );
     std::fs::write(
@@ -627,6 +627,69 @@ fn shipped_config_checks_in_a_fresh_shell() {
             && err.contains("line 5: environment variable PGMUX_T_UNSET_2"),
         "{err}"
     );
+}
+
+#[test]
+fn check_shows_no_secret_and_warns_about_readable_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pgmux::cluster::scratch_dir("check_secrets").unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    // A misspelled key and a value of the wrong type next to a password:
+    // the line and column are named, the password is not.
+    let path = dir.join("typo.toml");
+    for (text, at) in [
+        (
+            "[pgmux]\n\n[users.x]\npasword = \"hunter2-secret\"\n",
+            "typo.toml:4:1: ",
+        ),
+        (
+            "[users.x]\npassword = \"hunter2-secret\"\nquery_timeout = \"hunter2\"\n",
+            "typo.toml:3:",
+        ),
+        (
+            "[users.x]\npassword = [\"hunter2-secret\"]\n",
+            "typo.toml:2:",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = pgmux_check(&path, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?}");
+        assert!(err.contains(at), "{text:?}: {err}");
+        assert!(!err.contains("hunter2"), "{text:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    }
+    // A config file and a userlist others can read are warned about.
+    let users = dir.join("userlist.txt");
+    std::fs::write(&users, "\"app\" \"hunter2-secret\"\n").unwrap();
+    let ini = dir.join("pgmux.ini");
+    std::fs::write(
+        &ini,
+        "[databases]\napp = host=127.0.0.1 port=5432\n[pgbouncer]\nauth_file = userlist.txt\n",
+    )
+    .unwrap();
+    mode(&users, 0o644);
+    mode(&ini, 0o644);
+    let out = pgmux_check(&ini, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: auth_file")
+            && err.contains("userlist.txt is readable or writable by group or others (mode 0644)"),
+        "{err}"
+    );
+    assert!(err.contains("warning: config file"), "{err}");
+    mode(&users, 0o600);
+    mode(&ini, 0o600);
+    let out = pgmux_check(&ini, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("group or others"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs `pgmux check --config path` with the named variables removed.

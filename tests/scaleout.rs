@@ -247,6 +247,92 @@ fn takeover_under_connect_per_transaction() {
     drop(new);
 }
 
+/// Connects to a Unix socket as `nobody` and tries to receive descriptors:
+/// `EACCES` when it may not connect, `FDS n` with what it got otherwise;
+/// `None` when there is no way to run as another user here.
+fn take_as_nobody(sock: &Path) -> Option<String> {
+    const SCRIPT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES"); sys.exit(0)
+s.settimeout(10)
+msg, anc, flags, addr = s.recvmsg(16, socket.CMSG_SPACE(16 * 4))
+fds = sum(len(d) // 4 for (l, t, d) in anc if l == socket.SOL_SOCKET and t == socket.SCM_RIGHTS)
+print("FDS", fds)
+"#;
+    if pgmux::takeover::access::euid() != 0 {
+        return None;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/env", "python3", "-c", SCRIPT])
+        .arg(sock)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output()
+        .ok()?;
+    // 127: env found no python3.
+    if out.status.code() == Some(127) {
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn takeover_socket_is_owner_only_and_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pgmux::cluster::scratch_dir("takeover_peer").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let sock = dir.join("takeover.sock");
+    // No server is needed: nothing here logs in.
+    let cfg = write_config(
+        &dir,
+        "t_takeover_peer",
+        &listen,
+        &format!("port = {}", free_port()),
+        &format!(
+            "takeover_socket = \"{}\"\nshutdown_timeout = \"1s\"",
+            sock.display()
+        ),
+    );
+    let mut old = Process::start(&cfg, &[], None);
+    wait_listening(&listen);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no takeover socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "takeover_socket mode {mode:o}");
+    match take_as_nobody(&sock) {
+        Some(first) => {
+            assert_eq!(first, "EACCES", "another user may not connect");
+            // The second line of defence: with the mode opened up, the
+            // peer's credentials still keep the sockets from it.
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+            assert_eq!(take_as_nobody(&sock).as_deref(), Some("FDS 0"));
+        }
+        None => eprintln!("not root, or no setpriv/python3: the other-user part is skipped"),
+    }
+    assert!(matches!(old.0.try_wait(), Ok(None)), "pgmux still runs");
+    std::net::TcpStream::connect(&listen).expect("pgmux still serves");
+    // pgmux's own user still takes over.
+    let _new = Process::start(&cfg, &["--takeover"], None);
+    assert!(
+        old.wait_exit(Duration::from_secs(20)),
+        "a successor of pgmux's own user takes over"
+    );
+    wait_listening(&listen);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoint_says_live_and_ready_until_draining() {
     let name = "t_health";

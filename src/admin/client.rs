@@ -13,7 +13,7 @@ pub async fn cli(path: &std::path::Path, user: Option<&str>) -> anyhow::Result<E
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{}", e.located(path));
             return Ok(ExitCode::FAILURE);
         }
     };

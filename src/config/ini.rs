@@ -77,9 +77,7 @@ impl Reader {
                 value: v.trim().to_owned(),
                 at,
             }),
-            None => self
-                .errors
-                .push(format!("{at}: expected key = value, found {line:?}")),
+            None => self.errors.push(format!("{at}: expected key = value")),
         }
     }
 }
@@ -99,7 +97,8 @@ fn connstring(s: &str) -> Result<Vec<(String, String)>, String> {
         let key = take_until(&mut chars, |c| c == '=' || c.is_whitespace());
         skip_blanks(&mut chars);
         if chars.next() != Some('=') {
-            return Err(format!("expected {key}=value"));
+            // Not the word read: it may be a value whose `key=` is missing.
+            return Err("expected key=value".to_string());
         }
         skip_blanks(&mut chars);
         let value = if chars.next_if_eq(&'\'').is_some() {
@@ -522,7 +521,13 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         stats_users: get("stats_users").map(list).unwrap_or_default(),
     };
     if !notes.errors.is_empty() {
-        return Err(ConfigError::Invalid(notes.errors));
+        // Messages that quote what a line says (`"x" is not a number`)
+        // may quote a password: see `report`.
+        let errors = notes
+            .errors
+            .iter()
+            .map(|e| super::report::without_values(e));
+        return Err(ConfigError::Invalid(errors.collect()));
     }
     // Relative to the ini's directory, as `auth_file`.
     if let Some(hba) = &mut cfg.pgmux.auth_hba_file {
@@ -546,6 +551,9 @@ fn auth_file(path: &Path, file: Option<&str>, notes: &mut Notes) -> BTreeMap<Str
         return BTreeMap::new();
     };
     let p = path.parent().unwrap_or(Path::new(".")).join(file);
+    notes
+        .warnings
+        .extend(super::report::loose_mode(&p, "auth_file"));
     let read = std::fs::read_to_string(&p).map_err(|e| format!("auth_file {}: {e}", p.display()));
     match read.and_then(|text| userlist(&text, &p.display().to_string())) {
         Ok(users) => users.into_iter().collect(),
@@ -580,7 +588,7 @@ fn general_key(g: &mut General, key: &str, v: &str) -> Result<Option<String>, St
         return Ok(None);
     }
     if let Some((_, why)) = REFUSED.iter().find(|(name, _)| *name == key) {
-        return Err(format!("{key}: {why}"));
+        return Err((*why).to_owned());
     }
     Ok(Some(format!("{key} is not supported by pgmux; ignored")))
 }
@@ -817,6 +825,9 @@ mod tests {
         let dir = &scratch.0;
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("users.txt"), "\"app\" \"secret\"\n").unwrap();
+        // Only the owner may read it: no warning about its mode here.
+        let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(dir.join("users.txt"), owner_only).unwrap();
         let ini = dir.join("t.ini");
         let at = |line: usize| format!("{}:{line}", ini.display());
         std::fs::write(
@@ -874,8 +885,8 @@ mod tests {
         assert_eq!(
             errors,
             [
-                format!("{}: auth_ident_file: auth_ident_file: ident maps are not supported", at(2)),
-                format!("{}: tcp_keepalive: \"maybe\" is not a boolean", at(3)),
+                format!("{}: auth_ident_file: ident maps are not supported", at(2)),
+                format!("{}: tcp_keepalive: \"…\" is not a boolean", at(3)),
                 format!("{}: database app: connect_query is not supported; sessions would start without it", at(5)),
             ]
         );

@@ -7,6 +7,7 @@ mod hba_file;
 pub mod ini;
 mod modes;
 mod overrides;
+pub mod report;
 mod server_auth;
 
 pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
@@ -41,12 +42,35 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// TOML syntax, an unknown key, or a value of the wrong type (with its line).
-    #[error("{0}")]
-    Parse(String),
+    /// TOML syntax, an unknown key, or a value of the wrong type: where,
+    /// and toml's message with no value in it ([`report`]).
+    #[error("line {line}, column {column}: {message}")]
+    Parse {
+        /// 1-based line of the text.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// What is wrong, values left out.
+        message: String,
+    },
     /// Values that parse but don't make sense together, one line each.
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// The error as `file:line:column: message` for a parse error, `file:
+    /// error` for others: how `pgmux check`, RELOAD and the log name it.
+    pub fn located(&self, path: &Path) -> String {
+        match self {
+            Self::Parse {
+                line,
+                column,
+                message,
+            } => format!("{}:{line}:{column}: {message}", path.display()),
+            other => format!("{}: {other}", path.display()),
+        }
+    }
 }
 
 /// The `[pgmux]` table.
@@ -466,6 +490,8 @@ impl Config {
 
     /// [`Config::load`], returning the warnings (keys of a PgBouncer file
     /// that pgmux ignores, with their lines) instead of logging them.
+    /// Files that may hold secrets and that group or others can read are
+    /// warned about too.
     pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
         let (cfg, mut warnings) = if ini::is_ini(path) {
             ini::load(path)?
@@ -477,6 +503,11 @@ impl Config {
             Self::parse_with_warnings(&text)?
         };
         warnings.extend(cfg.server_tls_warnings());
+        warnings.extend(report::loose_mode(path, "config file"));
+        let key = cfg.pgmux.client_tls_key.as_deref().map(Path::new);
+        warnings.extend(key.and_then(|k| report::loose_mode(k, "client_tls_key")));
+        let hba = cfg.pgmux.auth_hba_file.as_deref().map(Path::new);
+        warnings.extend(hba.and_then(|h| report::loose_mode(h, "auth_hba_file")));
         Ok((cfg, warnings))
     }
 
@@ -510,7 +541,7 @@ impl Config {
         if !missing.is_empty() {
             return Err(ConfigError::Invalid(missing));
         }
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| report::toml_error(text, &e))?;
         cfg.finish()
     }
 

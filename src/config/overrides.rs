@@ -360,7 +360,7 @@ mod tests {
             err.contains(
                 "unknown field `query_timout`, expected one of `password`, `pool_mode`, \
                  `max_user_connections`, `session_state`, `server_reset_query_always`, \
-                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`\n"
+                 `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`"
             ),
             "{err}"
         );
@@ -376,7 +376,7 @@ mod tests {
                  `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`, \
                  `server_user`, `server_password`, \
                  `server_tls_mode`, `server_tls_ca`, `server_auth_methods`, \
-                 `server_channel_binding`\n"
+                 `server_channel_binding`"
             ),
             "{err}"
         );

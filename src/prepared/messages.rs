@@ -62,14 +62,27 @@ pub fn sql_effect(query: &[u8]) -> SqlEffect {
         ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
             SqlEffect::DropAll { discard: false }
         }
-        ["deallocate", _] | ["deallocate", "prepare", _] => {
-            let name = words[words.len() - 1];
-            match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-                Some(quoted) => SqlEffect::Deallocate(quoted.replace("\"\"", "\"").into_bytes()),
-                None => SqlEffect::Deallocate(name.to_ascii_lowercase().into_bytes()),
-            }
-        }
+        ["deallocate", _] | ["deallocate", "prepare", _] => match words.last() {
+            Some(name) => deallocated(name),
+            None => SqlEffect::None,
+        },
         _ => SqlEffect::None,
+    }
+}
+
+/// `DEALLOCATE name` of a name as written: bare (folded to lower case) or
+/// quoted. An empty, unterminated or half-quoted name drops nothing: the
+/// server refuses it, and it must not match a name the client mapped.
+fn deallocated(name: &str) -> SqlEffect {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        // Inside, every quote is doubled (`"a""b"`), or the name ended
+        // earlier than the text does.
+        Some(quoted) if !quoted.is_empty() && !quoted.replace("\"\"", "").contains('"') => {
+            SqlEffect::Deallocate(quoted.replace("\"\"", "\"").into_bytes())
+        }
+        Some(_) => SqlEffect::None,
+        None if name.contains('"') => SqlEffect::None,
+        None => SqlEffect::Deallocate(name.to_ascii_lowercase().into_bytes()),
     }
 }
 
@@ -167,13 +180,23 @@ pub fn sql_prepared(query: &[u8]) -> Option<SqlPrepared<'_>> {
         return None;
     }
     let (name, at) = match tokens.next()? {
+        // `U&"..."` is a name with Unicode escapes, not the word `u`.
+        Token::Word(w)
+            if is(w, "u")
+                && query.get(offset(w) + w.len()..offset(w) + w.len() + 2) == Some(b"&\"") =>
+        {
+            return None
+        }
         Token::Word(w)
             if !(verb && is(w, "transaction"))
                 && !(inner && (is(w, "function") || is(w, "procedure"))) =>
         {
             (w.to_ascii_lowercase(), (offset(w), offset(w) + w.len()))
         }
-        Token::QuotedIdent(w) => {
+        // PostgreSQL refuses an empty or unterminated quoted name: the
+        // server says so, pgmux maps nothing. Only a closed one has a
+        // closing quote right after its content.
+        Token::QuotedIdent(w) if !w.is_empty() && query.get(offset(w) + w.len()) == Some(&b'"') => {
             let name = String::from_utf8_lossy(w)
                 .replace("\"\"", "\"")
                 .into_bytes();
@@ -294,6 +317,28 @@ mod tests {
         assert_eq!(sql_prepared(b"PREPARE TRANSACTION 'x'"), None);
         assert_eq!(sql_prepared(b"PREPARE a AS SELECT 1; SELECT 2"), None);
         assert_eq!(sql_prepared(b"SELECT 1"), None);
+        // Names the server refuses, or that end with the text.
+        for refused in [
+            &b"EXECUTE \""[..],
+            b"EXECUTE \"a",
+            b"EXECUTE \"\"",
+            b"EXECUTE \"\" (",
+            b"EXECUTE \"a\"\"",
+            b"EXPLAIN EXECUTE \"",
+            b"PREPARE \"x",
+            b"PREPARE \"\" AS SELECT 1",
+            b"PREPARE \"\" AS SELECT 1; EXECUTE \"",
+            b"EXECUTE U&\"a\"",
+            b"EXECUTE u&\"",
+        ] {
+            assert_eq!(sql_prepared(refused), None, "{refused:?}");
+        }
+        // An operator after a name is the server's to refuse; the name
+        // is still the statement's.
+        assert!(matches!(
+            sql_prepared(b"EXECUTE pgmux_1&AS"),
+            Some(SqlPrepared::Execute { .. })
+        ));
     }
 
     #[test]
@@ -315,5 +360,19 @@ mod tests {
             SqlEffect::Deallocate(b"S_1".to_vec())
         );
         assert_eq!(sql_effect(b"select 1; discard all"), SqlEffect::None);
+        for refused in [
+            &b"DEALLOCATE \""[..],
+            b"DEALLOCATE \"\"",
+            b"DEALLOCATE \"a",
+            b"DEALLOCATE \"a\"\"",
+            b"DEALLOCATE a\"",
+            b"DEALLOCATE PREPARE \"x",
+        ] {
+            assert_eq!(sql_effect(refused), SqlEffect::None, "{refused:?}");
+        }
+        assert_eq!(
+            sql_effect(b"DEALLOCATE \"a\"\"b\""),
+            SqlEffect::Deallocate(b"a\"b".to_vec())
+        );
     }
 }

@@ -17,6 +17,9 @@ pub mod registry;
 pub mod server;
 pub mod tracker;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::ClientStatements;
 pub use hook::{Hook, Undo};
 pub use outbox::{Flags, Limits, Malformed, Outbox, RouteError, Routed};

@@ -445,17 +445,21 @@ impl Tracker {
             Some(SqlPrepared::Prepare { name, rest }) => {
                 // Where the text after the name starts in the client's
                 // text; the server reads `PREPARE pgmux_<n> ` before it.
-                let client_end =
-                    Shift::chars(&sql[..rest.as_ptr() as usize - sql.as_ptr() as usize]);
+                let before = (rest.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
+                let client_end = Shift::chars(sql.get(..before).unwrap_or_default());
                 return self.sql_prepare(name, rest, client_end, server, registry, tx, out);
             }
             Some(SqlPrepared::Execute { name, at, inner }) => {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
-                if let Some(stmt) = stmt {
+                // The name's place is inside the text (`sql_prepared`
+                // says so); checked again here, since cutting the text
+                // anywhere else would panic on client bytes.
+                let cut = Cut::new(sql, at);
+                if let Some((stmt, cut)) = stmt.zip(cut) {
                     let Some(s) = server.as_deref_mut() else {
                         return Ok(Routed::NeedServer);
                     };
-                    sql_execute(sql, at, stmt, s, self.limits, registry, out)?;
+                    sql_execute(cut, stmt, s, self.limits, registry, out)?;
                     // EXPLAIN ANALYZE runs it; CREATE TEMP TABLE ... AS
                     // makes a table: the outer statement counts too.
                     if inner {
@@ -522,25 +526,60 @@ fn duplicate_parse(p: &Parse<'_>, name: &[u8], out: &mut Outbox<'_>) -> Result<(
     Ok(())
 }
 
+/// A query text cut around a statement name.
+#[derive(Debug, Clone, Copy)]
+struct Cut<'a> {
+    /// The text before the name.
+    before: &'a [u8],
+    /// The text up to the end of the name.
+    through: &'a [u8],
+    /// The text after the name.
+    after: &'a [u8],
+}
+
+impl<'a> Cut<'a> {
+    /// `query` cut at the byte range `at`; `None` unless it lies inside.
+    fn new(query: &'a [u8], at: (usize, usize)) -> Option<Self> {
+        let (through, after) = query.split_at_checked(at.1)?;
+        let (before, _) = through.split_at_checked(at.0)?;
+        Some(Self {
+            before,
+            through,
+            after,
+        })
+    }
+}
+
 /// `EXECUTE name ...` of a SQL-prepared statement: the name rewritten to
 /// pgmux's, the `PREPARE` injected first where the server lacks it.
 fn sql_execute(
-    query: &[u8],
-    at: (usize, usize),
+    cut: Cut<'_>,
     stmt: Arc<Statement>,
     server: &mut ServerStatements,
     limits: Limits,
     registry: &Registry,
     out: &mut Outbox<'_>,
 ) -> Result<(), EncodeError> {
+    // A quoted name ends a token where a bare one does not: `EXECUTE"q"`
+    // or `"q"1` would become `EXECUTEpgmux_1` or `pgmux_11`, another
+    // statement. A space keeps the tokens the client wrote.
+    let glued = |b: Option<&u8>| b.is_some_and(|&b| crate::sql::word_rest(b));
+    let space = |glued: bool| if glued { &b" "[..] } else { b"" };
+    let (pre, post) = (
+        space(glued(cut.before.last())),
+        space(glued(cut.after.first())),
+    );
     // Checked before anything is recorded, as a Bind is.
-    let parts = [&query[..at.0], &stmt.name[..], &query[at.1..]];
+    let parts = [cut.before, pre, &stmt.name[..], post, cut.after];
     let rewritten = RawQuery::new(&parts)?;
     ensure_prepared(server, &stmt, limits, registry, out);
     rewritten.write(out.sout);
     let shift = Shift {
-        server_end: Shift::chars(&query[..at.0]) + Shift::chars(&stmt.name),
-        client_end: Shift::chars(&query[..at.1]),
+        server_end: Shift::chars(cut.before)
+            + Shift::chars(pre)
+            + Shift::chars(&stmt.name)
+            + Shift::chars(post),
+        client_end: Shift::chars(cut.through),
     };
     out.expect(Req::Query, Reply::Shifted(shift), Hook::Uses(stmt));
     Ok(())

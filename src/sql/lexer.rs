@@ -42,7 +42,9 @@ pub(super) fn word_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
-pub(super) fn word_rest(b: u8) -> bool {
+/// Whether `b` may continue an unquoted word (so two names written
+/// side by side would read as one).
+pub(crate) fn word_rest(b: u8) -> bool {
     word_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
@@ -118,8 +120,10 @@ impl<'a> Lexer<'a> {
 
     /// Skips a quoted run that started just before `self.i`, ending at
     /// `quote`; a doubled quote is an escaped one, and so is a backslash'd
-    /// one where `backslash` holds.
-    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+    /// one where `backslash` holds. False when the text ends first (the
+    /// server refuses such a text; pgmux must still read it without
+    /// stepping past its end).
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) -> bool {
         while let Some(b) = self.peek(0) {
             self.i += 1;
             if backslash && b == b'\\' {
@@ -128,28 +132,33 @@ impl<'a> Lexer<'a> {
                 if self.peek(0) == Some(quote) {
                     self.i += 1;
                 } else {
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// At a `$`: a dollar-quoted body (`$tag$ ... $tag$`) if one starts here.
     fn try_dollar_quote(&mut self) -> bool {
-        let rest = &self.s[self.i + 1..];
+        let rest = self.s.get(self.i + 1..).unwrap_or_default();
         let tag_len = match rest.first() {
             Some(b'$') => 0,
             Some(&b) if word_start(b) => {
                 match rest.iter().position(|&b| !word_rest(b) || b == b'$') {
-                    Some(n) if rest[n] == b'$' => n,
+                    Some(n) if rest.get(n) == Some(&b'$') => n,
                     _ => return false,
                 }
             }
             _ => return false,
         };
-        let delim = &self.s[self.i..self.i + tag_len + 2];
+        let Some(delim) = self.s.get(self.i..self.i + tag_len + 2) else {
+            return false;
+        };
         let body = self.i + delim.len();
-        self.i = match memchr::memmem::find(&self.s[body..], delim) {
+        let after = self.s.get(body..).unwrap_or_default();
+        // An unterminated body runs to the end of the text.
+        self.i = match memchr::memmem::find(after, delim) {
             Some(n) => body + n + delim.len(),
             None => self.s.len(),
         };
@@ -165,18 +174,22 @@ impl<'a> Iterator for Lexer<'a> {
             return None;
         }
         let start = self.i;
-        let b = self.s[start];
+        let b = self.peek(0)?;
         self.i += 1;
         match b {
             b';' => Some(Token::Semicolon),
             b'\'' => {
-                self.skip_quoted(b'\'', self.backslash_quotes);
+                let _closed = self.skip_quoted(b'\'', self.backslash_quotes);
                 Some(Token::Literal(self.since(start)))
             }
             b'"' => {
-                self.skip_quoted(b'"', false);
-                let end = self.i.saturating_sub(1).max(start + 1);
-                Some(Token::QuotedIdent(&self.s[start + 1..end]))
+                // The content runs to the closing quote, or to the end of
+                // an unterminated text: either way it lies inside the text,
+                // and a reader can tell the two apart by the byte after it.
+                let closed = self.skip_quoted(b'"', false);
+                let end = if closed { self.i - 1 } else { self.i };
+                let content = self.s.get(start + 1..end).unwrap_or_default();
+                Some(Token::QuotedIdent(content))
             }
             b'$' => {
                 self.i = start;
@@ -190,12 +203,13 @@ impl<'a> Iterator for Lexer<'a> {
                 while self.peek(0).is_some_and(word_rest) {
                     self.i += 1;
                 }
-                let word = &self.s[start..self.i];
+                let word = self.since(start);
                 if self.peek(0) == Some(b'\'') && word.len() == 1 {
                     // E'...' allows backslash escapes; B'', X'', N'' don't.
                     let escapes = word.eq_ignore_ascii_case(b"e") || self.backslash_quotes;
                     self.i += 1;
-                    self.skip_quoted(b'\'', escapes);
+                    // An unterminated literal runs to the end either way.
+                    let _closed = self.skip_quoted(b'\'', escapes);
                     return Some(Token::Literal(self.since(start)));
                 }
                 Some(Token::Word(word))
@@ -256,6 +270,20 @@ mod tests {
                 Token::QuotedIdent(b"Q\"\"x"),
             ]
         );
+        // An unterminated quoted identifier keeps what it has, inside the
+        // text.
+        for (sql, content) in [
+            (&b"\""[..], &b""[..]),
+            (b"\"a", b"a"),
+            (b"\"a\"\"", b"a\"\""),
+            (b"\"\"", b""),
+        ] {
+            assert_eq!(
+                Lexer::new(sql).last(),
+                Some(Token::QuotedIdent(content)),
+                "{sql:?}"
+            );
+        }
         // A backslash as the last byte of an escape string.
         for sql in [&b"SET x = E'\\"[..], b"SELECT 1; SELECT '\\"] {
             for lexer in [Lexer::new(sql), Lexer::with_backslash_quotes(sql)] {

@@ -14,8 +14,9 @@ mod calls;
 mod lexer;
 mod names;
 
+pub(crate) use lexer::word_rest;
+use lexer::word_start;
 pub use lexer::{blank, Head, Lexer, Token};
-use lexer::{word_rest, word_start};
 pub use names::{bound_setting_names, setting_names};
 
 /// What running a text may do to session state that pgmux follows.

@@ -5,6 +5,8 @@
 //! SIGTERM. The sockets never close, so no queued connection is lost and
 //! the port never refuses.
 
+pub mod access;
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -108,12 +110,30 @@ fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
 
 /// The running side: serves `path` until a successor takes the sockets;
 /// returns once it has said it accepts on them (the caller then drains).
+/// Refuses to serve it in a directory others could change (see
+/// [`access`]); a peer running as another user than pgmux's or root is
+/// sent nothing.
 pub async fn offer(path: &Path, fds: Vec<RawFd>) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
+    access::check_dir(path)?;
+    let listener = access::bind_owner_only(path)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let std = stream.into_std()?;
+        // Second line of defence behind the socket's mode: the kernel's
+        // record of who connected.
+        match access::peer_cred(&std) {
+            Ok((uid, _)) if access::peer_allowed(uid) => {}
+            Ok((uid, pid)) => {
+                tracing::warn!(uid, pid, path = %path.display(), "takeover_socket: refused a connection from another user");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "takeover_socket: peer credentials unreadable; refused");
+                continue;
+            }
+        }
         let fds = fds.clone();
         let handed = tokio::task::spawn_blocking(move || -> io::Result<bool> {
             std.set_nonblocking(false)?;
@@ -156,6 +176,18 @@ pub fn take(path: &Path) -> io::Result<Taken> {
             ),
         )
     })?;
+    // Whoever serves the socket hands over the sockets this process will
+    // accept clients on: it must be pgmux's user or root.
+    let (uid, pid) = access::peer_cred(&conn)?;
+    if !access::peer_allowed(uid) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "takeover_socket {} is served by uid {uid} (pid {pid}), not pgmux's user or root",
+                path.display()
+            ),
+        ));
+    }
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let sockets = recv_fds(&conn, 4)?
         .into_iter()
