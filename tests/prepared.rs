@@ -236,6 +236,20 @@ async fn error_paths_keep_order_and_state() {
         .round_trip()
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("26000"));
+    // Nor through SQL: EXECUTE would run another client's statement and
+    // DEALLOCATE pull it from under its clients.
+    for sql in [
+        "EXECUTE pgmux_1",
+        "EXPLAIN EXECUTE pgmux_1",
+        "DEALLOCATE pgmux_1",
+        "DEALLOCATE PREPARE \"pgmux_1\"",
+    ] {
+        let r = c.query(sql).round_trip().await;
+        assert_eq!(tags(&r), "EZ", "{sql}");
+        assert_eq!(error_code(&r).as_deref(), Some("26000"), "{sql}");
+    }
+    let r = c.bind("", "b", &[]).execute("").sync().round_trip().await;
+    assert_eq!(tags(&r), "2DCZ", "the shared statement is still there");
     // Describe + Flush (asyncpg's way) answers without a Sync.
     c.parse("d", "SELECT $1::int AS x")
         .describe("d")

@@ -451,6 +451,12 @@ impl Tracker {
             }
             Some(SqlPrepared::Execute { name, at, inner }) => {
                 let stmt = self.names.get(&name).filter(|s| s.sql).cloned();
+                if stmt.is_none() && is_reserved(&name) {
+                    // The server's statement of that name is pgmux's,
+                    // shared with other clients: never this client's.
+                    out.no_such_statement_in_query(&name, tx);
+                    return Ok(Routed::Done);
+                }
                 // The name's place is inside the text (`sql_prepared`
                 // says so); checked again here, since cutting the text
                 // anywhere else would panic on client bytes.
@@ -478,6 +484,14 @@ impl Tracker {
             SqlEffect::Deallocate(name) if tx != TxStatus::Failed => self.names.get(name).cloned(),
             _ => None,
         };
+        if let (SqlEffect::Deallocate(name), None) = (&effect, &owned) {
+            // Dropping pgmux's shared copy would pull it from under the
+            // clients that use it.
+            if is_reserved(name) && tx != TxStatus::Failed {
+                out.no_such_statement_in_query(name, tx);
+                return Ok(Routed::Done);
+            }
+        }
         if owned.is_none() {
             held!(server);
         }
