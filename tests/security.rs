@@ -410,9 +410,9 @@ async fn unknown_user_is_told_what_a_wrong_password_is() {
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"));
 }
 
-/// Resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -465,6 +465,16 @@ async fn flood(port: u16, n: usize, tag: &str) {
     }
 }
 
+/// pgmux as its own process (its memory is its own), killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_names_leave_no_trace() {
     let c = cluster();
@@ -477,12 +487,16 @@ async fn made_up_names_leave_no_trace() {
     ))
     .await
     .unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
     let text = format!(
         r#"
 [pgmux]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 auth_user = "t_sec_flood_auth"
 client_login_timeout = "5s"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 
 [databases."*"]
 host = "127.0.0.1"
@@ -496,43 +510,70 @@ password = "{PASSWORD}"
 "#,
         c.port()
     );
-    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
-    let port = p.addr().port();
-    let ctx = p.context().clone();
-    let pools = || ctx.pools.all().len();
-    // Warm up: the series of unknown names exist once.
-    flood(port, 200, "w").await;
-    let (metrics, pools_before, rss) = (ctx.render_metrics().len(), pools(), rss_kib());
+    let path = pgmux::cluster::scratch_dir("flood")
+        .unwrap()
+        .join("pgmux.toml");
+    std::fs::write(&path, text).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgmux"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgmux = Process(child);
+    let pid = pgmux.0.id();
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await
+    );
+    let metrics = || async move { http_get(metrics_addr, "/metrics").await.1 };
+    let pools = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("pgmux_pool_size{"))
+            .count()
+    };
+    // Warm up: the series of unknown names exist once, buffers are grown.
+    flood(port, 1_000, "w").await;
+    let (before, rss) = (metrics().await, rss_kib(pid));
     flood(port, 10_000, "f").await;
+    let after = metrics().await;
     assert_eq!(
-        pools(),
-        pools_before,
+        pools(&after),
+        pools(&before),
         "no pool for a name nobody authenticated"
     );
     assert_eq!(
-        ctx.render_metrics().len(),
-        metrics,
+        after.len(),
+        before.len(),
         "no metric series per made-up name"
     );
-    let grown = rss_kib().saturating_sub(rss);
-    assert!(grown < 32 * 1024, "resident memory grew by {grown} KiB");
-    // The lookups went to the server without making pools either.
-    let before = pools();
+    assert!(!after.contains("df1"), "no made-up name in /metrics");
+    let grown = rss_kib(pid).saturating_sub(rss);
+    eprintln!(
+        "10,000 made-up logins: RSS {rss} KiB + {grown} KiB, /metrics {} bytes",
+        after.len()
+    );
+    assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB");
+    // Lookups on the server make no pool either.
     for i in 0..50 {
         let _ = connect(&format!(
             "host=127.0.0.1 port={port} user=lookup{i} password=x dbname=t_sec_flood"
         ))
         .await;
     }
-    assert_eq!(pools(), before);
+    assert_eq!(pools(&metrics().await), pools(&before));
     // An authenticated client gets its pool.
-    let c = connect(&format!(
+    let client = connect(&format!(
         "host=127.0.0.1 port={port} user=t_sec_flood password={PASSWORD} dbname=t_sec_flood"
     ))
     .await
     .unwrap();
-    c.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(pools(), before + 1);
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(pools(&metrics().await), pools(&before) + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,4 +687,203 @@ async fn a_cancel_reaches_only_its_own_client() {
         "{sent} {a_ran} {b_ran}"
     );
     assert_eq!(b_cancelled, 0, "cancels of A's reached B ({sent} sent)");
+}
+
+/// CVE-2025-12819 in PgBouncer: a client's startup parameters reached the
+/// session that runs auth_query, so `search_path` could put a table of the
+/// client's making in front of pg_shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_never_reach_the_auth_query_session() {
+    let c = cluster();
+    create_db(c, "t_sec_aq").await;
+    let su = superuser(c).await;
+    su.batch_execute(&format!(
+        "CREATE ROLE t_sec_aq_lookup SUPERUSER LOGIN PASSWORD '{PASSWORD}'"
+    ))
+    .await
+    .unwrap();
+    // A schema whose pg_shadow says every user's password is "evil".
+    let evil = postgres_protocol::password::scram_sha_256(b"evil");
+    let db = connect(&c.socket_url("t_sec_aq")).await.unwrap();
+    db.batch_execute(&format!(
+        "CREATE SCHEMA evil; CREATE TABLE evil.pg_shadow (usename text, passwd text); \
+         INSERT INTO evil.pg_shadow VALUES ('victim', '{evil}'); \
+         GRANT USAGE ON SCHEMA evil TO PUBLIC; GRANT SELECT ON evil.pg_shadow TO PUBLIC"
+    ))
+    .await
+    .unwrap();
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+auth_user = "t_sec_aq_lookup"
+auth_query = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+
+[databases.t_sec_aq]
+port = {}
+
+[users.t_sec_aq_lookup]
+password = "{PASSWORD}"
+"#,
+        c.port()
+    );
+    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let port = p.addr().port();
+    for opts in [
+        "options='-c search_path=evil,pg_catalog'",
+        "options='-csearch_path=evil,pg_catalog -c role=t_sec_aq'",
+    ] {
+        let e = connect(&format!(
+            "host=127.0.0.1 port={port} user=victim password=evil dbname=t_sec_aq {opts}"
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{opts}: {e:?}");
+    }
+    // search_path as a startup parameter of its own, as some drivers send it.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [
+            ("user", "victim"),
+            ("database", "t_sec_aq"),
+            ("search_path", "evil, pg_catalog"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    s.write_all(&out).await.unwrap();
+    let (ghost, real) = (
+        scram_opening(port, "victim", "t_sec_aq").await,
+        scram_opening(port, "nobody_at_all", "t_sec_aq").await,
+    );
+    // The salt offered is a mock one (the name is unknown on the server),
+    // not the one in evil.pg_shadow.
+    let evil_salt = evil
+        .split('$')
+        .nth(1)
+        .and_then(|s| s.split(':').nth(1))
+        .unwrap();
+    assert!(!ghost.1.contains(evil_salt), "{ghost:?}");
+    assert_eq!(ghost.0, real.0);
+}
+
+/// CVE-2026-6664 in PgBouncer: SCRAM messages from a client whose length
+/// fields overflow, or disagree with the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_messages_with_lying_lengths() {
+    let p = setup("t_sec_scram", 1, "").await;
+    let port = p.addr().port();
+    let initial = |len: i32, data: &[u8]| {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(data);
+        msg(b'p', &body)
+    };
+    let cases = vec![
+        initial(i32::MAX, b"n,,n=,r=abc"),
+        initial(-1, b"n,,n=,r=abc"),
+        initial(i32::MIN, b""),
+        initial(3, b"n,,n=,r=abc"),
+        initial(100, b"n,,n=,r=abc"),
+        initial(11, b"n,,n=,r=\xff\xfe\x00"),
+        // A message length that claims far more than is sent.
+        vec![b'p', 0x7f, 0xff, 0xff, 0xff, 0, 0],
+        vec![b'p', 0xff, 0xff, 0xff, 0xff],
+        vec![b'p', 0, 0, 0, 3],
+        // The name of the mechanism runs to the end.
+        msg(b'p', b"SCRAM-SHA-256"),
+    ];
+    for bytes in cases {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "t_sec_scram"), ("database", "t_sec_scram")],
+            &mut out,
+        )
+        .unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.unwrap();
+        let mut sasl = vec![0u8; i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4];
+        s.read_exact(&mut sasl).await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+        let mut buf = BytesMut::from(&reply[..]);
+        let mut msgs = Vec::new();
+        while let Ok(Some(f)) = pgmux::protocol::frame::split_frame(&mut buf, 1 << 20) {
+            msgs.push((f.tag(), f.body().to_vec()));
+        }
+        let code = error_code(&msgs);
+        assert!(
+            matches!(code.as_deref(), Some("08P01") | Some("28P01")),
+            "{bytes:?}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    // Everyone else is still served.
+    client(&p, "t_sec_scram")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+}
+
+/// CVE-2026-6667 in PgBouncer: a stats-only user ran admin commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_users_may_only_look() {
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+
+[admin]
+users = ["t_sec_admin"]
+stats_users = ["t_sec_stats"]
+
+[users.t_sec_admin]
+password = "{PASSWORD}"
+
+[users.t_sec_stats]
+password = "{PASSWORD}"
+"#
+    );
+    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let console = |user: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={PASSWORD} dbname=pgbouncer",
+            p.addr().port()
+        )
+    };
+    let stats = connect(&console("t_sec_stats")).await.unwrap();
+    stats.simple_query("SHOW POOLS").await.unwrap();
+    stats.simple_query("show version;").await.unwrap();
+    for cmd in [
+        "PAUSE",
+        "RESUME",
+        "RELOAD",
+        "RECONNECT",
+        "KILL pgbouncer",
+        "DISABLE pgbouncer",
+        "ENABLE pgbouncer",
+        "WAIT_CLOSE",
+        "shutdown",
+        "  Shutdown ;",
+        "SHOW POOLS; SHUTDOWN",
+        "/* SHOW */ SHUTDOWN",
+        "SET pool_mode = 'session'",
+    ] {
+        let e = stats.simple_query(cmd).await.unwrap_err();
+        let code = sqlstate(&e);
+        assert!(
+            matches!(code.as_deref(), Some("42501") | Some("42601")),
+            "{cmd}: {e:?}"
+        );
+    }
+    // The process is still there, and the admin may act.
+    let admin = connect(&console("t_sec_admin")).await.unwrap();
+    admin.simple_query("PAUSE").await.unwrap();
+    admin.simple_query("RESUME").await.unwrap();
+    stats.simple_query("SHOW STATS").await.unwrap();
 }
