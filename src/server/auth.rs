@@ -13,8 +13,7 @@ use postgres_protocol::authentication::sasl::{
     self, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
 
-use super::connect::{bad, ServerTarget};
-use super::ServerError;
+use super::{ServerError, ServerTarget};
 use crate::auth::scram::{ClientBinding, ScramPassthrough};
 use crate::auth::Secret;
 use crate::config::{AuthMethod, ChannelBinding};
@@ -46,6 +45,10 @@ pub(super) struct ServerAuth<'a> {
     bound: bool,
     /// AuthenticationOk arrived.
     ok: bool,
+}
+
+fn bad(what: &str) -> ServerError {
+    ServerError::malformed(what)
 }
 
 fn auth_err(msg: impl Into<String>) -> ServerError {

@@ -8,42 +8,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{
-    ChannelBinding, HostPort, LoadBalanceHosts, ServerAuthMethods, TargetSessionAttrs,
-};
 use crate::tls::connector::server_name;
-use crate::tls::{Stream, TlsMode};
+use crate::tls::Stream;
 
 use super::auth::ServerAuth;
-use super::{ServerConn, ServerError};
-use crate::auth::Secret;
+use super::{ServerConn, ServerError, ServerTarget};
 use crate::protocol::frame::read_i32;
 use crate::protocol::{be, encode, Frame};
-
-/// Where a pool's servers live and whom to log in as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTarget {
-    /// The servers, in the order written (at least one).
-    pub hosts: Vec<HostPort>,
-    /// Which servers qualify.
-    pub target_session_attrs: TargetSessionAttrs,
-    /// Whether hosts are tried in a random order.
-    pub load_balance: LoadBalanceHosts,
-    /// Database name on the server.
-    pub dbname: String,
-    /// Role to log in as.
-    pub user: String,
-    /// Its password, if the server asks for one.
-    pub password: Option<Secret>,
-    /// TLS toward the server.
-    pub tls_mode: TlsMode,
-    /// CA bundle for verify-ca / verify-full.
-    pub tls_ca: Option<String>,
-    /// How the server may make pgmux authenticate.
-    pub auth_methods: ServerAuthMethods,
-    /// SCRAM channel binding toward the server.
-    pub channel_binding: ChannelBinding,
-}
 
 /// Negotiates TLS per `server_tls_mode`: SSLRequest, exactly one byte of
 /// answer (nothing may be buffered before the handshake), then the handshake.
@@ -158,6 +129,6 @@ async fn login_message(
     Ok(false)
 }
 
-pub(super) fn bad(what: &str) -> ServerError {
-    ServerError::Protocol(format!("malformed {what}"))
+fn bad(what: &str) -> ServerError {
+    ServerError::malformed(what)
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
-use super::connect::{login, ServerTarget};
+use super::connect::login;
+use super::ServerTarget;
 use super::{ServerConn, ServerError};
 use crate::config::{HostPort, LoadBalanceHosts, TargetSessionAttrs, TcpOptions};
 

@@ -6,6 +6,7 @@ mod auth;
 mod connect;
 mod hosts;
 mod identity;
+mod target;
 
 use std::collections::HashMap;
 use std::io;
@@ -17,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::tls::Stream;
 
-pub use connect::ServerTarget;
 pub use hosts::{ask_role, open, resolve, still_fits, ConnectOptions, Failure, Role};
 pub use identity::{Restored, SessionIdentity, RESTORE};
+pub use target::ServerTarget;
 
 use crate::protocol::frame::{cstr, make_room, split_frame};
 use crate::protocol::{be, encode, ErrorFields, Frame, FrameError, TxStatus};
@@ -71,6 +72,11 @@ impl From<FrameError> for ServerError {
 }
 
 impl ServerError {
+    /// A server message that does not parse.
+    pub fn malformed(what: &str) -> Self {
+        Self::Protocol(format!("malformed {what}"))
+    }
+
     /// Builds the error from a server's ErrorResponse body.
     pub fn from_error_body(body: &[u8]) -> Self {
         match ErrorFields::parse(body) {
