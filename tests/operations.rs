@@ -274,7 +274,7 @@ async fn reload_shrinks_pool_under_load_without_failures() {
     std::fs::write(&path, text.replace("[metrics]", "[metrics]\nbogus_key = 1")).unwrap();
     let (ok, out) = tokio::task::block_in_place(|| pgmux_reload(&path));
     assert!(
-        !ok && out.contains("bogus_key") && out.contains("line"),
+        !ok && out.contains("bogus_key") && out.contains("pgmux.toml:8:1:"),
         "{out}"
     );
     let (bench_ok, report) = bench.await.unwrap();
