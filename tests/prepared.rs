@@ -250,6 +250,13 @@ async fn error_paths_keep_order_and_state() {
     }
     let r = c.bind("", "b", &[]).execute("").sync().round_trip().await;
     assert_eq!(tags(&r), "2DCZ", "the shared statement is still there");
+    // Inside a transaction the server raises it: the transaction fails,
+    // as it would directly.
+    c.query("BEGIN").round_trip().await;
+    let r = c.query("EXECUTE pgmux_1").round_trip().await;
+    assert_eq!(error_code(&r).as_deref(), Some("26000"));
+    assert_eq!(r.last().map(|m| m.1.clone()), Some(b"E".to_vec()));
+    c.query("ROLLBACK").round_trip().await;
     // Describe + Flush (asyncpg's way) answers without a Sync.
     c.parse("d", "SELECT $1::int AS x")
         .describe("d")

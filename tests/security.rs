@@ -887,3 +887,54 @@ password = "{PASSWORD}"
     admin.simple_query("RESUME").await.unwrap();
     stats.simple_query("SHOW STATS").await.unwrap();
 }
+
+/// pgmux shares its server-side statements between the clients of a pool:
+/// one client replacing one (by a name pgmux does not read: a second
+/// statement of a Query, a `U&` name) must not make the next client's
+/// Bind run its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_statements_cannot_be_replaced() {
+    let p = setup("t_sec_stmts", 1, "").await;
+    let victim = client(&p, "t_sec_stmts").await;
+    let stmt = victim.prepare("SELECT 42::int AS answer").await.unwrap();
+    let answer = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i32>(0);
+    assert_eq!(answer(victim.query(&stmt, &[]).await.unwrap()), 42);
+    let mut attacker = Raw::connect(p.addr().port(), "t_sec_stmts", PASSWORD, "t_sec_stmts").await;
+    // The victim's statement is the only one: pgmux_<n> for some n.
+    let names: Vec<String> = {
+        let r = attacker
+            .query("SELECT name FROM pg_prepared_statements ORDER BY name")
+            .round_trip()
+            .await;
+        r.iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned())
+            .collect()
+    };
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = &names[0];
+    let escaped: String = name
+        .chars()
+        .map(|c| format!("\\{:04x}", c as u32))
+        .collect();
+    for attack in [
+        format!("SELECT 1; DEALLOCATE {name}; PREPARE {name} AS SELECT 666"),
+        format!("DEALLOCATE U&\"{escaped}\"; PREPARE {name} AS SELECT 666"),
+        format!(
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE {name}'; EXECUTE 'PREPARE {name} AS SELECT 666'; END $$"
+        ),
+    ] {
+        let r = attacker.query(&attack).round_trip().await;
+        assert_eq!(r.last().map(|m| m.0), Some(b'Z'), "{attack}: {r:?}");
+        // The victim's next Bind runs its own text, on this server or
+        // another.
+        assert_eq!(answer(victim.query(&stmt, &[]).await.unwrap()), 42, "{attack}");
+    }
+    let text = p.context().render_metrics();
+    let closed = sample(
+        &parse_prometheus(&text),
+        "pgmux_session_checks_total",
+        &[("kind", "statements_changed")],
+    );
+    assert_eq!(closed, Some(3.0), "each replacement closed its server");
+}

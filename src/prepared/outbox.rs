@@ -3,9 +3,9 @@
 use bytes::BytesMut;
 
 use super::Hook;
-use crate::protocol::encode::{self, write_error, EncodeError, Severity};
+use crate::protocol::encode::{write_error, EncodeError, Severity};
 use crate::protocol::expect::{Reply, Req, Shift};
-use crate::protocol::{SqlState, TxStatus};
+use crate::protocol::SqlState;
 
 /// A client name, for messages.
 pub(super) fn lossy(b: &[u8]) -> String {
@@ -92,18 +92,6 @@ impl<'a> Outbox<'a> {
             format!("prepared statement \"{}\" does not exist", lossy(name))
         };
         self.local_error(req, SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
-    }
-
-    /// [`Outbox::no_such_statement`] for a simple Query (`EXECUTE` or
-    /// `DEALLOCATE` of a name of pgmux's): the error and ReadyForQuery,
-    /// as every error pgmux answers a Query with.
-    pub(super) fn no_such_statement_in_query(&mut self, name: &[u8], tx: TxStatus) {
-        let mut b = error(
-            SqlState::INVALID_SQL_STATEMENT_NAME,
-            &format!("prepared statement \"{}\" does not exist", lossy(name)),
-        );
-        encode::ready_for_query(&mut b, tx);
-        self.expect(Req::Query, Reply::Synthetic(b.freeze()), Hook::None);
     }
 
     /// The Query just sent for the client (its name rewritten) has its

@@ -65,6 +65,20 @@ impl Statement {
         })
     }
 
+    /// The text the server keeps for it (`pg_prepared_statements`'
+    /// `statement`): the Parse's query, or for SQL `PREPARE` the whole
+    /// Query pgmux sent.
+    pub fn server_text(&self) -> &[u8] {
+        if self.sql {
+            // A Query message: tag, length, the text, its NUL.
+            self.parse
+                .get(5..self.parse.len().saturating_sub(1))
+                .unwrap_or_default()
+        } else {
+            self.query()
+        }
+    }
+
     /// The query text.
     pub fn query(&self) -> &[u8] {
         &self.parse[self.query_at.0..self.query_at.1]

@@ -45,6 +45,12 @@ impl ServerStatements {
         self.held.remove(&stmt.id);
     }
 
+    /// Every statement that exists on the server under pgmux's name: those
+    /// held and those waiting to be closed.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Statement>> {
+        self.held.values().map(|(s, _)| s).chain(&self.stale)
+    }
+
     /// Number of statements held.
     pub fn len(&self) -> usize {
         self.held.len()

@@ -29,6 +29,13 @@ use crate::protocol::frontend::{Bind, Message, Parse, Target};
 use crate::protocol::{Frame, SqlState, TxStatus};
 use crate::sql::Effects;
 
+const INVALID_NAME: SqlState = SqlState::INVALID_SQL_STATEMENT_NAME;
+
+/// PostgreSQL's message for a statement name that does not exist.
+fn no_such(name: &[u8]) -> String {
+    format!("prepared statement \"{}\" does not exist", lossy(name))
+}
+
 /// Names of pgmux's own server-side statements: clients may not use them.
 fn is_reserved(name: &[u8]) -> bool {
     name.starts_with(b"pgmux_")
@@ -454,7 +461,8 @@ impl Tracker {
                 if stmt.is_none() && is_reserved(&name) {
                     // The server's statement of that name is pgmux's,
                     // shared with other clients: never this client's.
-                    out.no_such_statement_in_query(&name, tx);
+                    held!(server);
+                    refuse_query(INVALID_NAME, &no_such(&name), tx, out)?;
                     return Ok(Routed::Done);
                 }
                 // The name's place is inside the text (`sql_prepared`
@@ -488,7 +496,8 @@ impl Tracker {
             // Dropping pgmux's shared copy would pull it from under the
             // clients that use it.
             if is_reserved(name) && tx != TxStatus::Failed {
-                out.no_such_statement_in_query(name, tx);
+                held!(server);
+                refuse_query(INVALID_NAME, &no_such(name), tx, out)?;
                 return Ok(Routed::Done);
             }
         }
@@ -621,25 +630,36 @@ fn ensure_prepared(
     out.flags.effects = Some(stmt.effects);
 }
 
-/// `PREPARE` of a name the client already uses: PostgreSQL's 42P05. Outside
-/// a transaction it is answered here; inside one the server must raise it,
-/// so that the transaction is aborted as PostgreSQL would.
+/// `PREPARE` of a name the client already uses: PostgreSQL's 42P05.
 fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) -> Result<(), EncodeError> {
+    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
+    refuse_query(SqlState::DUPLICATE_PSTATEMENT, &msg, tx, out)
+}
+
+/// Refuses a simple Query with PostgreSQL's error. Outside a transaction
+/// it is answered here; inside one the server must raise it, so that the
+/// transaction is aborted as PostgreSQL would.
+fn refuse_query(
+    code: SqlState,
+    msg: &str,
+    tx: TxStatus,
+    out: &mut Outbox<'_>,
+) -> Result<(), EncodeError> {
     if tx == TxStatus::Idle {
-        let mut reply = duplicate(name);
+        let mut reply = super::outbox::error(code, msg);
         encode::ready_for_query(&mut reply, tx);
         out.expect(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);
         return Ok(());
     }
     // An escape string inside a dollar-quoted body: a name can close
     // neither (quotes are doubled, backslashes escaped, `$` dropped).
-    let msg = format!("prepared statement \"{}\" already exists", lossy(name));
     let quoted = msg
         .replace('\\', "\\\\")
         .replace('\'', "''")
         .replace('$', "");
     let raise = format!(
-        "DO $pgmux$ BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = E'{quoted}'; END $pgmux$"
+        "DO $pgmux$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = E'{quoted}'; END $pgmux$",
+        code.0
     );
     encode::query_raw(out.sout, &[raise.as_bytes()])?;
     out.expect(Req::Query, Reply::Forward, Hook::None);

@@ -12,7 +12,9 @@
 use super::{fatal, End, Session};
 use crate::protocol::SqlState;
 
-/// One row: which kinds of per-session state the session holds. Anything
+/// One row: which kinds of per-session state the session holds, and then
+/// the statements under pgmux's names with a hash of their text (see
+/// [`statements_intact`]). Anything
 /// in the session's temporary schema counts, however it was made (`CREATE
 /// TABLE pg_temp.t`, `SELECT ... INTO TEMP`, a view over a temporary table,
 /// a temporary function or type): every such object depends on its schema
@@ -29,7 +31,11 @@ pub(super) const SESSION_OBJECTS: &str = "SELECT \
      EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable), \
      EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements \
-             WHERE from_sql AND pg_catalog.left(name, 6) OPERATOR(pg_catalog.<>) 'pgmux_')";
+             WHERE from_sql AND pg_catalog.left(name, 6) OPERATOR(pg_catalog.<>) 'pgmux_'), \
+     (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
+             pg_catalog.encode(pg_catalog.sha256(pg_catalog.textsend(statement)), 'hex'), ',') \
+        FROM pg_catalog.pg_prepared_statements \
+        WHERE pg_catalog.left(name, 6) OPERATOR(pg_catalog.=) 'pgmux_')";
 
 /// The reasons, in the order of the query's columns (metric labels).
 const REASONS: [&str; 5] = [
@@ -39,6 +45,42 @@ const REASONS: [&str; 5] = [
     "with_hold_cursor",
     "prepare",
 ];
+
+/// Whether the server holds exactly the shared statements pgmux put there
+/// (names and texts), by the last column of [`SESSION_OBJECTS`]. Code a
+/// client ran (a multi-statement Query, `U&` names, dynamic SQL in a
+/// function) may have dropped or replaced one: the next client's Bind would
+/// then run a text of that client's choosing, under the next client's
+/// settings and role. Such a server is closed. Without statement tracking
+/// pgmux shares nothing, and nothing is compared.
+pub(super) fn statements_intact(
+    rows: &[Vec<Option<String>>],
+    tracked: bool,
+    held: &crate::prepared::ServerStatements,
+) -> bool {
+    use sha2::{Digest, Sha256};
+    if !tracked {
+        return true;
+    }
+    let listed = rows
+        .first()
+        .and_then(|r| r.get(REASONS.len()))
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    let mut on_server: Vec<&str> = listed.split(',').filter(|s| !s.is_empty()).collect();
+    let mut expected: Vec<String> = held
+        .all()
+        .map(|stmt| {
+            let hash = Sha256::digest(stmt.server_text());
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:{hex}", String::from_utf8_lossy(&stmt.name))
+        })
+        .collect();
+    on_server.sort_unstable();
+    expected.sort_unstable();
+    on_server == expected
+}
 
 /// The first kind of per-session state the answer to [`SESSION_OBJECTS`]
 /// names, if any.
@@ -74,6 +116,30 @@ impl Session {
             return Err(fatal(SqlState::CONNECTION_FAILURE, msg));
         }
         self.set_pin(pin_reason(&rows));
+        self.keep_if_intact(&rows)
+    }
+
+    /// Closes the held server when its shared statements are not the ones
+    /// pgmux put there ([`statements_intact`]); a client that kept state on
+    /// it loses its session with it.
+    pub(super) fn keep_if_intact(&mut self, rows: &[Vec<Option<String>>]) -> Result<(), End> {
+        let tracked = self.core.stmts.is_some();
+        let Some(server) = self.server.as_deref() else {
+            return Ok(());
+        };
+        if statements_intact(rows, tracked, &server.statements) {
+            return Ok(());
+        }
+        let info = &self.listed.info;
+        tracing::warn!(client = info.id, database = %info.database, user = %info.user,
+            "closing a server whose shared prepared statements were dropped or replaced by a client");
+        self.ctx.metrics.session_check("statements_changed");
+        let was_pinned = self.core.pinned.is_some();
+        self.close_server();
+        if was_pinned {
+            let msg = "server connection closed: its prepared statements were changed under pgmux's names";
+            return Err(fatal(SqlState::CONNECTION_FAILURE, msg));
+        }
         Ok(())
     }
 

@@ -55,6 +55,7 @@ impl Session {
             self.core.identity = ClientIdentity::from_session(before, server.login_user());
         }
         let reason = pin.as_deref().and_then(pin_reason);
+        let objects = pin.unwrap_or_default();
         if let Err(e) = restored.outcome {
             tracing::warn!(pool = %self.pool.name(), error = %e, "closing a server after code pgmux cannot read");
             self.close_server();
@@ -73,6 +74,10 @@ impl Session {
             return Ok(());
         }
         self.set_pin(reason);
+        self.keep_if_intact(&objects)?;
+        if self.server.is_none() {
+            return Ok(());
+        }
         if reason.is_some() {
             // It stays with this client: give it back what was just read.
             return self.sync_held().await;

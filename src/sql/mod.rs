@@ -234,7 +234,14 @@ fn head_effects(h: &Head<'_>) -> Effects {
         // Whether a cursor is WITH HOLD is read further on (`hold` below).
         "declare" => Effects::NONE,
         "prepare" if !h.is(1, "transaction") => Effects::PINS,
-        "unlisten" | "drop" | "close" | "deallocate" => Effects::UNPINS,
+        // DEALLOCATE may also drop a statement pgmux shares between
+        // clients (a name it cannot read, `U&"..."`): the server is asked
+        // whether its statements are still pgmux's, pinned client or not.
+        "deallocate" => Effects {
+            may_pin: true,
+            ..Effects::UNPINS
+        },
+        "unlisten" | "drop" | "close" => Effects::UNPINS,
         _ => Effects::NONE,
     }
 }
