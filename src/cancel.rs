@@ -41,7 +41,10 @@ impl InFlight {
     /// Waits until every cancel sent to the server was delivered; `true`
     /// when the server may serve another client, `false` when a cancel may
     /// still reach it (close it).
+    /// Bounded: a cancel not accounted for a second past its own limit
+    /// counts as one that may still arrive.
     pub async fn settled(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + CANCEL_DELIVERY + Duration::from_secs(1);
         loop {
             let notified = self.done.notified();
             tokio::pin!(notified);
@@ -49,8 +52,27 @@ impl InFlight {
             if self.sending.load(Ordering::Acquire) == 0 {
                 return !self.uncertain.load(Ordering::Acquire);
             }
-            notified.await;
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
         }
+    }
+}
+
+/// One cancel being sent: accounted for when dropped, delivered or not
+/// (the task sending it may be dropped with a login that timed out).
+struct Sending {
+    flight: Arc<InFlight>,
+    delivered: bool,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.flight.uncertain.store(true, Ordering::Release);
+        }
+        self.flight.sending.fetch_sub(1, Ordering::AcqRel);
+        self.flight.done.notify_waiters();
     }
 }
 
@@ -230,14 +252,15 @@ impl CancelRegistry {
         let Some((key, flight)) = target else {
             return CancelOutcome::Dropped;
         };
+        let mut sending = Sending {
+            flight,
+            delivered: false,
+        };
         let delivered = tokio::time::timeout(CANCEL_DELIVERY, cancel_server(key))
             .await
             .unwrap_or(false);
-        if !delivered {
-            flight.uncertain.store(true, Ordering::Release);
-        }
-        flight.sending.fetch_sub(1, Ordering::AcqRel);
-        flight.done.notify_waiters();
+        sending.delivered = delivered;
+        drop(sending);
         if delivered {
             CancelOutcome::Forwarded
         } else {
@@ -273,5 +296,40 @@ pub async fn send_cancel(addr: impl tokio::net::ToSocketAddrs, pid: i32, secret:
             tracing::warn!(error = %e, "could not send cancel request");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancel whose sending task is dropped (a login timed out around
+    /// it) leaves its server to be closed, never waiting for ever.
+    #[tokio::test]
+    async fn a_dropped_cancel_settles_as_uncertain() {
+        let registry = CancelRegistry::new(0);
+        let handle = registry.register();
+        // A server that accepts the cancel's connection and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        handle.slot.set_target(Some(BackendKey {
+            addr,
+            pid: 1,
+            secret: 2,
+        }));
+        let (pid, secret) = (handle.slot.pid, handle.slot.secret);
+        let sending = registry.cancel(pid, secret);
+        let _ = tokio::time::timeout(Duration::from_millis(100), sending).await;
+        let flight = handle
+            .slot
+            .set_target(None)
+            .expect("a cancel was on its way");
+        assert!(!flight.settled().await, "the server must be closed");
     }
 }

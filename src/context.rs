@@ -24,6 +24,32 @@ use crate::tls::acceptor::ClientTls;
 /// Users by name, built from one config.
 pub type Users = HashMap<String, Arc<UserAuth>>;
 
+/// The shape of the users' secrets, so that an unknown user's exchange does
+/// not stand out: whether most would get an md5 challenge under `md5`
+/// (stored as a password or an md5 hash, not a SCRAM verifier), and the
+/// iteration count most SCRAM verifiers use (4096, PostgreSQL's and
+/// pgmux's own, when none says otherwise).
+pub fn mock_shape(users: &Users) -> (bool, u32) {
+    let (mut md5, mut scram) = (0usize, 0usize);
+    let mut iterations: HashMap<u32, usize> = HashMap::new();
+    for u in users.values() {
+        match &u.secret {
+            Secret::Plain(_) | Secret::Md5(_) => md5 += 1,
+            Secret::Scram(_) | Secret::ScramKeys(..) => scram += 1,
+        }
+        // Under SCRAM a plaintext password is checked with its derived
+        // verifier (4096 iterations): it counts with its count.
+        if let Some(v) = &u.scram {
+            *iterations.entry(v.iterations()).or_default() += 1;
+        }
+    }
+    let most = iterations
+        .into_iter()
+        .max_by_key(|&(i, n)| (n, i))
+        .map_or(4096, |(i, _)| i);
+    (md5 >= scram, most)
+}
+
 /// Builds the user table, keeping entries whose password did not change
 /// (deriving a SCRAM verifier from a plaintext password costs a PBKDF2).
 pub fn build_users(config: &Config, previous: Option<&Users>) -> Users {
@@ -337,6 +363,8 @@ pub struct Context {
     pub(crate) reload_lock: Mutex<()>,
     /// Users found by `auth_query` (or found missing).
     pub auth_cache: crate::auth::AuthCache,
+    /// [`mock_shape`] of the users in force.
+    mock_shape: RwLock<(bool, u32)>,
     /// Key of the salts unknown users are challenged with: the same salt
     /// for a name at every attempt, as a real user's, and unguessable.
     pub mock_key: [u8; 32],
@@ -362,6 +390,7 @@ impl Context {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let peer_id = config.pgmux.peer_id;
         let users = build_users(&config, None);
+        let shape = mock_shape(&users);
         let limit = config.pgmux.max_client_conn as usize;
         let client_tls = ClientTls::from_config(&config.pgmux)?;
         Ok(Self {
@@ -381,6 +410,7 @@ impl Context {
             reload_lock: Mutex::new(()),
             auth_cache: Default::default(),
             mock_key: rand::random(),
+            mock_shape: RwLock::new(shape),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         })
     }
@@ -418,6 +448,12 @@ impl Context {
         self.config.read().clone()
     }
 
+    /// What an unknown user is challenged with, shaped as the configured
+    /// users are ([`mock_shape`]), as of the last (re)load.
+    pub fn mock_shape(&self) -> (bool, u32) {
+        *self.mock_shape.read()
+    }
+
     /// A user's authentication data.
     pub fn user(&self, name: &str) -> Option<Arc<UserAuth>> {
         self.users.read().get(name).cloned()
@@ -428,6 +464,7 @@ impl Context {
     pub(crate) fn install(&self, config: Arc<Config>) -> Result<(), String> {
         let tls = ClientTls::from_config(&config.pgmux)?;
         let users = build_users(&config, Some(&self.users.read()));
+        *self.mock_shape.write() = mock_shape(&users);
         *self.client_tls.write() = Arc::new(tls);
         let limit = config.pgmux.max_client_conn as usize;
         *self.users.write() = Arc::new(users);

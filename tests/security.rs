@@ -201,7 +201,10 @@ async fn no_cleartext_password_without_tls() {
     let (port, seen) = fake_server(asks_cleartext).await;
     let p = proxy_to(port, "t_sec_clear", "").await;
     let err = login_error(&p, "t_sec_clear").await;
-    assert!(err.contains("over a connection without TLS"), "{err}");
+    assert!(
+        err.contains("over a connection without verified TLS"),
+        "{err}"
+    );
     assert!(
         seen.lock().iter().all(|(tag, _)| *tag != b'p'),
         "no password message reached the server"

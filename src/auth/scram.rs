@@ -25,6 +25,11 @@ impl std::fmt::Debug for ScramVerifier {
 }
 
 impl ScramVerifier {
+    /// The iteration count of its key derivation.
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
     /// Parses PostgreSQL's verifier format; `None` if `s` is not one.
     pub fn parse(s: &str) -> Option<Self> {
         let rest = s.strip_prefix("SCRAM-SHA-256$")?;
@@ -42,14 +47,15 @@ impl ScramVerifier {
 
     /// A verifier that no password matches, for a user that does not
     /// exist: its salt depends only on the name and `key` (the same at every
-    /// attempt, as a real user's), its iterations are PostgreSQL's default,
-    /// so the exchange does not tell an unknown user from a wrong password.
-    pub fn mock(user: &str, key: &[u8; 32]) -> Self {
+    /// attempt, as a real user's), its iterations are the real users'
+    /// (`iterations`), so the exchange does not tell an unknown user from a
+    /// wrong password.
+    pub fn mock(user: &str, key: &[u8; 32], iterations: u32) -> Self {
         let salt = hmac(key, &[b"mock salt ", user.as_bytes()]);
         let mut keys = [0u8; 64];
         rand::rng().fill_bytes(&mut keys);
         Self {
-            iterations: 4096,
+            iterations,
             salt: salt[..16].to_vec(),
             stored_key: keys[..32].to_vec(),
             server_key: keys[32..].to_vec(),

@@ -49,7 +49,9 @@ pub fn expand_env(s: &str) -> Result<String, String> {
         match (value, default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!("environment variable {name} is not set")),
+            (None, None) => {
+                return Err(format!("{} is not set", super::report::env_reference(name)))
+            }
         }
         rest = &after[end + 1..];
     }
@@ -73,8 +75,9 @@ pub fn missing_env(text: &str) -> Vec<String> {
             let name = &after[..end];
             if !name.contains(":-") && std::env::var_os(name).is_none() {
                 missing.push(format!(
-                    "line {}: environment variable {name} is not set",
-                    n + 1
+                    "line {}: {} is not set",
+                    n + 1,
+                    super::report::env_reference(name)
                 ));
             }
             rest = &after[end + 1..];

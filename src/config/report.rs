@@ -33,7 +33,8 @@ pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> super::ConfigError 
 
 /// `message` with every double-quoted run (a string value as serde and
 /// pgmux quote one: `invalid type: string "..."`) and every number or
-/// character serde quotes in backticks (`integer `5``) replaced by `…`.
+/// character serde quotes in backticks (`integer `5``), and every enum
+/// value (`unknown variant `x``), replaced by `…`.
 /// Key names, which serde also puts in backticks, stay.
 pub fn without_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -41,7 +42,7 @@ pub fn without_values(message: &str) -> String {
     while let Some(c) = chars.next() {
         let close = match c {
             '"' => '"',
-            '`' if ["integer ", "floating point ", "character "]
+            '`' if ["integer ", "floating point ", "character ", "variant "]
                 .iter()
                 .any(|w| out.ends_with(w)) =>
             {
@@ -81,6 +82,19 @@ pub fn loose_mode(path: &Path, what: &str) -> Option<String> {
             path.display()
         )
     })
+}
+
+/// How an error names a `${...}` reference that is not set: by its name
+/// when it reads as an environment variable's, else as `${…}` (`${` may
+/// be part of a password: `Tr0ub${4dor}3`).
+pub fn env_reference(name: &str) -> String {
+    let plausible = name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if plausible {
+        format!("environment variable {name}")
+    } else {
+        format!("environment variable ${{{HIDDEN}}}")
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +177,19 @@ mod tests {
         }
         assert_eq!(loose_mode(&dir.join("absent"), "auth_file"), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn enum_values_and_odd_references_are_hidden() {
+        let err = parse_error("[pgmux]\npool_mode = \"hunter2\"\n");
+        assert!(!err.contains("hunter2"), "{err}");
+        let text = "[users.a]\npassword = \"Tr0ub${4dor}3\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(!err.contains("4dor"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert_eq!(
+            env_reference("PGMUX_SECRET"),
+            "environment variable PGMUX_SECRET"
+        );
     }
 }

@@ -43,7 +43,8 @@ impl AuthMethod {
 
 /// `server_auth_methods`: libpq's `require_auth` list (`scram-sha-256,md5`,
 /// or every method but the negated ones: `!password`). Unset, every method
-/// is accepted except a cleartext password over a connection without TLS.
+/// is accepted except a cleartext password over a connection without
+/// verified TLS (`verify-ca` or `verify-full`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServerAuthMethods {
     /// The methods written (`None`: the default rule).
@@ -51,8 +52,8 @@ pub struct ServerAuthMethods {
 }
 
 impl ServerAuthMethods {
-    /// Whether `method` may be used over a connection with (`tls`) or
-    /// without TLS.
+    /// Whether `method` may be used over a connection with (`tls`: TLS with
+    /// a checked certificate) or without it.
     pub fn allows(self, method: AuthMethod, tls: bool) -> bool {
         match self.allowed {
             Some(bits) => bits & method.bit() != 0,

@@ -191,13 +191,18 @@ impl PoolSet {
         let (target, settings) =
             plan(cfg, key, None).ok_or("database or user is not configured")?;
         let tls = connector(&target)?;
-        let _permit = self.one_shots.acquire().await.map_err(|e| e.to_string())?;
         let opts = settings.connect_options();
-        let open = crate::server::open(&target, tls.as_ref(), &opts);
-        match tokio::time::timeout(settings.wait_timeout, open).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".into()),
-        }
+        // The wait for a turn counts too: a flood of lookups must not
+        // hold later ones for ever.
+        let open = async {
+            let _permit = self.one_shots.acquire().await.map_err(|e| e.to_string())?;
+            crate::server::open(&target, tls.as_ref(), &opts)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(settings.wait_timeout, open)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
     }
 
     /// Drops the pools of databases reached through `*` that had no client
@@ -223,13 +228,13 @@ impl PoolSet {
             false
         });
         let n = dropped.len();
+        // The budgets stay: a client handed the pool just before it went
+        // still draws on its database's limit, and a new pool of the same
+        // database must share it. (They are made only for databases a
+        // client authenticated to.) A dropped pool goes on serving such a
+        // client, as a retired pool does.
         for (key, _) in &dropped {
             self.looked_up.lock().remove(key);
-            if !pools.keys().any(|k| k.database == key.database) {
-                self.budgets
-                    .lock()
-                    .remove(&("database", key.database.clone()));
-            }
         }
         self.retired.lock().extend(dropped);
         n

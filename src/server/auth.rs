@@ -33,7 +33,12 @@ enum Scram {
 /// One login's authentication, from the first request to AuthenticationOk.
 pub(super) struct ServerAuth<'a> {
     t: &'a ServerTarget,
+    /// TLS whose certificate pgmux checked (`verify-ca`, `verify-full`):
+    /// only such a channel makes a cleartext password safe by default (an
+    /// unchecked one may end at whoever answered).
     tls: bool,
+    /// Any TLS: pgmux can bind SCRAM to it.
+    encrypted: bool,
     /// `tls-server-end-point` data of the server's certificate.
     end_point: Option<Vec<u8>>,
     /// What the server asked for (it may ask once).
@@ -65,7 +70,8 @@ impl<'a> ServerAuth<'a> {
     pub(super) fn new(t: &'a ServerTarget, stream: &Stream) -> Self {
         Self {
             t,
-            tls: stream.is_tls(),
+            tls: stream.is_tls() && t.tls_mode >= crate::tls::TlsMode::VerifyCa,
+            encrypted: stream.is_tls(),
             end_point: end_point(stream),
             asked: None,
             scram: None,
@@ -172,11 +178,20 @@ impl<'a> ServerAuth<'a> {
             )));
         }
         self.asked = Some(method);
+        if self.t.channel_binding == ChannelBinding::Require && method != AuthMethod::Scram {
+            // Refused before anything is answered: a password or an md5
+            // answer sent first would reach whoever is in the middle.
+            return Err(auth_err(format!(
+                "server_channel_binding is require and the server asked for authentication \
+                 method \"{}\" instead of SCRAM",
+                method.name()
+            )));
+        }
         if self.t.auth_methods.allows(method, self.tls) {
             return Ok(());
         }
         let over = if method == AuthMethod::Password && !self.tls {
-            " over a connection without TLS"
+            " over a connection without verified TLS"
         } else {
             ""
         };
@@ -227,10 +242,14 @@ impl<'a> ServerAuth<'a> {
     /// How to bind this exchange, given the server's mechanisms.
     fn binding(&self, offered: &[&[u8]]) -> Result<ClientBinding, ServerError> {
         let plus = offered.contains(&SCRAM_SHA_256_PLUS.as_bytes());
+        // Over TLS pgmux says it could bind (`y`) whenever it does not,
+        // as libpq does: a server that offered PLUS then sees the
+        // downgrade, whatever certificate the middle showed.
         let binding = match (self.t.channel_binding, &self.end_point) {
-            (ChannelBinding::Disable, _) | (_, None) => ClientBinding::None,
+            (ChannelBinding::Disable, _) => ClientBinding::None,
             (_, Some(data)) if plus => ClientBinding::EndPoint(data.clone()),
-            (_, Some(_)) => ClientBinding::Unrequested,
+            _ if self.encrypted => ClientBinding::Unrequested,
+            _ => ClientBinding::None,
         };
         match &binding {
             ClientBinding::EndPoint(_) => Ok(binding),
@@ -304,4 +323,67 @@ fn end_point(stream: &Stream) -> Option<Vec<u8>> {
     };
     let cert = c.get_ref().1.peer_certificates()?.first()?;
     crate::tls::end_point::tls_server_end_point(cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HostPort, ServerAuthMethods, TargetSessionAttrs};
+
+    fn target(binding: ChannelBinding, methods: &str) -> ServerTarget {
+        ServerTarget {
+            hosts: vec![HostPort {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            }],
+            target_session_attrs: TargetSessionAttrs::Any,
+            load_balance: Default::default(),
+            dbname: "d".into(),
+            user: "u".into(),
+            password: Some(Secret::Plain("hunter2".into())),
+            tls_mode: crate::tls::TlsMode::Require,
+            tls_ca: None,
+            auth_methods: ServerAuthMethods::parse(methods).unwrap(),
+            channel_binding: binding,
+        }
+    }
+
+    fn request(code: i32, data: &[u8]) -> Vec<u8> {
+        let mut b = code.to_be_bytes().to_vec();
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn required_binding_answers_nothing_but_scram() {
+        let t = target(ChannelBinding::Require, "password,md5,scram-sha-256,none");
+        for (code, data) in [(auth_code::CLEARTEXT, &b""[..]), (auth_code::MD5, b"salt")] {
+            let mut auth = ServerAuth::new(&t, &Stream::Gone);
+            assert!(auth.step(&request(code, data)).is_err(), "{code}");
+        }
+        let mut auth = ServerAuth::new(&t, &Stream::Gone);
+        assert!(auth.step(&request(auth_code::OK, b"")).is_err());
+    }
+
+    #[test]
+    fn without_binding_data_the_exchange_is_not_bound() {
+        let t = target(ChannelBinding::Prefer, "scram-sha-256");
+        let mut auth = ServerAuth::new(&t, &Stream::Gone);
+        let out = auth
+            .step(&request(
+                auth_code::SASL,
+                b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0",
+            ))
+            .unwrap();
+        // Not over TLS: `n`, and the plain mechanism.
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("SCRAM-SHA-256\0") && text.contains("n,,"),
+            "{text}"
+        );
+        assert!(
+            auth.step(&request(auth_code::OK, b"")).is_err(),
+            "OK before the proof"
+        );
+    }
 }

@@ -39,8 +39,13 @@ impl Session {
             // once it closes the cancel connection, so the cancel cannot
             // land on the next client's query after this server goes back
             // (an idle backend ignores it).
+            // Not known to have arrived in time: it may still, so the
+            // server is closed.
             let key = server.key;
-            let _ = tokio::time::timeout_at(deadline, crate::cancel::cancel_server(key)).await;
+            let sent = tokio::time::timeout_at(deadline, crate::cancel::cancel_server(key)).await;
+            if !matches!(sent, Ok(true)) {
+                return false;
+            }
         }
         // Whatever was owed is in; a server still waiting for a Sync (or
         // in a COPY) is not idle, and is closed rather than lent.

@@ -10,7 +10,7 @@ use super::{fatal, LoginError};
 use std::net::IpAddr;
 
 use crate::auth::hba::{self, Verdict};
-use crate::auth::{md5, scram::ScramServer, Method, Secret, UserAuth};
+use crate::auth::{md5, scram::ScramServer, Method, ScramVerifier, Secret, UserAuth};
 use crate::config::Config;
 use crate::protocol::frame::{cstr, make_room, read_i32, split_frame};
 use crate::protocol::{encode, fe, SqlState};
@@ -32,6 +32,10 @@ pub struct Exchange<'a> {
     /// Channel binding data of the client's TLS connection: with it,
     /// SCRAM-SHA-256-PLUS is offered.
     pub end_point: Option<&'a [u8]>,
+    /// What a user with no SCRAM secret is challenged with under SCRAM
+    /// (one stored as an md5 hash): an exchange no password passes, as
+    /// PostgreSQL runs, so that it fails as a wrong password does.
+    pub mock: &'a ScramVerifier,
 }
 
 impl Exchange<'_> {
@@ -129,14 +133,16 @@ async fn scram_exchange(
     user: &str,
     auth: &UserAuth,
 ) -> Result<[u8; 32], LoginError> {
-    let verifier = auth.scram.as_ref().ok_or_else(|| {
-        fatal(
-            SqlState::INVALID_PASSWORD,
-            format!(
-                "password authentication failed for user \"{user}\": no SCRAM secret is configured"
-            ),
-        )
-    })?;
+    let verifier = match &auth.scram {
+        Some(v) => v,
+        None => {
+            tracing::info!(
+                user,
+                "SCRAM login of a user stored as an md5 hash: it cannot pass"
+            );
+            ex.mock
+        }
+    };
     // PostgreSQL lists the bound mechanism first.
     let offered: &[&str] = match ex.end_point {
         Some(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],

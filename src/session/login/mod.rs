@@ -136,7 +136,23 @@ fn identify(
     let database = database
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    Ok((user, database))
+    Ok((name(user), name(database)))
+}
+
+/// A name as PostgreSQL reads it from a startup packet: at most
+/// NAMEDATALEN - 1 (63) bytes, the rest dropped (here at a character
+/// boundary). It also bounds what an unauthenticated peer's names cost
+/// in pgmux's caches.
+fn name(mut s: String) -> String {
+    const MAX: usize = 63;
+    if s.len() > MAX {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 fn refuse_replication(value: &str) -> Result<(), LoginError> {
@@ -204,18 +220,25 @@ async fn resolve(
     let looked_up = configured.is_none() && !admin && db && cfg.pgmux.auth_user.is_some();
     let auth = match configured {
         Some(a) => Some(a),
-        None if looked_up => auth_query::lookup(ctx, cfg, database, user)
-            .await
-            .map_err(|e| {
-                // The cause may name the server, its roles or its errors:
-                // logged for the operator, not told to a peer that has not
-                // authenticated.
+        None if looked_up => match auth_query::lookup(ctx, cfg, database, user).await {
+            Ok(found) => found,
+            // The cause may name the server, its roles or its errors:
+            // logged for the operator, not told to a peer that has not
+            // authenticated. A database reached through `*` may simply
+            // not exist on the server: that is said after authentication,
+            // so the lookup's failure is an unknown user's exchange.
+            Err(e) if !cfg.databases.contains_key(database) => {
+                tracing::info!(database = %database, user = %user, error = %e, "auth_query lookup failed");
+                None
+            }
+            Err(e) => {
                 tracing::warn!(database = %database, user = %user, error = %e, "auth_query lookup failed");
-                fatal(
+                return Err(fatal(
                     SqlState::CANNOT_CONNECT,
                     "the user could not be looked up (auth_query); see pgmux's log",
-                )
-            })?,
+                ));
+            }
+        },
         None => None,
     };
     let labels = (
@@ -258,19 +281,24 @@ async fn resolve(
     })
 }
 
-/// The secret an unknown user is challenged with: the form a configured
-/// user would have under `method`, matched by no password.
+/// The secret an unknown user is challenged with: the form most
+/// configured users have under `method` ([`Context::mock_shape`]), matched
+/// by no password.
 fn mock_user(ctx: &Context, method: crate::auth::Method, user: &str) -> UserAuth {
-    let verifier = crate::auth::ScramVerifier::mock(user, &ctx.mock_key);
+    let (md5_majority, iterations) = ctx.mock_shape();
     let secret = match method {
-        crate::auth::Method::Md5 => {
+        crate::auth::Method::Md5 if md5_majority => {
             let hex: String = rand::random::<[u8; 16]>()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
             Secret::Md5(format!("md5{hex}"))
         }
-        _ => Secret::Scram(verifier),
+        _ => Secret::Scram(crate::auth::ScramVerifier::mock(
+            user,
+            &ctx.mock_key,
+            iterations,
+        )),
     };
     UserAuth::new(secret)
 }
@@ -308,11 +336,13 @@ pub async fn login(
         count_auth_failure(ctx, e, &labels)
     })?;
     let target = resolve(ctx, &cfg, &req, method).await?;
+    let mock = crate::auth::ScramVerifier::mock(&req.user, &ctx.mock_key, ctx.mock_shape().1);
     let mut ex = Exchange {
         stream,
         buf: &mut buf,
         out: &mut out,
         end_point: end_point.as_deref(),
+        mock: &mock,
     };
     let client_key = authenticate::authenticate(&mut ex, method, &req.user, &target.auth)
         .await
