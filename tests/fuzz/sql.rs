@@ -351,8 +351,10 @@ fn check_rewrite(client: &[u8], sent: &[u8], registry: &Registry, r: &mut StdRng
     // (In a failed transaction the server refuses any EXECUTE itself.)
     let tx = [TxStatus::Idle, TxStatus::InTransaction][r.random_range(0..2)];
     let again = route_in(tx, &mut fresh, &mut server, registry, sent, r);
+    // Inside a transaction the server raises the error for pgmux (its
+    // own DO block); the client's text never reaches it.
     assert!(
-        again.is_empty(),
+        again.iter().all(|q| q.starts_with(b"DO $pgmux$ BEGIN RAISE")),
         "{sent:?} reached the server again: {again:?}"
     );
 }
