@@ -650,7 +650,7 @@ fn describe(r: &PrometheusRecorder) {
         (names::RELOADS, "Configuration reloads by result."),
         (names::ABANDONED, "Servers a client left mid-transaction or with requests in flight: recovered (rolled back, reused) or closed."),
         (names::CLIENT_TIMEOUTS, "Clients disconnected by an idle timeout: idle_transaction (idle_transaction_timeout, 25P03), client_idle (client_idle_timeout, 57P05)."),
-        (names::SESSION_CHECKS, "Round trips after a transaction that read back or reset a server's session state, by what called for them (code: code pgmux cannot read, such as a function of the application's own, DO, CALL, or server_reset_query_always; settings; identity; pin)."),
+        (names::SESSION_CHECKS, "Round trips after a transaction that read back or reset a server's session state, by what called for them (code: code pgmux cannot read, such as a function of the application's own, DO, CALL, or server_reset_query_always; settings; identity; pin); statements_changed: servers closed because a client dropped or replaced a prepared statement pgmux shares."),
         (names::CANCELS, "Cancel requests (a client's, or query_timeout's): forwarded (delivered to the server the client held), dropped (the client held no server, or no such key), uncertain (not known to have arrived: the server was closed rather than lent again), peer (passed to the instance that issued the key)."),
         (names::PINS, "Clients that started keeping their server between transactions, by reason (temp_table, advisory_lock, listen, with_hold_cursor, prepare)."),
     ] {
