@@ -101,6 +101,8 @@ fn gone() -> io::Error {
 }
 
 impl AsyncRead for Stream {
+    // Inlined into the session's reads: the hot path of every request.
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -115,6 +117,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

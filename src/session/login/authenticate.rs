@@ -34,8 +34,9 @@ pub struct Exchange<'a> {
     pub end_point: Option<&'a [u8]>,
     /// What a user with no SCRAM secret is challenged with under SCRAM
     /// (one stored as an md5 hash): an exchange no password passes, as
-    /// PostgreSQL runs, so that it fails as a wrong password does.
-    pub mock: &'a ScramVerifier,
+    /// PostgreSQL runs, so that it fails as a wrong password does. Made
+    /// only then, from the process's key and the users' iteration count.
+    pub mock: (&'a [u8; 32], u32),
 }
 
 impl Exchange<'_> {
@@ -133,6 +134,7 @@ async fn scram_exchange(
     user: &str,
     auth: &UserAuth,
 ) -> Result<[u8; 32], LoginError> {
+    let mock;
     let verifier = match &auth.scram {
         Some(v) => v,
         None => {
@@ -140,7 +142,8 @@ async fn scram_exchange(
                 user,
                 "SCRAM login of a user stored as an md5 hash: it cannot pass"
             );
-            ex.mock
+            mock = ScramVerifier::mock(user, ex.mock.0, ex.mock.1);
+            &mock
         }
     };
     // PostgreSQL lists the bound mechanism first.

@@ -336,13 +336,12 @@ pub async fn login(
         count_auth_failure(ctx, e, &labels)
     })?;
     let target = resolve(ctx, &cfg, &req, method).await?;
-    let mock = crate::auth::ScramVerifier::mock(&req.user, &ctx.mock_key, ctx.mock_shape().1);
     let mut ex = Exchange {
         stream,
         buf: &mut buf,
         out: &mut out,
         end_point: end_point.as_deref(),
-        mock: &mock,
+        mock: (&ctx.mock_key, ctx.mock_shape().1),
     };
     let client_key = authenticate::authenticate(&mut ex, method, &req.user, &target.auth)
         .await
