@@ -338,15 +338,22 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn passthrough_logs_in_with_the_recovered_client_key() {
+    /// A verifier for "pw", and the ClientKey pgmux learns from a client's
+    /// SCRAM login with it.
+    fn learned_client_key() -> (ScramVerifier, [u8; 32]) {
         let verifier =
             ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
-        // A client logs in to pgmux; pgmux learns its ClientKey.
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         let (server, first) = ScramServer::start(&verifier, client.message(), None, false).unwrap();
         client.update(first.as_bytes()).unwrap();
         let (_, client_key) = server.finish(client.message()).unwrap();
+        (verifier, client_key)
+    }
+
+    #[test]
+    fn passthrough_logs_in_with_the_recovered_client_key() {
+        // A client logs in to pgmux; pgmux learns its ClientKey.
+        let (verifier, client_key) = learned_client_key();
         // pgmux logs in to a server holding the same verifier.
         let mut pass = ScramPassthrough::new(verifier.clone(), client_key, ClientBinding::None);
         let (backend, first) =
@@ -408,12 +415,7 @@ mod tests {
 
     #[test]
     fn passthrough_binds_to_the_channel() {
-        let verifier =
-            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
-        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start(&verifier, client.message(), None, false).unwrap();
-        client.update(first.as_bytes()).unwrap();
-        let (_, client_key) = server.finish(client.message()).unwrap();
+        let (verifier, client_key) = learned_client_key();
         let data = b"hash".to_vec();
         let mut pass = ScramPassthrough::new(
             verifier.clone(),
