@@ -28,8 +28,10 @@ pub type Users = HashMap<String, Arc<UserAuth>>;
 /// not stand out: whether most would get an md5 challenge under `md5`
 /// (stored as a password or an md5 hash, not a SCRAM verifier), and the
 /// iteration count most SCRAM verifiers use (4096, PostgreSQL's and
-/// pgmux's own, when none says otherwise).
-pub fn mock_shape(users: &Users) -> (bool, u32) {
+/// pgmux's own, when none says otherwise). With `auth_query` the users that
+/// count are the server's, unseen: SCRAM then, PostgreSQL's default
+/// `password_encryption` since 14, and what it mocks with itself.
+pub fn mock_shape(users: &Users, looked_up: bool) -> (bool, u32) {
     let (mut md5, mut scram) = (0usize, 0usize);
     let mut iterations: HashMap<u32, usize> = HashMap::new();
     for u in users.values() {
@@ -47,7 +49,7 @@ pub fn mock_shape(users: &Users) -> (bool, u32) {
         .into_iter()
         .max_by_key(|&(i, n)| (n, i))
         .map_or(4096, |(i, _)| i);
-    (md5 >= scram, most)
+    (md5 >= scram && !looked_up, most)
 }
 
 /// Builds the user table, keeping entries whose password did not change
@@ -390,7 +392,7 @@ impl Context {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let peer_id = config.pgmux.peer_id;
         let users = build_users(&config, None);
-        let shape = mock_shape(&users);
+        let shape = mock_shape(&users, config.pgmux.auth_user.is_some());
         let limit = config.pgmux.max_client_conn as usize;
         let client_tls = ClientTls::from_config(&config.pgmux)?;
         Ok(Self {
@@ -464,7 +466,7 @@ impl Context {
     pub(crate) fn install(&self, config: Arc<Config>) -> Result<(), String> {
         let tls = ClientTls::from_config(&config.pgmux)?;
         let users = build_users(&config, Some(&self.users.read()));
-        *self.mock_shape.write() = mock_shape(&users);
+        *self.mock_shape.write() = mock_shape(&users, config.pgmux.auth_user.is_some());
         *self.client_tls.write() = Arc::new(tls);
         let limit = config.pgmux.max_client_conn as usize;
         *self.users.write() = Arc::new(users);

@@ -257,6 +257,25 @@ async fn error_paths_keep_order_and_state() {
     assert_eq!(error_code(&r).as_deref(), Some("26000"));
     assert_eq!(r.last().map(|m| m.1.clone()), Some(b"E".to_vec()));
     c.query("ROLLBACK").round_trip().await;
+    // Pipelined behind a BEGIN the client has not seen answered yet: the
+    // transaction still fails, and the COMMIT rolls back.
+    c.query("BEGIN")
+        .query("EXECUTE pgmux_1")
+        .query("COMMIT")
+        .flush()
+        .await;
+    let mut statuses = Vec::new();
+    let mut tags_seen = Vec::new();
+    while statuses.len() < 3 {
+        let (tag, body) = c.read().await;
+        match tag {
+            b'Z' => statuses.push(body[0]),
+            b'C' => tags_seen.push(String::from_utf8_lossy(&body).into_owned()),
+            _ => {}
+        }
+    }
+    assert_eq!(statuses, b"TEI", "{tags_seen:?}");
+    assert_eq!(tags_seen, ["BEGIN\0", "ROLLBACK\0"]);
     // Describe + Flush (asyncpg's way) answers without a Sync.
     c.parse("d", "SELECT $1::int AS x")
         .describe("d")

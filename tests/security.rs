@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use common::raw::{error_code, Raw};
+use common::raw::{error_code, tags, Raw};
 use common::*;
 use parking_lot::Mutex;
 use pgmux::app::Proxy;
@@ -950,4 +950,44 @@ async fn shared_statements_cannot_be_replaced() {
         &[("kind", "statements_changed")],
     );
     assert_eq!(closed, Some(3.0), "each replacement closed its server");
+}
+
+/// A statement's text reads differently in another client encoding: a
+/// check asked by a LATIN1 client takes neither a UTF-8 client's `é` for a
+/// replaced statement nor fails on a `€` LATIN1 has no byte for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_other_encodings_are_not_taken_for_replaced() {
+    let p = setup("t_sec_latin1", 1, "").await;
+    let mut c = Raw::connect(p.addr().port(), "t_sec_latin1", PASSWORD, "t_sec_latin1").await;
+    let r = c
+        .parse("s", "SELECT 'é' AS x /* € */")
+        .bind("", "s", &[])
+        .execute("")
+        .sync()
+        .round_trip()
+        .await;
+    assert_eq!(tags(&r), "12DCZ", "{r:?}");
+    c.query("SET client_encoding = 'LATIN1'").round_trip().await;
+    // A DEALLOCATE the server answers makes pgmux check its statements.
+    let r = c.query("DEALLOCATE nothing_here").round_trip().await;
+    assert_eq!(error_code(&r).as_deref(), Some("26000"), "{r:?}");
+    let r = c.bind("", "s", &[]).execute("").sync().round_trip().await;
+    assert_eq!(tags(&r), "2DCZ", "{r:?}");
+    let text = p.context().render_metrics();
+    let closed = sample(
+        &parse_prometheus(&text),
+        "pgmux_session_checks_total",
+        &[("kind", "statements_changed")],
+    );
+    assert_eq!(closed, None, "no server taken for changed");
+    let opened = sample(
+        &parse_prometheus(&text),
+        "pgmux_server_connections_opened_total",
+        &[("database", "t_sec_latin1")],
+    );
+    assert_eq!(
+        opened,
+        Some(1.0),
+        "the one server was kept: the check did not fail"
+    );
 }

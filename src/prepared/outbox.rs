@@ -46,6 +46,10 @@ pub struct Outbox<'a> {
     pub replies: &'a mut Vec<(Req, Reply, Hook)>,
     /// What the session must do besides sending and expecting.
     pub flags: Flags,
+    /// Replies to earlier requests are still owed: the transaction status
+    /// the router is given is the last one the client was told, and may
+    /// change before this request runs (pipelined queries).
+    pub owed: bool,
 }
 
 /// What routing asks of the session besides bytes and replies.
@@ -69,6 +73,7 @@ impl<'a> Outbox<'a> {
             sout,
             replies,
             flags: Flags::default(),
+            owed: false,
         }
     }
 

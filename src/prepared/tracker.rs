@@ -507,6 +507,8 @@ impl Tracker {
         match (effect, owned) {
             (SqlEffect::Deallocate(name), Some(stmt)) => {
                 self.names.remove(&name);
+                // Nothing reaches the server: nothing to check after it.
+                out.flags.effects = Some(Effects::NONE);
                 // Answered here: other clients may use the server's copy.
                 let mut reply = BytesMut::new();
                 encode::command_complete(&mut reply, "DEALLOCATE");
@@ -636,16 +638,17 @@ fn duplicate_prepare(name: &[u8], tx: TxStatus, out: &mut Outbox<'_>) -> Result<
     refuse_query(SqlState::DUPLICATE_PSTATEMENT, &msg, tx, out)
 }
 
-/// Refuses a simple Query with PostgreSQL's error. Outside a transaction
-/// it is answered here; inside one the server must raise it, so that the
-/// transaction is aborted as PostgreSQL would.
+/// Refuses a simple Query with PostgreSQL's error. Outside a transaction,
+/// with nothing owed before it, it is answered here; otherwise the server
+/// must raise it (a pipelined `BEGIN` ahead of it may have opened one), so
+/// that a transaction is aborted as PostgreSQL would.
 fn refuse_query(
     code: SqlState,
     msg: &str,
     tx: TxStatus,
     out: &mut Outbox<'_>,
 ) -> Result<(), EncodeError> {
-    if tx == TxStatus::Idle {
+    if tx == TxStatus::Idle && !out.owed {
         let mut reply = super::outbox::error(code, msg);
         encode::ready_for_query(&mut reply, tx);
         out.expect(Req::Query, Reply::Synthetic(reply.freeze()), Hook::None);

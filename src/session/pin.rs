@@ -33,7 +33,7 @@ pub(super) const SESSION_OBJECTS: &str = "SELECT \
      EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements \
              WHERE from_sql AND pg_catalog.left(name, 6) OPERATOR(pg_catalog.<>) 'pgmux_'), \
      (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
-             pg_catalog.encode(pg_catalog.sha256(pg_catalog.textsend(statement)), 'hex'), ',') \
+             pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(statement, 'UTF8')), 'hex'), ',') \
         FROM pg_catalog.pg_prepared_statements \
         WHERE pg_catalog.left(name, 6) OPERATOR(pg_catalog.=) 'pgmux_')";
 
@@ -51,15 +51,22 @@ const REASONS: [&str; 5] = [
 /// client ran (a multi-statement Query, `U&` names, dynamic SQL in a
 /// function) may have dropped or replaced one: the next client's Bind would
 /// then run a text of that client's choosing, under the next client's
-/// settings and role. Such a server is closed. Without statement tracking
-/// pgmux shares nothing, and nothing is compared.
+/// settings and role. Such a server is closed.
+///
+/// The server hashes each text as UTF-8 (a conversion that cannot fail);
+/// pgmux holds the bytes the preparing client sent, in that client's
+/// encoding, which it does not record: a text that is all ASCII reads the
+/// same in every encoding PostgreSQL serves and is compared by its hash,
+/// any other by its name alone. Compared whenever the server holds
+/// statements of pgmux's, whoever asks (a client without statement
+/// tracking too: a reload may have turned it off while others use them).
 pub(super) fn statements_intact(
     rows: &[Vec<Option<String>>],
     tracked: bool,
     held: &crate::prepared::ServerStatements,
 ) -> bool {
     use sha2::{Digest, Sha256};
-    if !tracked {
+    if !tracked && held.is_empty() {
         return true;
     }
     let listed = rows
@@ -68,18 +75,33 @@ pub(super) fn statements_intact(
         .cloned()
         .flatten()
         .unwrap_or_default();
-    let mut on_server: Vec<&str> = listed.split(',').filter(|s| !s.is_empty()).collect();
-    let mut expected: Vec<String> = held
+    let mut on_server: Vec<(&str, &str)> = listed
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.rsplit_once(':').unwrap_or((s, "")))
+        .collect();
+    let mut expected: Vec<(String, Option<String>)> = held
         .all()
         .map(|stmt| {
-            let hash = Sha256::digest(stmt.server_text());
-            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{}:{hex}", String::from_utf8_lossy(&stmt.name))
+            let text = stmt.server_text();
+            let hash = text.is_ascii().then(|| {
+                Sha256::digest(text)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            });
+            (String::from_utf8_lossy(&stmt.name).into_owned(), hash)
         })
         .collect();
     on_server.sort_unstable();
     expected.sort_unstable();
-    on_server == expected
+    on_server.len() == expected.len()
+        && on_server
+            .iter()
+            .zip(&expected)
+            .all(|((name, hash), (want, want_hash))| {
+                name == want && want_hash.as_deref().is_none_or(|h| h == *hash)
+            })
 }
 
 /// The first kind of per-session state the answer to [`SESSION_OBJECTS`]

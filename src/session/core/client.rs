@@ -214,6 +214,7 @@ impl Core {
             return Ok(Tracked::No);
         };
         let mut out = Outbox::new(&mut self.sout, &mut self.routed);
+        out.owed = !self.expect.is_empty();
         let statements = server.as_deref_mut().map(|s| &mut s.statements);
         let routed = tracker
             .route(msg, frame, statements, registry, self.tx, &mut out)

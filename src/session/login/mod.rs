@@ -228,7 +228,7 @@ async fn resolve(
             // not exist on the server: that is said after authentication,
             // so the lookup's failure is an unknown user's exchange.
             Err(e) if !cfg.databases.contains_key(database) => {
-                tracing::info!(database = %database, user = %user, error = %e, "auth_query lookup failed");
+                tracing::warn!(database = %database, user = %user, error = %e, "auth_query lookup failed");
                 None
             }
             Err(e) => {
