@@ -226,17 +226,16 @@ async fn resolve(
             // logged for the operator, not told to a peer that has not
             // authenticated. A database reached through `*` may simply
             // not exist on the server: that is said after authentication,
-            // so the lookup's failure is an unknown user's exchange.
-            Err(e) if !cfg.databases.contains_key(database) => {
-                tracing::warn!(database = %database, user = %user, error = %e, "auth_query lookup failed");
-                None
-            }
+            // so there the lookup's failure is an unknown user's exchange.
             Err(e) => {
                 tracing::warn!(database = %database, user = %user, error = %e, "auth_query lookup failed");
-                return Err(fatal(
-                    SqlState::CANNOT_CONNECT,
-                    "the user could not be looked up (auth_query); see pgmux's log",
-                ));
+                if cfg.databases.contains_key(database) {
+                    return Err(fatal(
+                        SqlState::CANNOT_CONNECT,
+                        "the user could not be looked up (auth_query); see pgmux's log",
+                    ));
+                }
+                None
             }
         },
         None => None,
