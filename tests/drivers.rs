@@ -40,3 +40,33 @@ async fn psycopg_prepared_many_connections_pool_of_four() {
         .await
         .unwrap();
 }
+
+/// libpq 18 (psycopg's wheel) asking for the newest protocol
+/// (`max_protocol_version=latest`, 3.2) gets 3.0 through pgmux, as from
+/// PostgreSQL 15 directly. pgmux once answered NegotiateProtocolVersion
+/// with a bare minor version (0), which libpq 18 refuses as a downgrade
+/// below 3.0: no such client could connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_18_asking_for_the_newest_protocol() {
+    let p = setup("t_proto32", 2, "").await;
+    let script = "import sys, psycopg\n\
+        c = psycopg.connect(sys.argv[1])\n\
+        print(c.info.full_protocol_version, c.execute('SELECT 41 + 1').fetchone()[0])\n";
+    let connect = |port: u16| {
+        let dsn = format!(
+            "host=127.0.0.1 port={port} user=t_proto32 password={PASSWORD} dbname=t_proto32 \
+             max_protocol_version=latest"
+        );
+        run(std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(dsn))
+    };
+    let (port, direct) = (p.addr().port(), cluster().port());
+    let (through, straight) = tokio::task::spawn_blocking(move || (connect(port), connect(direct)))
+        .await
+        .unwrap();
+    assert!(straight.0, "directly: {}", straight.1);
+    assert!(through.0, "through pgmux: {}", through.1);
+    assert_eq!(through.1.trim(), straight.1.trim());
+    assert_eq!(through.1.trim(), "30000 42");
+}

@@ -158,12 +158,19 @@ pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
     put(out, ReadyForQuery::new(status));
 }
 
-/// NegotiateProtocolVersion: the newest minor version supported and the
-/// protocol options that were not recognized.
-pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unknown: &[String]) {
+/// NegotiateProtocolVersion: the newest protocol version supported (a
+/// whole version number, [`PROTOCOL_3_0`]) and the protocol options that
+/// were not recognized.
+pub fn negotiate_protocol_version(out: &mut BytesMut, version: i32, unknown: &[String]) {
     let unknown = unknown.iter().map(|o| text(o)).collect();
-    put(out, NegotiateProtocolVersion::new(minor, unknown));
+    put(out, NegotiateProtocolVersion::new(version, unknown));
 }
+
+/// Protocol 3.0 as a version number (major in the high 16 bits): what
+/// NegotiateProtocolVersion carries, as PostgreSQL writes it. libpq 18
+/// reads it whole and refuses a bare minor version (0) as a downgrade
+/// below 3.0.
+pub const PROTOCOL_3_0: i32 = 3 << 16;
 
 /// CommandComplete with the given tag (`DEALLOCATE`, `SHOW`, ...).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {

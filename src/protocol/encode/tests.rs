@@ -89,14 +89,14 @@ fn client_messages_read_back() {
     done(&out);
 
     auth_sasl(&mut out, &["SCRAM-SHA-256"]);
-    negotiate_protocol_version(&mut out, 0, &["_pq_.x\0y".to_owned()]);
+    negotiate_protocol_version(&mut out, PROTOCOL_3_0, &["_pq_.x\0y".to_owned()]);
     row_description(&mut out, &[("name", 25), ("n", 20)]);
     match decode(&mut out) {
         Authentication::SASL(m) => assert_eq!(m, ["SCRAM-SHA-256"]),
         m => panic!("{m:?}"),
     }
     let v: NegotiateProtocolVersion = decode(&mut out);
-    assert_eq!(v.newest_minor_protocol, 0);
+    assert_eq!(v.newest_minor_protocol, 196_608);
     assert_eq!(v.unsupported_options, ["_pq_.xy"]);
     let t: RowDescription = decode(&mut out);
     let cols: Vec<_> = t

@@ -323,7 +323,7 @@ pub async fn login(
     let req = Request::read(minor, params)?;
     let mut out = BytesMut::new();
     if req.minor > 0 || !req.protocol_options.is_empty() {
-        encode::negotiate_protocol_version(&mut out, 0, &req.protocol_options);
+        encode::negotiate_protocol_version(&mut out, encode::PROTOCOL_3_0, &req.protocol_options);
     }
     let cfg = ctx.config();
     let method = authenticate::method(&cfg, peer.ip(), stream.is_tls(), &req.database, &req.user)
