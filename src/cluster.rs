@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     /// set `listen_addresses` in `extra_conf` to addresses it has. The
     /// harness reaches it through its Unix socket.
     pub netns: Option<String>,
+    /// The server binaries (`initdb`, `pg_ctl`, `postgres`): another
+    /// PostgreSQL version's (default: [`find_bin_dir`]).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             hba: None,
             port: None,
             netns: None,
+            bin_dir: None,
         }
     }
 }
@@ -62,6 +66,10 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
+    /// Client programs (`pg_isready`, `psql`, `pgbench`): the installed
+    /// PostgreSQL's, which talk to every version (a server fetched for
+    /// another version may come without them).
+    tools: PathBuf,
     port: u16,
     child: Mutex<Option<Child>>,
     run_as: Option<String>,
@@ -210,7 +218,10 @@ pub fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
 impl Cluster {
     /// Initializes and starts a new cluster.
     pub fn start(opts: &ClusterOptions) -> anyhow::Result<Self> {
-        let bin = find_bin_dir()?;
+        let bin = match &opts.bin_dir {
+            Some(b) => b.clone(),
+            None => find_bin_dir()?,
+        };
         let run_as = is_root().then(|| SUPERUSER.to_string());
         let dir = scratch_dir("pg")?;
         let pwfile = dir.join("pwfile");
@@ -266,9 +277,11 @@ impl Cluster {
         text.push_str(&conf.join("\n"));
         text.push('\n');
         std::fs::write(&conf_path, text)?;
+        let tools = find_bin_dir().unwrap_or_else(|_| bin.clone());
         let cluster = Self {
             dir,
             bin,
+            tools,
             port: match opts.port {
                 Some(p) => p,
                 None => free_port()?,
@@ -289,7 +302,7 @@ impl Cluster {
             std::os::unix::fs::chown(&dir, Some(id_of(u, "-u")?), Some(id_of(u, "-g")?))?;
         }
         let data = dir.join("data");
-        let mut backup = Self::command(&primary.run_as, &primary.bin.join("pg_basebackup"));
+        let mut backup = Self::command(&primary.run_as, &primary.tools.join("pg_basebackup"));
         backup
             .arg("-h")
             .arg(&primary.dir)
@@ -312,6 +325,7 @@ impl Cluster {
         let cluster = Self {
             dir,
             bin: primary.bin.clone(),
+            tools: primary.tools.clone(),
             port: free_port()?,
             child: Mutex::new(None),
             run_as: primary.run_as.clone(),
@@ -404,7 +418,7 @@ impl Cluster {
         while Instant::now() < deadline {
             // The Unix socket: reachable whatever network namespace the
             // server is in.
-            let ok = Command::new(self.bin.join("pg_isready"))
+            let ok = Command::new(self.tools.join("pg_isready"))
                 .arg("-q")
                 .arg("-h")
                 .arg(&self.dir)
@@ -431,9 +445,9 @@ impl Cluster {
         self.dir.join("data")
     }
 
-    /// The directory holding the server binaries (pgbench, psql, ...).
+    /// The directory holding the client programs (pgbench, psql, ...).
     pub fn bin_dir(&self) -> &Path {
-        &self.bin
+        &self.tools
     }
 
     /// A libpq/tokio-postgres connection string for the superuser.

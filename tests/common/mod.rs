@@ -6,6 +6,7 @@
 pub mod netns;
 pub mod pgbouncer;
 pub mod raw;
+pub mod versions;
 
 use std::sync::OnceLock;
 use std::time::Duration;
