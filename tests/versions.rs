@@ -158,11 +158,96 @@ async fn steps(port: u16, user: &str) -> Vec<String> {
     seen
 }
 
+/// PostgreSQL 17's direct TLS toward the server
+/// (`server_tls_negotiation = "direct"`): a server that takes TLS only
+/// serves pgmux's sessions over it from 17; an older one, which knows no
+/// direct handshake, is a clear login error rather than a hang.
+async fn direct_tls(major: u32) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let bin = tokio::task::spawn_blocking(move || common::versions::server_bin(major))
+        .await
+        .unwrap();
+    let c = tokio::task::spawn_blocking(move || {
+        Cluster::start(&ClusterOptions {
+            max_connections: 20,
+            bin_dir: Some(bin),
+            extra_conf: vec![
+                "ssl = on".into(),
+                "ssl_cert_file = 'server.crt'".into(),
+                "ssl_key_file = 'server.key'".into(),
+            ],
+            data_files: vec![
+                ("server.crt".into(), cert.pem()),
+                ("server.key".into(), key.serialize_pem()),
+            ],
+            hba: Some(
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n".into(),
+            ),
+            ..Default::default()
+        })
+        .expect("start PostgreSQL with TLS")
+    })
+    .await
+    .unwrap();
+    let su = common::superuser(&c).await;
+    su.batch_execute(&format!("CREATE ROLE tls LOGIN PASSWORD '{PASSWORD}'"))
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[pgmux]
+listen = "127.0.0.1:0"
+server_tls_mode = "require"
+server_tls_negotiation = "direct"
+server_login_retry = "0s"
+query_wait_timeout = "5s"
+
+[databases.postgres]
+port = {}
+
+[users.tls]
+password = "{PASSWORD}"
+"#,
+        c.port()
+    );
+    let p = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={} user=tls password={PASSWORD} dbname=postgres",
+        p.addr().port()
+    );
+    let got = async {
+        let client = common::connect(&url).await?;
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+    };
+    let got = tokio::time::timeout(Duration::from_secs(20), got)
+        .await
+        .expect("no hang");
+    if major >= 17 {
+        assert!(
+            got.expect("PostgreSQL 17+ takes a direct handshake"),
+            "over TLS"
+        );
+    } else {
+        assert!(got.is_err(), "PostgreSQL {major} knows no direct TLS");
+    }
+}
+
 async fn compatibility(major: u32) {
     if !common::versions::wanted().contains(&major) {
         eprintln!("PostgreSQL {major}: not in PGMUX_TEST_PG, skipped");
         return;
     }
+    direct_tls(major).await;
     let c = server(major).await;
     let su = common::superuser(&c).await;
     let version: String = su

@@ -10,7 +10,9 @@ mod overrides;
 pub mod report;
 mod server_auth;
 
-pub use modes::{AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode};
+pub use modes::{
+    AuthType, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs, TlsMode, TlsNegotiation,
+};
 pub use overrides::{Database, PoolConfig, User};
 pub use server_auth::{AuthMethod, ChannelBinding, ServerAuthMethods};
 
@@ -243,6 +245,9 @@ pub struct General {
     pub server_tls_mode: TlsMode,
     /// PEM CA bundle server certificates must chain to (e.g. the RDS bundle).
     pub server_tls_ca: Option<String>,
+    /// How TLS toward servers starts: `postgres` (an SSLRequest first) or
+    /// `direct` (PostgreSQL 17+, the handshake at once).
+    pub server_tls_negotiation: TlsNegotiation,
     /// How a server may make pgmux authenticate (libpq's `require_auth`):
     /// unset, anything but a cleartext password over a connection without
     /// TLS.
@@ -309,6 +314,7 @@ impl Default for General {
             client_tls_ca: None,
             server_tls_mode: TlsMode::Prefer,
             server_tls_ca: None,
+            server_tls_negotiation: TlsNegotiation::default(),
             server_auth_methods: ServerAuthMethods::default(),
             autodb_idle_timeout: Duration::from_secs(3600),
             server_channel_binding: ChannelBinding::default(),
@@ -680,6 +686,12 @@ impl Config {
             if pool.tls_mode >= TlsMode::VerifyCa && pool.tls_ca.is_none() {
                 errs.push(format!(
                     "databases.{name}: server_tls_mode verify-ca/verify-full needs server_tls_ca"
+                ));
+            }
+            if pool.tls_negotiation == TlsNegotiation::Direct && !pool.tls_mode.required() {
+                errs.push(format!(
+                    "databases.{name}: server_tls_negotiation direct needs server_tls_mode \
+                     require or stronger (a direct handshake has no plaintext to fall back to)"
                 ));
             }
         }

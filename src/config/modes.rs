@@ -125,3 +125,17 @@ pub enum LoadBalanceHosts {
     /// Hosts are tried in a random order for each new connection.
     Random,
 }
+
+/// How a TLS connection to a server starts (libpq's `sslnegotiation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsNegotiation {
+    /// An SSLRequest first, then the handshake if the server says `S`:
+    /// every PostgreSQL version.
+    #[default]
+    Postgres,
+    /// The TLS handshake at once, with ALPN `postgresql` (PostgreSQL 17
+    /// and later): one round trip less per new server connection. Needs
+    /// `server_tls_mode` `require` or stronger.
+    Direct,
+}

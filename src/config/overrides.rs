@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     de, ChannelBinding, Config, LoadBalanceHosts, PoolMode, ServerAuthMethods, SessionState,
-    TargetSessionAttrs, TlsMode,
+    TargetSessionAttrs, TlsMode, TlsNegotiation,
 };
 
 /// Declares a per-pool table with the settings that `[databases.NAME]` and
@@ -124,6 +124,9 @@ with_overrides! {
         /// Overrides `[pgmux] server_tls_ca` for this database.
         #[serde(default)]
         pub server_tls_ca: Option<String>,
+        /// Overrides `[pgmux] server_tls_negotiation` for this database.
+        #[serde(default)]
+        pub server_tls_negotiation: Option<TlsNegotiation>,
         /// Overrides `[pgmux] server_auth_methods` for this database.
         #[serde(default)]
         pub server_auth_methods: Option<ServerAuthMethods>,
@@ -184,6 +187,8 @@ pub struct PoolConfig {
     pub tls_mode: TlsMode,
     /// PEM CA bundle the servers' certificates must chain to.
     pub tls_ca: Option<String>,
+    /// How TLS toward the servers starts.
+    pub tls_negotiation: TlsNegotiation,
     /// How the servers may make pgmux authenticate.
     pub auth_methods: ServerAuthMethods,
     /// SCRAM channel binding toward the servers.
@@ -217,6 +222,9 @@ impl Config {
             query_timeout: pick!(query_timeout),
             tls_mode: db.server_tls_mode.unwrap_or(g.server_tls_mode),
             tls_ca: db.server_tls_ca.clone().or_else(|| g.server_tls_ca.clone()),
+            tls_negotiation: db
+                .server_tls_negotiation
+                .unwrap_or(g.server_tls_negotiation),
             auth_methods: db.server_auth_methods.unwrap_or(g.server_auth_methods),
             channel_binding: db
                 .server_channel_binding
@@ -375,8 +383,8 @@ mod tests {
                  `reserve_pool`, `pool_mode`, `session_state`, `server_reset_query_always`, \
                  `idle_transaction_timeout`, `client_idle_timeout`, `query_timeout`, \
                  `server_user`, `server_password`, \
-                 `server_tls_mode`, `server_tls_ca`, `server_auth_methods`, \
-                 `server_channel_binding`"
+                 `server_tls_mode`, `server_tls_ca`, `server_tls_negotiation`, \
+                 `server_auth_methods`, `server_channel_binding`"
             ),
             "{err}"
         );

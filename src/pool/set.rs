@@ -89,6 +89,7 @@ fn plan(
         password: Some(password),
         tls_mode: pool.tls_mode,
         tls_ca: pool.tls_ca,
+        tls_negotiation: pool.tls_negotiation,
         auth_methods: pool.auth_methods,
         channel_binding: pool.channel_binding,
     };

@@ -343,6 +343,7 @@ mod tests {
             password: Some(Secret::Plain("hunter2".into())),
             tls_mode: crate::tls::TlsMode::Require,
             tls_ca: None,
+            tls_negotiation: Default::default(),
             auth_methods: ServerAuthMethods::parse(methods).unwrap(),
             channel_binding: binding,
         }

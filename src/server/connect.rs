@@ -27,6 +27,11 @@ async fn negotiate_tls(
     let Some(connector) = tls else {
         return Ok(Stream::Plain(tcp));
     };
+    if t.tls_negotiation == crate::config::TlsNegotiation::Direct {
+        // PostgreSQL 17's direct TLS: no SSLRequest, the ClientHello at
+        // once (with ALPN `postgresql`, which such a server requires).
+        return handshake(host, tcp, connector).await;
+    }
     let mut req = BytesMut::new();
     encode::ssl_request(&mut req);
     tcp.write_all(&req).await?;

@@ -3,6 +3,7 @@
 use crate::auth::Secret;
 use crate::config::{
     ChannelBinding, HostPort, LoadBalanceHosts, ServerAuthMethods, TargetSessionAttrs,
+    TlsNegotiation,
 };
 use crate::tls::TlsMode;
 
@@ -25,6 +26,8 @@ pub struct ServerTarget {
     pub tls_mode: TlsMode,
     /// CA bundle for verify-ca / verify-full.
     pub tls_ca: Option<String>,
+    /// How TLS starts: an SSLRequest first, or the handshake at once.
+    pub tls_negotiation: TlsNegotiation,
     /// How the server may make pgmux authenticate.
     pub auth_methods: ServerAuthMethods,
     /// SCRAM channel binding toward the server.

@@ -31,12 +31,15 @@ pub fn build(mode: TlsMode, ca: Option<&str>) -> Result<Option<TlsConnector>, St
             }
         }
     };
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    // PostgreSQL's ALPN name, as libpq 17 sends it: required by a direct
+    // handshake, and ignored by servers that know no ALPN.
+    cfg.alpn_protocols = vec![super::acceptor::ALPN.to_vec()];
     Ok(Some(TlsConnector::from(Arc::new(cfg))))
 }
 
