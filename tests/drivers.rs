@@ -42,16 +42,21 @@ async fn psycopg_prepared_many_connections_pool_of_four() {
 }
 
 /// libpq 18 (psycopg's wheel) asking for the newest protocol
-/// (`max_protocol_version=latest`, 3.2) gets 3.0 through pgmux, as from
-/// PostgreSQL 15 directly. pgmux once answered NegotiateProtocolVersion
-/// with a bare minor version (0), which libpq 18 refuses as a downgrade
-/// below 3.0: no such client could connect.
+/// (`max_protocol_version=latest`) gets 3.2 through pgmux, as from
+/// PostgreSQL 18 (PostgreSQL 15 directly gives 3.0), and its cancel
+/// reaches its query. pgmux once answered NegotiateProtocolVersion with a
+/// bare minor version (0), which libpq 18 refuses as a downgrade below
+/// 3.0: no such client could connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libpq_18_asking_for_the_newest_protocol() {
     let p = setup("t_proto32", 2, "").await;
-    let script = "import sys, psycopg\n\
-        c = psycopg.connect(sys.argv[1])\n\
-        print(c.info.full_protocol_version, c.execute('SELECT 41 + 1').fetchone()[0])\n";
+    let script = "import sys, threading, time, psycopg\n\
+        c = psycopg.connect(sys.argv[1], autocommit=True)\n\
+        def cancel():\n    time.sleep(0.3)\n    c.cancel_safe()\n\
+        threading.Thread(target=cancel).start()\n\
+        try:\n    c.execute('SELECT pg_sleep(5)')\n    r = 'not cancelled'\n\
+        except psycopg.errors.QueryCanceled:\n    r = 'cancelled'\n\
+        print(c.info.full_protocol_version, c.execute('SELECT 41 + 1').fetchone()[0], r)\n";
     let connect = |port: u16| {
         let dsn = format!(
             "host=127.0.0.1 port={port} user=t_proto32 password={PASSWORD} dbname=t_proto32 \
@@ -67,6 +72,6 @@ async fn libpq_18_asking_for_the_newest_protocol() {
         .unwrap();
     assert!(straight.0, "directly: {}", straight.1);
     assert!(through.0, "through pgmux: {}", through.1);
-    assert_eq!(through.1.trim(), straight.1.trim());
-    assert_eq!(through.1.trim(), "30000 42");
+    assert_eq!(straight.1.trim(), "30000 42 cancelled");
+    assert_eq!(through.1.trim(), "30002 42 cancelled");
 }

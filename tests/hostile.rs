@@ -119,23 +119,31 @@ async fn malformed_startup_packets_get_clear_errors() {
             String::from_utf8_lossy(&reply)
         );
     }
-    // A newer 3.x minor version is negotiated down, as PostgreSQL does.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&startup_packet(
-        196_610,
-        &[("user", "t_hostile1"), ("_pq_.something", "1")],
-    ))
-    .await
-    .unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let msgs = split(&buf[..n]);
-    assert_eq!(msgs[0].0, b'v', "NegotiateProtocolVersion first");
-    assert!(String::from_utf8_lossy(&msgs[0].1).contains("_pq_.something"));
-    assert_eq!(msgs[1].0, b'R', "then authentication");
+    // A newer 3.x minor version is negotiated down to 3.2, unknown `_pq_`
+    // options named, as PostgreSQL 18 does; 3.2 itself is served as is.
+    for (asked, served) in [(196_611, Some(196_610)), (196_610, None)] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut params = vec![("user", "t_hostile1")];
+        if served.is_some() {
+            params.push(("_pq_.something", "1"));
+        }
+        s.write_all(&startup_packet(asked, &params)).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let msgs = split(&buf[..n]);
+        match served {
+            Some(version) => {
+                assert_eq!(msgs[0].0, b'v', "NegotiateProtocolVersion first");
+                assert_eq!(msgs[0].1[..4], i32::to_be_bytes(version));
+                assert!(String::from_utf8_lossy(&msgs[0].1).contains("_pq_.something"));
+                assert_eq!(msgs[1].0, b'R', "then authentication");
+            }
+            None => assert_eq!(msgs[0].0, b'R', "3.2: authentication at once"),
+        }
+    }
     // A client that trickles bytes is closed at client_login_timeout.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let started = std::time::Instant::now();

@@ -172,6 +172,11 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, version: i32, unknown: &[S
 /// below 3.0.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
 
+/// The newest protocol 3 minor version pgmux serves to clients: 3.2
+/// (PostgreSQL 18), whose only change, a cancel key of any length, needs
+/// nothing of a server pgmux speaks 3.0 to.
+pub const NEWEST_MINOR: u16 = 2;
+
 /// CommandComplete with the given tag (`DEALLOCATE`, `SHOW`, ...).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
     put(out, CommandComplete::new(text(tag)));

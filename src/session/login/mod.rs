@@ -322,8 +322,17 @@ pub async fn login(
     };
     let req = Request::read(minor, params)?;
     let mut out = BytesMut::new();
-    if req.minor > 0 || !req.protocol_options.is_empty() {
-        encode::negotiate_protocol_version(&mut out, encode::PROTOCOL_3_0, &req.protocol_options);
+    // Protocol 3.2 (PostgreSQL 18) differs from 3.0 only in the length of
+    // the cancel key, which may stay 4 bytes: pgmux serves 3.2 as asked
+    // and answers a newer request, or `_pq_` options it does not know,
+    // with the version it serves, as PostgreSQL 18 does.
+    if req.minor > encode::NEWEST_MINOR || !req.protocol_options.is_empty() {
+        let served = i32::from(req.minor.min(encode::NEWEST_MINOR));
+        encode::negotiate_protocol_version(
+            &mut out,
+            encode::PROTOCOL_3_0 | served,
+            &req.protocol_options,
+        );
     }
     let cfg = ctx.config();
     let method = authenticate::method(&cfg, peer.ip(), stream.is_tls(), &req.database, &req.user)

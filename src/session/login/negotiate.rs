@@ -83,7 +83,7 @@ pub async fn negotiate(
                 return Err(fatal(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     format!(
-                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
                     ),
                 ))
             }
