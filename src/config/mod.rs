@@ -509,12 +509,29 @@ impl Config {
             Self::parse_with_warnings(&text)?
         };
         warnings.extend(cfg.server_tls_warnings());
+        warnings.extend(cfg.long_name_warnings());
         warnings.extend(report::loose_mode(path, "config file"));
         let key = cfg.pgmux.client_tls_key.as_deref().map(Path::new);
         warnings.extend(key.and_then(|k| report::loose_mode(k, "client_tls_key")));
         let hba = cfg.pgmux.auth_hba_file.as_deref().map(Path::new);
         warnings.extend(hba.and_then(|h| report::loose_mode(h, "auth_hba_file")));
         Ok((cfg, warnings))
+    }
+
+    /// Databases and users whose names no client can send: PostgreSQL,
+    /// and pgmux after it, cut a startup packet's names to 63 bytes.
+    pub fn long_name_warnings(&self) -> Vec<String> {
+        let long = |kind: &str, name: &String| {
+            (name.len() > 63).then(|| {
+                format!(
+                    "{kind}.{name}: a name longer than 63 bytes cannot be reached (a client's \
+                     names are cut to 63 bytes, as PostgreSQL cuts them)"
+                )
+            })
+        };
+        let dbs = self.databases.keys().filter_map(|n| long("databases", n));
+        let users = self.users.keys().filter_map(|n| long("users", n));
+        dbs.chain(users).collect()
     }
 
     /// The database a client's name reaches: its own entry, or the `*`
@@ -777,5 +794,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PGMUX_UNSET_FOR_TEST"), "{err}");
+    }
+
+    #[test]
+    fn names_no_client_can_send_are_named() {
+        let long = "x".repeat(64);
+        let cfg = Config::parse(&format!(
+            "[databases.{long}]\n[databases.short]\n[users.{long}]\npassword = \"p\"\n"
+        ))
+        .unwrap();
+        let w = cfg.long_name_warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
     }
 }
