@@ -33,6 +33,9 @@ pub struct Statement {
     /// What executing it may change in the session ([`crate::sql::effects`]),
     /// read once here rather than at every Bind.
     pub effects: crate::sql::Effects,
+    /// A SHA-256 (hex) of [`Statement::server_text`] when it is ASCII,
+    /// made once, on the first check of a server's statements.
+    text_hash: std::sync::OnceLock<Option<Box<str>>>,
     /// Prepared with SQL `PREPARE`: `parse` is a Query (`PREPARE pgmux_<n>
     /// <text>`), and the text is what followed the client's name.
     pub sql: bool,
@@ -60,6 +63,7 @@ impl Statement {
             parse: parse.freeze(),
             query_at: (start, start + query.len()),
             confirmed: AtomicBool::new(false),
+            text_hash: std::sync::OnceLock::new(),
             effects: crate::sql::effects(query),
             sql,
         })
@@ -77,6 +81,24 @@ impl Statement {
         } else {
             self.query()
         }
+    }
+
+    /// The hex SHA-256 of [`Statement::server_text`], which the server
+    /// computes over its UTF-8 form: comparable only for an ASCII text,
+    /// which reads the same in every client encoding (`None` otherwise).
+    pub fn text_hash(&self) -> Option<&str> {
+        self.text_hash
+            .get_or_init(|| {
+                use sha2::{Digest, Sha256};
+                let text = self.server_text();
+                text.is_ascii().then(|| {
+                    Sha256::digest(text)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                })
+            })
+            .as_deref()
     }
 
     /// The query text.

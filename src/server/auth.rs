@@ -52,10 +52,6 @@ pub(super) struct ServerAuth<'a> {
     ok: bool,
 }
 
-fn bad(what: &str) -> ServerError {
-    ServerError::malformed(what)
-}
-
 fn auth_err(msg: impl Into<String>) -> ServerError {
     ServerError::Auth(msg.into())
 }
@@ -84,7 +80,8 @@ impl<'a> ServerAuth<'a> {
     /// Answers one Authentication message; returns the bytes to send (may
     /// be empty).
     pub(super) fn step(&mut self, body: &[u8]) -> Result<Vec<u8>, ServerError> {
-        let (code, data) = read_i32(body).ok_or_else(|| bad("Authentication"))?;
+        let (code, data) =
+            read_i32(body).ok_or_else(|| ServerError::malformed("Authentication"))?;
         let mut out = BytesMut::new();
         match code {
             auth_code::OK => self.accept_ok()?,
@@ -206,7 +203,7 @@ impl<'a> ServerAuth<'a> {
     fn scram_in_progress(&mut self, what: &str) -> Result<&mut Scram, ServerError> {
         match &mut self.scram {
             Some(s) if !self.scram_verified => Ok(s),
-            _ => Err(bad(what)),
+            _ => Err(ServerError::malformed(what)),
         }
     }
 
@@ -225,7 +222,7 @@ impl<'a> ServerAuth<'a> {
         let salt: [u8; 4] = data
             .get(..4)
             .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| bad("MD5 salt"))?;
+            .ok_or_else(|| ServerError::malformed("MD5 salt"))?;
         let stored = match self.password()? {
             Secret::Plain(p) => crate::auth::md5::stored_hash(&self.t.user, p),
             Secret::Md5(h) => h.clone(),

@@ -113,8 +113,10 @@ async fn login_message(
             conn.note_parameter_status(body);
         }
         be::BACKEND_KEY_DATA => {
-            let (pid, rest) = read_i32(body).ok_or_else(|| bad("BackendKeyData"))?;
-            let (secret, _) = read_i32(rest).ok_or_else(|| bad("BackendKeyData"))?;
+            let (pid, rest) =
+                read_i32(body).ok_or_else(|| ServerError::malformed("BackendKeyData"))?;
+            let (secret, _) =
+                read_i32(rest).ok_or_else(|| ServerError::malformed("BackendKeyData"))?;
             conn.key.pid = pid;
             conn.key.secret = secret;
         }
@@ -132,8 +134,4 @@ async fn login_message(
         }
     }
     Ok(false)
-}
-
-fn bad(what: &str) -> ServerError {
-    ServerError::malformed(what)
 }

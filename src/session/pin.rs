@@ -65,7 +65,6 @@ pub(super) fn statements_intact(
     tracked: bool,
     held: &crate::prepared::ServerStatements,
 ) -> bool {
-    use sha2::{Digest, Sha256};
     if !tracked && held.is_empty() {
         return true;
     }
@@ -80,18 +79,9 @@ pub(super) fn statements_intact(
         .filter(|s| !s.is_empty())
         .map(|s| s.rsplit_once(':').unwrap_or((s, "")))
         .collect();
-    let mut expected: Vec<(String, Option<String>)> = held
+    let mut expected: Vec<(&[u8], Option<&str>)> = held
         .all()
-        .map(|stmt| {
-            let text = stmt.server_text();
-            let hash = text.is_ascii().then(|| {
-                Sha256::digest(text)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            });
-            (String::from_utf8_lossy(&stmt.name).into_owned(), hash)
-        })
+        .map(|stmt| (&stmt.name[..], stmt.text_hash()))
         .collect();
     on_server.sort_unstable();
     expected.sort_unstable();
@@ -100,7 +90,7 @@ pub(super) fn statements_intact(
             .iter()
             .zip(&expected)
             .all(|((name, hash), (want, want_hash))| {
-                name == want && want_hash.as_deref().is_none_or(|h| h == *hash)
+                name.as_bytes() == *want && want_hash.is_none_or(|h| h == *hash)
             })
 }
 
